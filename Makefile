@@ -1,0 +1,36 @@
+# The two set-up commands of the README live here: `make demo` and `make test`.
+# Both create .venv and install what they need on a fresh machine; re-runs are quick.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench-scan system-deps clean
+
+# torch/torchvision are pinned to the CUDA wheels that lie on this machine's disk, so pip
+# takes them without a download; the package's own ranges admit them.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
+	$(BIN)/python -m pip install --quiet -e ".[all,dev]"
+	touch $(STAMP)
+
+system-deps:
+	bash scripts/install-system-deps.sh
+
+demo: $(STAMP)
+	$(BIN)/visiondeck demo
+
+test: $(STAMP) system-deps
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench-scan: $(STAMP) system-deps
+	$(BIN)/python benchmarks/bench_scan.py
+
+clean:
+	rm -rf $(VENV) demo prepared .pytest_cache .ruff_cache

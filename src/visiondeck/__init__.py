@@ -1,0 +1,42 @@
+"""VisionDeck: local-first image classification.
+
+`import visiondeck` stays light: it imports no torch, Lightning, timm, MLflow or ONNX
+Runtime. Public names are resolved lazily on first attribute access, so notebooks can write
+`visiondeck.scan(...)` while the CLI's `--help` and the serving process stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "Recipe": "visiondeck.config",
+    "load_recipe": "visiondeck.config",
+    "decode_image": "visiondeck.imaging",
+    "scan": "visiondeck.data.catalog",
+    "Catalog": "visiondeck.data.catalog",
+    "validate": "visiondeck.data.validate",
+    "DataReport": "visiondeck.data.validate",
+    "make_split": "visiondeck.data.split",
+    "load_split": "visiondeck.data.split",
+    "Split": "visiondeck.data.split",
+}
+
+__all__ = ["__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'visiondeck' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

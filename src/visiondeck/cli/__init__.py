@@ -1,0 +1,59 @@
+"""The `visiondeck` command line: one sub-command per stage, thin and lazily imported.
+
+Only typer is imported here; each command imports what it needs when it runs, so
+`visiondeck --help` answers at once and never pays for torch.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from typer.core import TyperGroup
+
+from visiondeck.cli import config_cmd, data_cmd, demo_cmd
+
+
+class _Group(TyperGroup):
+    """Domain errors become a short message and their exit code, never a traceback."""
+
+    def invoke(self, ctx: typer.Context):  # type: ignore[override]
+        from visiondeck.errors import VisionDeckError
+
+        try:
+            return super().invoke(ctx)
+        except VisionDeckError as exc:
+            from visiondeck.cli._ui import print_error
+
+            print_error(exc)
+            raise typer.Exit(exc.exit_code) from None
+
+
+app = typer.Typer(
+    cls=_Group,
+    name="visiondeck",
+    help="Local-first image classification: clean data, train, evaluate, explain, export, serve.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(config_cmd.app, name="config")
+app.command("demo")(demo_cmd.demo)
+
+
+@app.command()
+def version() -> None:
+    """Print the VisionDeck version."""
+    from visiondeck import __version__
+
+    typer.echo(__version__)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,185 @@
+"""`visiondeck data ...`: check, split and materialise data sets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Validate, split and materialise image data.", no_args_is_help=True)
+
+_STATUS_MEANING = {
+    "ok": "decoded fine",
+    "zero_bytes": "empty file",
+    "not_an_image": "not an image (by its bytes)",
+    "unsupported_format": "refused format (EPS, SVG, PDF, ...)",
+    "corrupt": "undecodable data",
+    "truncated": "file ends early",
+    "too_small": "below data.min_size",
+    "bomb": "above data.max_pixels (decompression bomb)",
+    "too_large": "above the byte limit",
+    "missing": "listed but not found",
+    "duplicate": "same bytes as another file",
+    "label_conflict": "same bytes under two classes",
+}
+
+Source = Annotated[str, typer.Argument(help="class-folder dir, manifest (.csv/.parquet) or "
+                                            "builtin:NAME")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="prepared folder "
+                                          "(default prepared/NAME)")]
+Workers = Annotated[int | None, typer.Option(help="decode processes (default: one per core)")]
+
+
+@app.command()
+def check(
+    source: Source,
+    out: Out = None,
+    quarantine: Annotated[bool, typer.Option(help="move problem files aside (never deletes)")]
+    = False,
+    quarantine_dir: Annotated[Path | None, typer.Option(help="where to move them (default "
+                                                        "SOURCE.quarantine)")] = None,
+    min_size: Annotated[int, typer.Option(help="smallest accepted side in pixels")] = 16,
+    max_pixels: Annotated[int, typer.Option(help="decompression-bomb pixel cap")] = 64_000_000,
+    workers: Workers = None,
+    show: Annotated[int, typer.Option(help="problem files to list")] = 30,
+) -> None:
+    """Decode every file and report problems; exit code 3 when any are found."""
+    from visiondeck.cli._ui import EXIT_ISSUES, console
+    from visiondeck.data.prepare import check_data
+    from visiondeck.data.validate import quarantine as move_aside
+    from visiondeck.imaging import DecodeLimits
+
+    limits = DecodeLimits(max_pixels=max_pixels, min_side=min_size)
+    result = check_data(source, prepared=out, limits=limits, workers=workers, progress=True)
+    report = result.report
+    _print_report(report, reused=result.reused)
+    console.print(f"report: {result.prepared / 'data_report.json'}")
+    if quarantine and report.problems:
+        dest = quarantine_dir or report.root.with_name(report.root.name + ".quarantine")
+        moved = move_aside(report, dest)
+        console.print(f"[yellow]quarantined {len(moved.moved)} file(s)[/] into {moved.destination}"
+                      f" (list: {moved.manifest})")
+    if report.has_issues:
+        raise typer.Exit(EXIT_ISSUES)
+
+
+def _print_report(report, *, reused: int = 0) -> None:
+    from rich.table import Table
+
+    from visiondeck.cli._ui import console
+
+    status = Table(title=f"{len(report.entries)} files in {report.root}", title_justify="left")
+    status.add_column("status")
+    status.add_column("files", justify="right")
+    status.add_column("meaning", style="dim")
+    for name, count in report.status_counts.items():
+        style = "green" if name == "ok" else "red"
+        status.add_row(f"[{style}]{name}[/]", str(count), _STATUS_MEANING.get(name, ""))
+    console.print(status)
+
+    counts = report.class_counts
+    if counts:
+        classes = Table(title="usable images per class", title_justify="left")
+        classes.add_column("class")
+        classes.add_column("images", justify="right")
+        classes.add_column("")
+        top = max(counts.values())
+        for name, count in counts.items():
+            classes.add_row(name, str(count), "█" * max(1, round(24 * count / top)))
+        console.print(classes)
+        console.print(f"imbalance ratio (largest/smallest class): {report.imbalance_ratio:.2f}")
+
+    problems = report.problems
+    if problems:
+        table = Table(title="problem files", title_justify="left")
+        table.add_column("file")
+        table.add_column("status", style="red")
+        table.add_column("why")
+        for entry in problems[:30]:
+            table.add_row(entry.relpath, entry.status.value, entry.message)
+        console.print(table)
+        if len(problems) > 30:
+            console.print(f"... and {len(problems) - 30} more (see the JSON report)")
+    if report.normalised:
+        notes: dict[str, int] = {}
+        for entry in report.normalised:
+            for note in entry.notes:
+                notes[note] = notes.get(note, 0) + 1
+        summary = ", ".join(f"{k} {v}" for k, v in sorted(notes.items()))
+        console.print(f"normalised on load (kept): {summary}")
+    if report.near_duplicate_groups:
+        console.print(f"near-duplicate groups (kept together in splits): "
+                      f"{len(report.near_duplicate_groups)}")
+    if reused:
+        console.print(f"[dim]{reused} unchanged file(s) taken from the previous scan[/]")
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")
+
+
+@app.command()
+def split(
+    source: Source,
+    out: Out = None,
+    val: Annotated[float, typer.Option(help="validation fraction")] = 0.15,
+    test: Annotated[float, typer.Option(help="test fraction")] = 0.15,
+    folds: Annotated[int, typer.Option(help="k stratified folds (0 = plain split)")] = 0,
+    seed: Annotated[int, typer.Option(help="split seed")] = 42,
+    force: Annotated[bool, typer.Option(help="replace an existing split that no longer "
+                                        "matches")] = False,
+    workers: Workers = None,
+) -> None:
+    """Write a stratified, seeded split (reused as long as the data is unchanged)."""
+    from rich.table import Table
+
+    from visiondeck.cli._ui import console
+    from visiondeck.config import DataConfig
+    from visiondeck.data.prepare import prepare_split
+
+    cfg = DataConfig(source=source, val_fraction=val, test_fraction=test, folds=folds,
+                     seed=seed, num_workers=workers)
+    outcome = prepare_split(cfg, prepared=out, force=force, progress=True)
+    split_ = outcome.split
+    verb = "reused unchanged split" if outcome.reused else "wrote split"
+    console.print(f"{verb} [bold]{split_.id}[/] in {outcome.check.prepared}")
+    table = Table(title_justify="left")
+    table.add_column("class")
+    subsets = ["train", "val", "test"]
+    for name in subsets:
+        table.add_column(name, justify="right")
+    counts = split_.counts()
+    for cls in split_.classes:
+        table.add_row(cls, *(str(counts[s][cls]) for s in subsets))
+    table.add_row("[bold]total[/]", *(str(sum(counts[s].values())) for s in subsets))
+    console.print(table)
+    if split_.folds:
+        console.print(f"{split_.folds} folds over the non-test files")
+    skipped = len(outcome.check.report.problems)
+    if skipped:
+        console.print(f"[yellow]{skipped} problem file(s) left out[/] "
+                      "(see `visiondeck data check`)")
+
+
+@app.command()
+def materialize(
+    name: Annotated[str, typer.Argument(help="built-in data set: fashion-mnist or sample")],
+    out: Annotated[Path, typer.Argument(help="folder to write")],
+    subset: Annotated[list[str] | None, typer.Option(help="train/test (default all)")] = None,
+    root: Annotated[Path | None, typer.Option(help="folder holding the Fashion-MNIST IDX "
+                                              "files")] = None,
+    download: Annotated[bool, typer.Option(help="download (with checksums) when not found")]
+    = False,
+    limit_per_class: Annotated[int | None, typer.Option(help="at most N images per class")]
+    = None,
+) -> None:
+    """Write a built-in data set as PNG files in class folders: the layout VisionDeck reads."""
+    from visiondeck.cli._ui import console
+    from visiondeck.data.materialize import materialize as write
+
+    result = write(name, out, subsets=subset, root=root, download=download,
+                   limit_per_class=limit_per_class, progress=True)
+    console.print(f"wrote {result.files_written} file(s) to {result.out_dir} "
+                  f"({result.skipped_existing} already there)")
+    for sub, per_class in result.counts.items():
+        console.print(f"  {sub or '.'}: {sum(per_class.values())} images in "
+                      f"{len(per_class)} classes")

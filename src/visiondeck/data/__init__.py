@@ -1,0 +1,4 @@
+"""The data layer: sources → catalog → validation → splits → torch datasets.
+
+Sub-modules are imported on demand; only `dataset` and `transforms` touch torch.
+"""

@@ -1,0 +1,134 @@
+"""Torch datasets over a saved split, decoding through the one safe decoder.
+
+A file that turns bad between validation and training (deleted, overwritten, truncated by a
+sync tool) must never stop a long run: its sample becomes `None`, `collate_skip_bad` drops it
+from the batch and counts it, and the trainer reports the count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from visiondeck.config import DataConfig
+from visiondeck.data.catalog import decode_limits
+from visiondeck.data.split import Split, SplitRecord
+from visiondeck.data.transforms import build_augment, normalize
+from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image, resize_image
+
+__all__ = [
+    "Batch",
+    "ImageFileDataset",
+    "PrepareSpec",
+    "class_balanced_sampler",
+    "collate_skip_bad",
+    "datasets_from_split",
+]
+
+# used when neither the recipe nor the model gives normalisation statistics
+DEFAULT_MEAN = (0.5,)
+DEFAULT_STD = (0.5,)
+
+
+@dataclass(frozen=True)
+class PrepareSpec:
+    """Deterministic preparation of an input: what `bundle.json` will record for serving."""
+
+    image_size: int
+    channels: int
+    resize: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def from_config(cls, cfg: DataConfig) -> PrepareSpec:
+        return cls(cfg.image_size, cfg.channels, cfg.resize,
+                   tuple(cfg.mean or DEFAULT_MEAN), tuple(cfg.std or DEFAULT_STD))
+
+
+class Batch(NamedTuple):
+    images: torch.Tensor
+    labels: torch.Tensor
+    skipped: int
+
+
+class ImageFileDataset(Dataset):
+    """(image tensor, label index) pairs for split records under `root`."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        records: Sequence[SplitRecord],
+        classes: Sequence[str],
+        spec: PrepareSpec,
+        *,
+        augment: Callable | None = None,
+        limits: DecodeLimits | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.paths = [r.relpath for r in records]
+        index = {c: i for i, c in enumerate(classes)}
+        self.labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        self.spec = spec
+        self.augment = augment
+        self.limits = limits or decode_limits()
+        self._mode = "L" if spec.channels == 1 else "RGB"
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
+        try:
+            decoded = decode_image(self.root / self.paths[i], mode=self._mode, limits=self.limits)
+        except (ImageDecodeError, OSError):  # bad bytes, or the file vanished since the split
+            return None
+        array = resize_image(decoded.array, self.spec.image_size, self.spec.resize)
+        if self.augment is not None:
+            tensor = self.augment(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
+            array = tensor.numpy().transpose(1, 2, 0)
+        x = torch.from_numpy(normalize(array, self.spec.mean, self.spec.std))
+        return x, int(self.labels[i])
+
+
+def collate_skip_bad(samples: list[tuple[torch.Tensor, int] | None]) -> Batch:
+    """Stack the good samples and count the bad ones (never raises for a bad file)."""
+    good = [s for s in samples if s is not None]
+    skipped = len(samples) - len(good)
+    if not good:
+        return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
+    images = torch.stack([s[0] for s in good])
+    labels = torch.tensor([s[1] for s in good], dtype=torch.long)
+    return Batch(images, labels, skipped)
+
+
+def class_balanced_sampler(labels: Sequence[int] | np.ndarray, *, seed: int = 0,
+                           num_samples: int | None = None) -> WeightedRandomSampler:
+    """Draw each class equally often (with replacement), whatever its share of the data."""
+    labels = np.asarray(labels)
+    counts = np.bincount(labels)
+    weights = 1.0 / counts[labels]
+    generator = torch.Generator().manual_seed(seed)
+    return WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), num_samples or len(labels),
+        replacement=True, generator=generator,
+    )
+
+
+def datasets_from_split(split: Split, cfg: DataConfig) -> dict[str, ImageFileDataset]:
+    """train (augmented) / val / test datasets of a saved split, prepared per the recipe."""
+    spec = PrepareSpec.from_config(cfg)
+    limits = decode_limits(cfg)
+    augment = build_augment(cfg.augment, cfg.image_size)
+    return {
+        subset: ImageFileDataset(
+            split.root, split.subset(subset), split.classes, spec,
+            augment=augment if subset == "train" else None, limits=limits,
+        )
+        for subset in ("train", "val", "test")
+    }

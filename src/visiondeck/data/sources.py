@@ -1,0 +1,189 @@
+"""Where labelled images come from: a class-folder tree, a manifest, or a built-in set.
+
+A source is resolved to a root folder plus a lazy stream of `SourceFile`s, so a folder of a
+million files is walked, never listed into memory by this layer. Class names are always
+sorted so the index of a class never depends on the order the file system returns.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from visiondeck.errors import DataError
+from visiondeck.imaging import sniff_format
+
+__all__ = [
+    "MANIFEST_SUFFIXES",
+    "Source",
+    "SourceFile",
+    "builtin_cache_dir",
+    "open_source",
+]
+
+MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
+_PATH_COLUMNS = ("path", "filepath", "file", "filename", "image")
+_LABEL_COLUMNS = ("label", "class", "target", "category")
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """One labelled file; `relpath` (POSIX, relative to the source root) is its identity."""
+
+    relpath: str
+    label: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class Source:
+    root: Path
+    kind: Literal["folder", "manifest"]
+    manifest: Path | None = None
+
+    def files(self) -> Iterator[SourceFile]:
+        """Stream the labelled files in a deterministic (sorted) order."""
+        if self.kind == "folder":
+            yield from _walk_folder(self.root)
+        else:
+            assert self.manifest is not None
+            yield from _read_manifest(self.manifest, self.root)
+
+    def unlabelled(self) -> list[str]:
+        """Images lying directly in a class-folder root: they have no class, so they are
+        ignored and reported. Other root files (README, classes.json) are simply ignored."""
+        if self.kind != "folder":
+            return []
+        return sorted(
+            e.name for e in os.scandir(self.root)
+            if e.is_file() and not e.name.startswith(".") and _looks_like_image(e.path)
+        )
+
+
+def _looks_like_image(path: str) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            return sniff_format(handle.read(64)) is not None
+    except OSError:
+        return False
+
+
+def builtin_cache_dir() -> Path:
+    """Where built-in data sets are materialised as image folders."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "visiondeck" / "builtin"
+
+
+def open_source(spec: str | os.PathLike[str], *, data_root: str | None = None) -> Source:
+    """Resolve a source spec: a directory, a CSV/Parquet manifest, or `builtin:NAME[/subset]`."""
+    text = os.fspath(spec)
+    if text.startswith("builtin:"):
+        return Source(_materialize_builtin(text.removeprefix("builtin:"), data_root), "folder")
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return Source(path.resolve(), "folder")
+    if path.is_file():
+        if path.suffix.lower() not in MANIFEST_SUFFIXES:
+            raise DataError(
+                f"{path} is a file but not a manifest",
+                hint="give a folder with one sub-folder per class, or a .csv/.parquet "
+                "manifest with columns path,label",
+            )
+        return Source(path.parent.resolve(), "manifest", path.resolve())
+    raise DataError(
+        f"data source not found: {text}",
+        hint="give a folder of class sub-folders, a manifest file, or builtin:sample",
+    )
+
+
+def _materialize_builtin(name: str, data_root: str | None) -> Path:
+    from visiondeck.data.materialize import materialize
+
+    base, _, subset = name.partition("/")
+    out = builtin_cache_dir() / base
+    subsets = [subset] if subset else None
+    materialize(base, out, subsets=subsets, root=data_root, progress=True)
+    return (out / subset) if subset else out
+
+
+def _walk_folder(root: Path) -> Iterator[SourceFile]:
+    classes = sorted(
+        e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")
+    )
+    if not classes:
+        raise DataError(
+            f"{root} has no class sub-folders",
+            hint="put the images of each class in their own sub-folder: root/CLASS/image.png",
+        )
+    for label in classes:
+        for path in _walk_files(root / label):
+            yield SourceFile(path.relative_to(root).as_posix(), label, path)
+
+
+def _walk_files(folder: Path) -> Iterator[Path]:
+    """Depth-first and sorted; hidden entries skipped, directory symlinks not followed."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError:
+        return
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            yield from _walk_files(Path(entry.path))
+        elif entry.is_file():
+            yield Path(entry.path)
+
+
+def _read_manifest(manifest: Path, root: Path) -> Iterator[SourceFile]:
+    rows = _manifest_rows(manifest)
+    for index, (raw_path, label) in enumerate(rows, start=2):
+        if not raw_path or label in (None, ""):
+            raise DataError(f"{manifest.name}, row {index}: empty path or label")
+        path = Path(raw_path)
+        if not path.is_absolute():
+            path = root / path
+        try:
+            relpath = path.resolve().relative_to(root).as_posix()
+        except ValueError:
+            relpath = path.resolve().as_posix()
+        yield SourceFile(relpath, str(label), path)
+
+
+def _manifest_rows(manifest: Path) -> Iterator[tuple[str, str]]:
+    if manifest.suffix.lower() == ".csv":
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            path_col, label_col = _pick_columns(manifest, reader.fieldnames or [])
+            for row in reader:
+                yield (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
+        return
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DataError(
+            "reading a Parquet manifest needs pyarrow",
+            hint="pip install 'visiondeck[parquet]', or give the manifest as CSV",
+        ) from exc
+    table = pq.read_table(manifest)
+    path_col, label_col = _pick_columns(manifest, table.column_names)
+    paths = table.column(path_col).to_pylist()
+    labels = table.column(label_col).to_pylist()
+    for p, lab in zip(paths, labels, strict=True):
+        yield str(p or "").strip(), "" if lab is None else str(lab).strip()
+
+
+def _pick_columns(manifest: Path, columns: list[str]) -> tuple[str, str]:
+    lowered = {c.lower().strip(): c for c in columns}
+    path_col = next((lowered[c] for c in _PATH_COLUMNS if c in lowered), None)
+    label_col = next((lowered[c] for c in _LABEL_COLUMNS if c in lowered), None)
+    if path_col is None or label_col is None:
+        raise DataError(
+            f"{manifest.name} needs a path column and a label column; found {columns}",
+            hint="name the columns path,label (first row is the header)",
+        )
+    return path_col, label_col

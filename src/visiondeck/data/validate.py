@@ -1,0 +1,213 @@
+"""Validation: turn a catalog into a report of what is usable, what is not, and why.
+
+Per-file problems come from the decoder (see `visiondeck.imaging`). On top of those this
+module finds what only the whole set can show: exact duplicates (the same bytes twice), label
+conflicts (the same bytes under two classes — one of the labels is wrong, and nobody can tell
+which, so every copy is set aside), near-duplicate groups (same perceptual hash: kept, but
+never split across train and test), and class imbalance.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+from visiondeck.data.catalog import Catalog, CatalogEntry, FileStatus
+from visiondeck.errors import DataError
+
+__all__ = [
+    "DataReport",
+    "QuarantineResult",
+    "quarantine",
+    "validate",
+]
+
+#: above this max/min class ratio the report warns and suggests `train.balance`
+IMBALANCE_WARNING = 3.0
+
+
+@dataclass
+class DataReport:
+    root: Path
+    entries: list[CatalogEntry]
+    unlabelled: list[str] = field(default_factory=list)
+    near_duplicate_groups: list[list[str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def usable(self) -> list[CatalogEntry]:
+        return [e for e in self.entries if e.status is FileStatus.OK]
+
+    @property
+    def problems(self) -> list[CatalogEntry]:
+        return [e for e in self.entries if e.status.is_bad]
+
+    @property
+    def normalised(self) -> list[CatalogEntry]:
+        """Usable files whose mode was converted (CMYK, 16-bit, palette, alpha, EXIF...)."""
+        return [e for e in self.usable if e.notes]
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted({e.label for e in self.usable})
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        counts = Counter(e.label for e in self.usable)
+        return {c: counts[c] for c in sorted(counts)}
+
+    @property
+    def status_counts(self) -> dict[str, int]:
+        counts = Counter(e.status.value for e in self.entries)
+        return {s.value: counts[s.value] for s in FileStatus if counts[s.value]}
+
+    @property
+    def imbalance_ratio(self) -> float:
+        counts = list(self.class_counts.values())
+        return max(counts) / min(counts) if counts and min(counts) else float("inf")
+
+    @property
+    def has_issues(self) -> bool:
+        return bool(self.problems)
+
+    def to_json(self) -> dict:
+        return {
+            "root": str(self.root),
+            "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            "files": len(self.entries),
+            "usable": len(self.usable),
+            "status_counts": self.status_counts,
+            "class_counts": self.class_counts,
+            "imbalance_ratio": round(self.imbalance_ratio, 3)
+            if self.class_counts else None,
+            "warnings": self.warnings,
+            "problems": [_problem_json(e) for e in self.problems],
+            "normalised": [
+                {"relpath": e.relpath, "mode": e.source_mode, "notes": list(e.notes)}
+                for e in self.normalised
+            ],
+            "near_duplicate_groups": self.near_duplicate_groups,
+            "unlabelled": self.unlabelled,
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+
+def _problem_json(entry: CatalogEntry) -> dict:
+    return {
+        "relpath": entry.relpath,
+        "label": entry.label,
+        "status": entry.status.value,
+        "message": entry.message,
+    }
+
+
+def validate(catalog: Catalog) -> DataReport:
+    """Mark duplicates and label conflicts, group near-duplicates, and collect warnings."""
+    entries = list(catalog.entries)
+    by_hash: dict[str, list[int]] = defaultdict(list)
+    for index, entry in enumerate(entries):
+        if entry.status is FileStatus.OK:
+            by_hash[entry.sha256].append(index)
+
+    for indexes in by_hash.values():
+        if len(indexes) < 2:
+            continue
+        paths = [entries[i].relpath for i in indexes]
+        labels = {entries[i].label for i in indexes}
+        if len(labels) > 1:
+            for i in indexes:
+                others = ", ".join(p for p in paths if p != entries[i].relpath)
+                entries[i] = replace(
+                    entries[i], status=FileStatus.LABEL_CONFLICT,
+                    message=f"same content as {others} under classes {sorted(labels)}",
+                )
+            continue
+        keeper = min(indexes, key=lambda i: entries[i].relpath)
+        for i in indexes:
+            if i != keeper:
+                entries[i] = replace(
+                    entries[i], status=FileStatus.DUPLICATE,
+                    message=f"same content as {entries[keeper].relpath}",
+                )
+
+    report = DataReport(catalog.root, entries, list(catalog.unlabelled))
+    report.near_duplicate_groups = _near_duplicates(report.usable)
+    report.warnings = _warnings(report)
+    return report
+
+
+def _near_duplicates(entries: list[CatalogEntry]) -> list[list[str]]:
+    groups: dict[str, list[str]] = defaultdict(list)
+    for entry in entries:
+        if entry.dhash:
+            groups[entry.dhash].append(entry.relpath)
+    return sorted(sorted(g) for g in groups.values() if len(g) > 1)
+
+
+def _warnings(report: DataReport) -> list[str]:
+    warnings = []
+    counts = report.class_counts
+    if len(counts) < 2:
+        warnings.append(f"only {len(counts)} usable class(es): a classifier needs at least 2")
+    elif report.imbalance_ratio > IMBALANCE_WARNING:
+        big = max(counts, key=counts.get)
+        small = min(counts, key=counts.get)
+        warnings.append(
+            f"classes are imbalanced: {big!r} has {counts[big]} images, {small!r} has "
+            f"{counts[small]} (ratio {report.imbalance_ratio:.1f}); consider "
+            "train.balance=weights|sampler|focal"
+        )
+    if report.unlabelled:
+        warnings.append(
+            f"{len(report.unlabelled)} file(s) lie directly in the root, outside any class "
+            "folder, and were ignored"
+        )
+    return warnings
+
+
+@dataclass(frozen=True)
+class QuarantineResult:
+    destination: Path
+    moved: list[tuple[str, str]]  # (relpath, status)
+    manifest: Path | None
+
+
+def quarantine(report: DataReport, destination: str | os.PathLike[str]) -> QuarantineResult:
+    """Move every problem file aside (never delete), keeping its relative path, and write a
+    manifest so the move can be reviewed or undone."""
+    dest = Path(destination).resolve()
+    root = report.root.resolve()
+    if dest == root or root in dest.parents:
+        raise DataError(
+            f"quarantine folder {dest} is inside the data folder {root}",
+            hint="choose a folder outside the data, so quarantined files are not scanned again",
+        )
+    moved: list[tuple[str, str]] = []
+    records = []
+    for entry in report.problems:
+        src = root / entry.relpath
+        if entry.status is FileStatus.MISSING or not src.exists():
+            continue
+        target = dest / entry.status.value / entry.relpath
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            target = target.with_name(f"{target.stem}.{entry.sha256[:8]}{target.suffix}")
+        shutil.move(src, target)
+        moved.append((entry.relpath, entry.status.value))
+        records.append({**_problem_json(entry), "moved_to": str(target.relative_to(dest))})
+    manifest = None
+    if records:
+        manifest = dest / "quarantine.json"
+        previous = json.loads(manifest.read_text()) if manifest.exists() else []
+        manifest.write_text(json.dumps(previous + records, indent=2) + "\n", encoding="utf-8")
+    return QuarantineResult(dest, moved, manifest)

@@ -1,0 +1,552 @@
+"""The one safe decoder of untrusted image bytes.
+
+Data validation, training datasets, `predict` and the REST API all decode through here, so
+a picture becomes the same array everywhere and a broken or hostile file fails the same way
+everywhere: as an `ImageDecodeError` whose `problem` names the kind of failure. Nothing else
+escapes `decode_image`/`probe_image` for any input bytes (MemoryError and KeyboardInterrupt
+aside). A path that cannot be opened (missing, permission denied) raises the ordinary
+`OSError`: an I/O fault, not a property of the bytes. Non-regular files are `NOT_AN_IMAGE`.
+
+Policies
+--------
+* Formats are allow-listed by magic bytes, never by file name: JPEG (MPO too), PNG (APNG),
+  GIF, BMP, TIFF (BigTIFF) and WebP. Formats we know but refuse - EPS/PostScript, PDF,
+  SVG/XML, ICO/CUR, PSD, HEIC/AVIF, JPEG 2000, JPEG XL, PNM, QOI, DDS, ICNS, XCF, OpenEXR,
+  Radiance HDR, WMF, DICOM - are `UNSUPPORTED_FORMAT` naming the format; anything else is
+  `NOT_AN_IMAGE` (`TRUNCATED` if it is a cut-off JPEG/PNG signature). `Image.open` then gets
+  `formats=` holding only the sniffed format, so Pillow can never pick another plugin (nor
+  run Ghostscript).
+* `max_bytes` (`TOO_LARGE`) is enforced before parsing: `os.stat` for paths, `len` for bytes,
+  reading at most `max_bytes + 1` bytes from streams. Directories, FIFOs and devices are
+  never read (`NOT_AN_IMAGE`), so a folder scan cannot hang. Input is read exactly once.
+* `BOMB`: `Image.open` is lazy, so width*height of the first frame is checked against
+  `max_pixels` before any pixel data is decoded. Pillow's own `DecompressionBombError`, and
+  its `DecompressionBombWarning` while our limit is not above Pillow's, become `BOMB` too
+  (via `warnings.catch_warnings()`; no Pillow global is touched). Before Python 3.14 warning
+  filters are process-wide, so concurrent threads may see each other's filters; results stay
+  correct because the `max_pixels` check above is authoritative. A limit above twice
+  `PIL.Image.MAX_IMAGE_PIXELS` still meets Pillow's hard ceiling.
+* `TOO_SMALL`: the smaller side is below `min_side` (orientation cannot change it).
+* Multi-frame files (animated GIF/WebP/APNG, multi-page TIFF, MPO): first frame only;
+  `n_frames` counts them ("multi_frame"). Damage in any frame fails the decode.
+* EXIF orientation is applied with `ImageOps.exif_transpose`'s table ("exif_rotated" when the
+  tag was 2..8); width/height are the oriented ones; unreadable EXIF counts as orientation 1.
+* To 8-bit: CMYK (Adobe-inverted JPEG CMYK too) -> RGB ("cmyk"). "I;16*" and "I" are
+  *scaled*, round(v * 255 / 65535) ("16bit"); "I" clips negatives to 0 and, if its maximum
+  exceeds 65535, is scaled by 255 / max instead. "F" is multiplied by 255 when all values lie
+  in 0..1, else min-max scaled ("float"; NaN/inf count as 0). Palettes are expanded
+  ("palette"), mode "1" too ("bilevel"). CIE L*a*b* is `UNSUPPORTED_FORMAT`.
+* Alpha (RGBA, RGBa, LA, La, PA, or transparency info on P/L/RGB/I;16) is composited over the
+  fixed `background` ("alpha") - also when fully opaque, so notes never depend on pixels.
+* Output "L" is ITU-R 601-2 luma (Pillow's `convert("L")`) after compositing; "RGB" repeats
+  grey. Arrays are uint8 (H, W, C), C-contiguous, writable and owned by the caller.
+* Failures: `EOFError`, messages about truncation/end of data, and a missing end marker or
+  declared length (JPEG EOI, PNG IEND, GIF trailer, WebP RIFF size, BMP file size; for TIFF:
+  a parse error after all input was consumed) are `TRUNCATED`; every other failure
+  (SyntaxError, OSError, ValueError, zlib/struct errors, ...) is `CORRUPT`.
+  `ImageFile.LOAD_TRUNCATED_IMAGES` is never set; Pillow's `UserWarning`s are silenced.
+* `notes` follow the order of `NOTE_VOCABULARY`. `probe_image` returns what `decode_image`
+  would, except that EXIF stored after a PNG's pixel data is only seen by a full decode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import re
+import stat
+import struct
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any, BinaryIO, Literal
+
+import numpy as np
+from PIL import Image
+
+from visiondeck.errors import DataError
+
+__all__ = [
+    "ALLOWED_FORMATS", "NOTE_VOCABULARY", "DecodeLimits", "DecodedImage", "ImageDecodeError",
+    "ImageInfo", "Problem", "decode_image", "dhash", "dhash_distance", "probe_image",
+    "resize_image", "sniff_format",
+]  # fmt: skip
+
+ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
+NOTE_VOCABULARY: tuple[str, ...] = (
+    "cmyk", "16bit", "palette", "alpha", "exif_rotated", "multi_frame", "float", "bilevel",
+)  # fmt: skip
+Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
+
+
+class Problem(StrEnum):
+    ZERO_BYTES = "zero_bytes"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    CORRUPT = "corrupt"
+    TRUNCATED = "truncated"
+    TOO_SMALL = "too_small"
+    BOMB = "bomb"
+    TOO_LARGE = "too_large"
+
+
+_HINTS = {
+    Problem.ZERO_BYTES: "the file is empty; copy or export it again, or remove it",
+    Problem.NOT_AN_IMAGE: "only JPEG, PNG, GIF, BMP, TIFF and WebP are read (whatever the file "
+    "name says); remove the file or move it out of the image folder",
+    Problem.UNSUPPORTED_FORMAT: "convert it to PNG or JPEG, or remove it",
+    Problem.CORRUPT: "the file is damaged; export or download it again, or remove it",
+    Problem.TRUNCATED: "the file ends early (an interrupted copy or download?); copy it again "
+    "or remove it",
+    Problem.TOO_SMALL: "remove the image, or lower the limit (data.min_size)",
+    Problem.BOMB: "downscale the image, or raise the limit (data.max_pixels) if it is genuine",
+    Problem.TOO_LARGE: "shrink the file, or raise the byte limit (e.g. the server's upload limit)",
+}
+
+
+class ImageDecodeError(DataError):
+    """Bytes that cannot become a picture; `problem` lets callers count and route by kind.
+
+    A `DataError` (exit code 4); `hint` defaults to a fix for the `problem`.
+    """
+
+    exit_code = 4
+
+    def __init__(self, problem: Problem, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint or _HINTS[problem])
+        self.problem = problem
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # the keyword-only hint defeats default exception pickling (process-pool scans)
+        return (_rebuild_error, (self.problem, self.message, self.hint))
+
+
+def _rebuild_error(problem: Problem, message: str, hint: str | None) -> ImageDecodeError:
+    return ImageDecodeError(problem, message, hint=hint)
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    max_pixels: int = 64_000_000
+    max_bytes: int | None = None
+    min_side: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_pixels < 1 or self.min_side < 1:
+            raise ValueError("max_pixels and min_side must be at least 1")
+        if self.max_bytes is not None and self.max_bytes < 0:
+            raise ValueError("max_bytes must be None or >= 0")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    format: str
+    source_mode: str
+    width: int
+    height: int
+    n_frames: int
+    notes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    array: np.ndarray
+    info: ImageInfo
+
+
+# ----------------------------------------------------------------------------- sniffing
+
+_ALLOWED_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"),
+    (b"MM\x00+", "TIFF"),
+)  # fmt: skip
+_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # the DIB headers Pillow can read
+_REFUSED = {
+    b"%!PS": "EPS/PostScript", b"\xc5\xd0\xd3\xc6": "EPS", b"%PDF": "PDF", b"8BPS": "PSD",
+    b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x02\x00": "CUR", b"\xff\x4f\xff\x51": "JPEG 2000",
+    b"\x00\x00\x00\x0cjP  \r\n\x87\n": "JPEG 2000", b"\xff\x0a": "JPEG XL",
+    b"\x00\x00\x00\x0cJXL \r\n\x87\n": "JPEG XL", b"qoif": "QOI", b"DDS ": "DDS",
+    b"icns": "ICNS", b"gimp xcf": "XCF", b"v/1\x01": "OpenEXR", b"#?RADIANCE": "Radiance HDR",
+    b"#?RGBE": "Radiance HDR", b"\xd7\xcd\xc6\x9a": "WMF",
+}  # fmt: skip
+_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF"} | dict.fromkeys(
+    (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"), "HEIC/HEIF"
+)
+_PNM = re.compile(rb"P[1-7][ \t\r\n]")
+
+
+def sniff_format(head: bytes) -> str | None:
+    """Format name from the first bytes (magic numbers), None when no allowed format matches.
+
+    32 bytes suffice. BMP's two-letter magic is also checked against its DIB header size so
+    that text which happens to start with "BM" is not taken for a bitmap.
+    """
+    head = bytes(head[:32])
+    for magic, fmt in _ALLOWED_MAGIC:
+        if head.startswith(magic):
+            return fmt
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:2] == b"BM" and (len(head) < 18 or _le(head[14:18]) in _BMP_HEADER_SIZES):
+        return "BMP"
+    return None
+
+
+def _le(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")
+
+
+def _refused_format(head: bytes) -> str | None:
+    """Name a format we recognise but refuse, so the message can say what the file is."""
+    for magic, name in _REFUSED.items():
+        if head.startswith(magic):
+            return name
+    if head[4:8] == b"ftyp" and head[8:12] in _FTYP_BRANDS:
+        return _FTYP_BRANDS[head[8:12]]
+    if _PNM.match(head):
+        return "PNM"
+    if head[128:132] == b"DICM":
+        return "DICOM"
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 text, e.g. an SVG from Windows tools
+        head = head[2:].decode("utf-16-le" if head[0] == 0xFF else "utf-16-be", "ignore")
+        head = head.encode("utf-8", "ignore")
+    text = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
+    if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!")) and b"<svg" in text):
+        return "SVG"
+    return "XML" if text.startswith(b"<?xml") else None
+
+
+def _fail(problem: Problem, message: str, name: str | None) -> ImageDecodeError:
+    return ImageDecodeError(problem, f"{name}: {message}" if name else message)
+
+
+def _read_source(source: Source, limits: DecodeLimits) -> tuple[bytes, str | None]:
+    cap, name = limits.max_bytes, None
+    if isinstance(source, bytes | bytearray | memoryview):
+        data = source if isinstance(source, bytes) else bytes(source)
+    elif isinstance(source, str | os.PathLike):
+        name = os.fsdecode(source)
+        info = os.stat(source)
+        if not stat.S_ISREG(info.st_mode):
+            raise _fail(Problem.NOT_AN_IMAGE, "not a regular file", name)
+        if cap is not None and info.st_size > cap:
+            raise _fail(Problem.TOO_LARGE, f"file is {info.st_size:,} bytes, above the limit "
+                        f"of {cap:,}", name)  # fmt: skip
+        with open(source, "rb") as fh:
+            data = fh.read() if cap is None else fh.read(cap + 1)
+    elif hasattr(source, "read"):
+        stream_name = getattr(source, "name", None)
+        name = stream_name if isinstance(stream_name, str) else None
+        data = bytes(source.read() if cap is None else source.read(cap + 1))
+    else:
+        raise TypeError(f"cannot decode an image from {type(source).__name__}")
+    if cap is not None and len(data) > cap:
+        raise _fail(Problem.TOO_LARGE, f"more than {cap:,} bytes, above the limit", name)
+    if not data:
+        raise _fail(Problem.ZERO_BYTES, "the file is empty (0 bytes)", name)
+    return data, name
+
+
+def _sniff_or_fail(data: bytes, name: str | None) -> str:
+    fmt = sniff_format(data[:32])
+    if fmt is not None:
+        return fmt
+    refused = _refused_format(data[:4096])
+    if refused is not None:
+        raise _fail(Problem.UNSUPPORTED_FORMAT, f"{refused} files are not supported", name)
+    if len(data) > 1 and any(m.startswith(data) for m in (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a")):
+        raise _fail(Problem.TRUNCATED, f"only {len(data)} bytes of an image signature", name)
+    raise _fail(Problem.NOT_AN_IMAGE, "not an image (its first bytes match no image format)",
+                name)  # fmt: skip
+
+
+# ----------------------------------------------------------------------------- decoding
+
+_TRUNCATION = re.compile(r"truncat|unexpected end|premature end|end of (file|data|stream)"
+                         r"|not enough data|ran out of|\beof\b|incomplete", re.I)  # fmt: skip
+_PIXELS_IN_MESSAGE = re.compile(r"\((\d+) pixels\)")
+_DIMS_AT = {"PNG": (16, ">II"), "GIF": (6, "<HH"), "BMP": (18, "<ii")}  # for bomb messages
+
+
+def _bomb(width: int, height: int, pixels: int, cap: int, name: str | None) -> ImageDecodeError:
+    size = f"{width:,}×{height:,} = " if width * height == pixels else ""
+    return _fail(Problem.BOMB, f"image is {size}{pixels:,} pixels, above the limit of {cap:,}; "
+                 "raise the limit (data.max_pixels) if this is a genuine image", name)  # fmt: skip
+
+
+def _check_header(im: Image.Image, limits: DecodeLimits, name: str | None) -> None:
+    width, height = im.size
+    if width * height > limits.max_pixels:
+        raise _bomb(width, height, width * height, limits.max_pixels, name)
+    if min(width, height) < limits.min_side:
+        raise _fail(Problem.TOO_SMALL, f"image is {width}×{height}, a side is below the "
+                    f"minimum of {limits.min_side} pixels", name)  # fmt: skip
+    if im.mode == "LAB":  # would need colour management to become RGB
+        raise _fail(Problem.UNSUPPORTED_FORMAT, "CIE L*a*b* images are not supported", name)
+
+
+def _looks_cut(data: bytes, fmt: str) -> bool | None:
+    """Whether the format's end marker or declared length is missing; None: cannot tell."""
+    end = data.rstrip(b"\0")
+    return {
+        "JPEG": not end.endswith(b"\xff\xd9"),
+        "PNG": b"IEND" not in data[-16:],
+        "GIF": not end.endswith(b";"),
+        "WEBP": len(data) < 8 + _le(data[4:8]),
+        "BMP": len(data) < _le(data[2:6]),
+    }.get(fmt)
+
+
+def _classify(exc: BaseException, data: bytes, fmt: str, exhausted: bool) -> Problem:
+    if isinstance(exc, EOFError) or _TRUNCATION.search(str(exc)):
+        return Problem.TRUNCATED
+    cut = _looks_cut(data, fmt)
+    if cut is None:  # a parser that ran off the end complains about a short struct/chunk
+        cut = exhausted and isinstance(exc, SyntaxError | struct.error | IndexError)
+    return Problem.TRUNCATED if cut else Problem.CORRUPT
+
+
+def _guarded(data: bytes, fmt: str, name: str | None, limits: DecodeLimits, work: Any) -> Any:
+    """Run `work(stream)` under Pillow with every failure mapped onto a `Problem`."""
+    stream = io.BytesIO(data)
+    ceiling = Image.MAX_IMAGE_PIXELS or 0
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+        bomb = "error" if ceiling and limits.max_pixels <= ceiling else "ignore"
+        warnings.simplefilter(bomb, Image.DecompressionBombWarning)
+        try:
+            return work(stream)
+        except (ImageDecodeError, MemoryError):
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            found = _PIXELS_IN_MESSAGE.search(str(exc))
+            pixels = int(found.group(1)) if found else 0
+            offset, layout = _DIMS_AT.get(fmt, (len(data), ""))
+            dims = struct.unpack_from(layout, data, offset) if len(data) >= offset + 8 else (0, 0)
+            cap = limits.max_pixels if pixels > limits.max_pixels else 2 * ceiling
+            raise _bomb(*dims, pixels, cap, name) from exc
+        except Exception as exc:
+            cause: BaseException = exc
+            exhausted = not stream.closed and stream.tell() >= len(data)
+            if isinstance(exc, Image.UnidentifiedImageError):  # Pillow swallowed the cause
+                stream = io.BytesIO(data)
+                try:
+                    Image.OPEN[fmt][0](stream, "")
+                except Exception as inner:
+                    cause, exhausted = inner, stream.tell() >= len(data)
+            problem = _classify(cause, data, fmt, exhausted)
+            what = "data ends early" if problem is Problem.TRUNCATED else "cannot be decoded"
+            detail = f"{type(cause).__name__}: {cause}".rstrip(": ")
+            raise _fail(problem, f"{fmt} {what} ({detail})", name) from exc
+
+
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_90,
+}  # fmt: skip
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+_HIGH_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def _orientation(im: Image.Image) -> int:
+    # the base-class getexif never triggers a PNG load, so probing stays header-only
+    try:
+        value = Image.Image.getexif(im).get(0x0112, 1)
+    except Exception:
+        return 1
+    return value if isinstance(value, int) and value in _TRANSPOSE else 1
+
+
+def _info(im: Image.Image, fmt: str, orientation: int) -> ImageInfo:
+    mode, (width, height) = im.mode, im.size
+    n_frames = int(getattr(im, "n_frames", 1) or 1)
+    flags = {
+        "cmyk": mode == "CMYK", "16bit": mode in _HIGH_BIT_MODES, "palette": mode in ("P", "PA"),
+        "alpha": mode in _ALPHA_MODES or im.info.get("transparency") is not None,
+        "exif_rotated": orientation != 1, "multi_frame": n_frames > 1, "float": mode == "F",
+        "bilevel": mode == "1",
+    }  # fmt: skip
+    if orientation >= 5:
+        width, height = height, width
+    notes = tuple(note for note in NOTE_VOCABULARY if flags[note])
+    return ImageInfo(fmt, mode, width, height, n_frames, notes)
+
+
+def _high_bit_to_l(im: Image.Image) -> Image.Image:
+    values = np.asarray(im)
+    if im.mode == "F":
+        values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        low, high = float(values.min()), float(values.max())
+        if low < 0.0 or high > 1.0:
+            values = (values - low) / (high - low) if high > low else values * 0.0
+        return Image.fromarray(np.rint(values * 255.0).clip(0, 255).astype(np.uint8))
+    wide = values.astype(np.int64).clip(0, None)
+    top = int(wide.max()) if wide.size else 0
+    # round(v * 255 / 65535) == round(v / 257), and 257 is odd: no ties to break
+    eight = (wide + 128) // 257 if top <= 65535 else (wide * 255 + top // 2) // top
+    out = Image.fromarray(eight.astype(np.uint8))
+    trns = im.info.get("transparency")
+    if isinstance(trns, int):
+        out.putalpha(Image.fromarray(np.where(values == trns, 0, 255).astype(np.uint8)))
+    return out
+
+
+def _normalise(im: Image.Image, mode: str, background: tuple[int, int, int]) -> Image.Image:
+    """Any Pillow mode -> "RGB" or "L", compositing transparency over `background`."""
+    if im.mode in _HIGH_BIT_MODES or im.mode == "F":
+        im = _high_bit_to_l(im)
+    elif im.mode == "La":
+        im = im.convert("LA")
+    if im.mode in _ALPHA_MODES or im.info.get("transparency") is not None:
+        rgba = im.convert("RGBA")
+        im = Image.new("RGB", rgba.size, background)
+        im.paste(rgba, mask=rgba)
+    if mode == "L" and im.mode not in ("RGB", "L"):
+        im = im.convert("RGB")  # luma from the normalised colours, e.g. for CMYK
+    return im if im.mode == mode else im.convert(mode)
+
+
+def decode_image(
+    source: Source,
+    *,
+    mode: Literal["RGB", "L"] = "RGB",
+    limits: DecodeLimits = DecodeLimits(),
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> DecodedImage:
+    """Decode untrusted bytes into a uint8 (H, W, C) array, or fail with a `Problem`.
+
+    The module docstring lists every limit and normalisation applied, and why.
+    """
+    if mode not in ("RGB", "L"):
+        raise ValueError(f"mode must be 'RGB' or 'L', not {mode!r}")
+    if len(background) != 3 or not all(0 <= int(c) <= 255 for c in background):
+        raise ValueError(f"background must be three values in 0..255, not {background!r}")
+    fill = (int(background[0]), int(background[1]), int(background[2]))
+    data, name = _read_source(source, limits)
+    fmt = _sniff_or_fail(data, name)
+
+    def work(stream: io.BytesIO) -> DecodedImage:
+        with Image.open(stream, formats=(fmt,)) as im:
+            _check_header(im, limits, name)
+            info = _info(im, fmt, 1)  # before load: what probe_image reports
+            im.load()
+            orientation = _orientation(im)  # after load: a PNG's late eXIf chunk is read
+            out = _normalise(im, mode, fill)
+        if orientation != 1:
+            out = out.transpose(_TRANSPOSE[orientation])
+            notes = tuple(n for n in NOTE_VOCABULARY if n in info.notes or n == "exif_rotated")
+            info = dataclasses.replace(info, width=out.width, height=out.height, notes=notes)
+        array = np.array(out, dtype=np.uint8)  # a writable copy the caller owns
+        return DecodedImage(array[:, :, None] if array.ndim == 2 else array, info)
+
+    return _guarded(data, fmt, name, limits, work)
+
+
+def probe_image(source: Source, *, limits: DecodeLimits = DecodeLimits()) -> ImageInfo:
+    """Header-only: validates magic bytes, byte size, dimensions vs limits, without decoding pixels.
+
+    Cheap enough to run on every file of a folder; a file that probes fine can still fail
+    `decode_image` when its pixel data is damaged.
+    """
+    data, name = _read_source(source, limits)
+    fmt = _sniff_or_fail(data, name)
+
+    def work(stream: io.BytesIO) -> ImageInfo:
+        with Image.open(stream, formats=(fmt,)) as im:
+            _check_header(im, limits, name)
+            return _info(im, fmt, _orientation(im))
+
+    return _guarded(data, fmt, name, limits, work)
+
+
+# ---------------------------------------------------------------------- resizing, hashing
+
+
+def _check_array(array: np.ndarray) -> None:
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected a uint8 (H, W, C) array with C in 1, 3, 4; got "
+                         f"{array.dtype} {array.shape}")  # fmt: skip
+
+
+def _pil_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
+    grey = array.shape[2] == 1
+    plane = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if grey else array))
+    out = np.array(plane.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None))
+    return out[:, :, None] if grey else out
+
+
+def resize_image(
+    array: np.ndarray,
+    size: int | tuple[int, int],
+    policy: Literal["stretch", "letterbox", "center_crop"] = "stretch",
+    *,
+    fill: int = 0,
+) -> np.ndarray:
+    """The ONE resize used by training evaluation and serving, so preprocessing is identical.
+
+    `size` is an int for a square or (height, width). stretch ignores the aspect ratio;
+    letterbox fits inside, keeping the ratio, and pads with `fill` around the centred picture;
+    center_crop scales until the target is covered (for a square: the shorter side matches)
+    and crops the centre. Pillow BILINEAR with reducing_gap=None: downscaling is antialiased.
+    Always returns a new C-contiguous array, a plain copy when already at size.
+    """
+    _check_array(array)
+    if policy not in ("stretch", "letterbox", "center_crop"):
+        raise ValueError(f"unknown resize policy {policy!r}")
+    if not 0 <= fill <= 255:
+        raise ValueError(f"fill must be in 0..255, not {fill}")
+    height, width = (size, size) if isinstance(size, int | np.integer) else size
+    height, width = int(height), int(width)
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive, not {size!r}")
+    src_h, src_w = array.shape[:2]
+    if (src_h, src_w) == (height, width):
+        return np.array(array, order="C", copy=True)
+    if policy == "stretch":
+        return _pil_resize(array, height, width)
+    if policy == "letterbox":
+        scale = min(height / src_h, width / src_w)
+        new_h = min(height, max(1, round(src_h * scale)))
+        new_w = min(width, max(1, round(src_w * scale)))
+        canvas = np.full((height, width, array.shape[2]), fill, dtype=np.uint8)
+        top, left = (height - new_h) // 2, (width - new_w) // 2
+        canvas[top : top + new_h, left : left + new_w] = _pil_resize(array, new_h, new_w)
+        return canvas
+    scale = max(height / src_h, width / src_w)
+    new_h, new_w = max(height, round(src_h * scale)), max(width, round(src_w * scale))
+    top, left = (new_h - height) // 2, (new_w - width) // 2
+    scaled = _pil_resize(array, new_h, new_w)
+    return np.ascontiguousarray(scaled[top : top + height, left : left + width])
+
+
+def dhash(array: np.ndarray, hash_size: int = 8) -> str:
+    """Perceptual difference hash of the grey picture, as hex (hash_size² bits, row-major).
+
+    What we promise (and test on photos): a copy re-encoded as JPEG at quality >= 90 or
+    resized lands within `dhash_distance(a, b) <= hash_size² // 16` bits (4 of 64), usually
+    at 0; unrelated pictures differ in about half the bits. Equal hashes are a cheap bucket
+    key for grouping near-duplicates, the distance catches the rest. The bit layout is
+    stable (row-major, first bit most significant, 1 = right neighbour brighter), so stored
+    hashes stay comparable.
+    """
+    _check_array(array)
+    if hash_size < 2:
+        raise ValueError("hash_size must be at least 2")
+    if array.shape[2] == 1:
+        grey = Image.fromarray(np.ascontiguousarray(array[:, :, 0]))
+    else:
+        grey = Image.fromarray(np.ascontiguousarray(array[:, :, :3])).convert("L")
+    small = np.asarray(grey.resize((hash_size + 1, hash_size), Image.Resampling.BOX), np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).ravel()
+    value = int("".join("1" if bit else "0" for bit in bits), 2)
+    return f"{value:0{(bits.size + 3) // 4}x}"
+
+
+def dhash_distance(a: str, b: str) -> int:
+    """Hamming distance between two `dhash` strings of the same hash_size."""
+    if len(a) != len(b):
+        raise ValueError("hashes of different sizes cannot be compared")
+    return (int(a, 16) ^ int(b, 16)).bit_count()

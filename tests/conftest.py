@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny generated image folders, good and bad, built fresh per test."""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.factories import crafted_png, pattern, png_bytes, write_class_folder
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> Path:
+    """Two classes of good images plus one file of every bad and unusual kind."""
+    root = tmp_path / "images"
+    write_class_folder(root, {"cat": 12, "dog": 12})
+    good = (root / "cat" / "cat_000.png").read_bytes()
+    noise = np.random.default_rng(99).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    full = png_bytes(noise)
+
+    (root / "cat" / "empty.png").write_bytes(b"")
+    (root / "cat" / "notes.txt").write_text("these are my notes, not a picture\n")
+    (root / "cat" / "vector.svg").write_text('<svg xmlns="http://www.w3.org/2000/svg"/>')
+    (root / "dog" / "print.eps").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 1 1\n")
+    (root / "cat" / "cut.png").write_bytes(full[: len(full) // 2])
+    garbage = np.random.default_rng(5).integers(0, 256, 300, dtype=np.uint8).tobytes()
+    (root / "dog" / "garbled.png").write_bytes(crafted_png(32, 32, b"\x00\x00" + garbage))
+    (root / "dog" / "tiny.png").write_bytes(png_bytes(pattern(500, 4)))
+    (root / "cat" / "bomb.png").write_bytes(crafted_png(100_000, 100_000, zlib.compress(b"")))
+    (root / "cat" / "copy_of_cat_000.png").write_bytes(good)
+    conflict = png_bytes(pattern(777))
+    (root / "dog" / "conflict.png").write_bytes(conflict)
+    (root / "cat" / "conflict.png").write_bytes(conflict)
+
+    picture = pattern(1234, 48)
+    Image.fromarray(picture).convert("CMYK").save(root / "cat" / "cmyk.jpg", quality=95)
+    gray16 = (np.linspace(0, 65535, 48 * 48).reshape(48, 48)).astype(np.uint16)
+    Image.fromarray(gray16).save(root / "dog" / "gray16.png")
+    Image.fromarray(pattern(1235, 48)).quantize(16).save(root / "dog" / "palette.png")
+    rgba = np.dstack([pattern(1236, 48), np.full((48, 48), 128, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(root / "cat" / "alpha.png")
+    rotated = Image.fromarray(pattern(1237, 48)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated.save(root / "dog" / "rotated.jpg", exif=exif, quality=95)
+
+    (root / "cat" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / "README.txt").write_text("text beside the classes is fine")
+    (root / "stray.png").write_bytes(png_bytes(pattern(4242)))  # an image with no class
+    return root
+
+
+@pytest.fixture
+def clean_folder(tmp_path: Path) -> Path:
+    root = tmp_path / "clean"
+    write_class_folder(root, {"ant": 20, "bee": 20, "wasp": 20})
+    return root

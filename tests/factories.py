@@ -1,0 +1,74 @@
+"""Tiny generated images for the tests: good ones, bad ones, and folders of both."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def pattern(seed: int, size: int = 32) -> np.ndarray:
+    """A distinct smooth RGB picture per seed (random 6×6 field, bilinearly upsampled), so
+    perceptual hashes of different seeds differ while the picture survives re-encoding."""
+    rng = np.random.default_rng(seed)
+    field = rng.integers(0, 256, size=(6, 6, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(field).resize((size, size), Image.Resampling.BILINEAR))
+
+
+def png_bytes(array: np.ndarray, **params) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG", **params)
+    return buffer.getvalue()
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def crafted_png(width: int, height: int, idat: bytes) -> bytes:
+    """A PNG with an honest header and CRCs around arbitrary IDAT bytes."""
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", idat)
+            + _chunk(b"IEND", b""))
+
+
+def write_class_folder(root: Path, per_class: dict[str, int], *, size: int = 32,
+                       start_seed: int = 0) -> list[Path]:
+    paths = []
+    seed = start_seed
+    for label, count in per_class.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            path = root / label / f"{label}_{i:03d}.png"
+            path.write_bytes(png_bytes(pattern(seed, size)))
+            paths.append(path)
+            seed += 1
+    return paths
+
+
+# Every kind of problem `data check` must name, and where the messy fixture puts it.
+EXPECTED_STATUS = {
+    "cat/empty.png": "zero_bytes",
+    "cat/notes.txt": "not_an_image",
+    "cat/vector.svg": "unsupported_format",
+    "dog/print.eps": "unsupported_format",
+    "cat/cut.png": "truncated",
+    "dog/garbled.png": "corrupt",
+    "dog/tiny.png": "too_small",
+    "cat/bomb.png": "bomb",
+    "cat/copy_of_cat_000.png": "duplicate",
+    "dog/conflict.png": "label_conflict",
+    "cat/conflict.png": "label_conflict",
+}
+# Unusual but valid: normalised on load, never rejected (with the note the decoder records).
+EXPECTED_NORMALISED = {
+    "cat/cmyk.jpg": "cmyk",
+    "dog/gray16.png": "16bit",
+    "dog/palette.png": "palette",
+    "cat/alpha.png": "alpha",
+    "dog/rotated.jpg": "exif_rotated",
+}
