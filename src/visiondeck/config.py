@@ -74,6 +74,10 @@ class DataConfig(_Section):
     num_workers: int | None = Field(
         None, ge=0, description="decode processes (null = one per core, at most 8)"
     )
+    cache: Literal["auto", "memory", "off"] = Field(
+        "auto", description="decode once into memory (auto: when it fits cache_max_gb)"
+    )
+    cache_max_gb: float = Field(2.0, gt=0.0, description="largest decoded cache auto uses")
 
     @field_validator("mean", "std")
     @classmethod
@@ -97,23 +101,56 @@ class TrainConfig(_Section):
     """How the network is trained (read by `visiondeck train`)."""
 
     epochs: int = Field(10, ge=1, description="number of epochs")
+    max_minutes: float | None = Field(
+        None, gt=0.0, description="stop after this much training time (null = no limit)"
+    )
     batch_size: int = Field(64, ge=1, description="images per optimiser step")
     lr: float = Field(1e-3, gt=0.0, description="peak learning rate")
     optimizer: Literal["adamw", "adam", "sgd"] = Field("adamw", description="optimiser")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum (Nesterov)")
     weight_decay: float = Field(1e-4, ge=0.0, description="weight decay")
     scheduler: Literal["onecycle", "cosine", "plateau", "none"] = Field(
         "onecycle", description="learning-rate schedule"
     )
+    warmup_epochs: float = Field(
+        0.0, ge=0.0, description="linear warm-up for cosine (onecycle warms up by itself)"
+    )
     loss: Literal["ce", "focal"] = Field("ce", description="loss function")
+    focal_gamma: float = Field(2.0, ge=0.0, description="focusing parameter of focal loss")
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing")
     balance: Literal["none", "weights", "sampler", "focal"] = Field(
         "none", description="class-imbalance handling"
     )
+    mixup: float = Field(0.0, ge=0.0, description="mixup alpha (0 = off)")
+    cutmix: float = Field(0.0, ge=0.0, description="cutmix alpha (0 = off)")
+    freeze: Literal["none", "backbone", "progressive"] = Field(
+        "none", description="transfer learning: train all, head only, or unfreeze stage by stage"
+    )
+    unfreeze_every: int = Field(
+        1, ge=1, description="progressive: epochs between unfreezing one more stage"
+    )
+    backbone_lr_mult: float = Field(
+        1.0, gt=0.0, le=1.0, description="backbone LR = lr × this (discriminative LRs)"
+    )
+    grad_clip: float | None = Field(None, gt=0.0, description="clip gradient norm (null = off)")
+    accumulate: int = Field(1, ge=1, description="batches per optimiser step")
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = Field(
+        "auto", description="auto: mixed precision on GPUs that support it, else 32"
+    )
+    ema: float | None = Field(
+        None, gt=0.0, lt=1.0, description="EMA decay of weights, e.g. 0.999 (null = off)"
+    )
+    channels_last: bool = Field(True, description="channels-last memory format (faster convs)")
     patience: int | None = Field(None, ge=1, description="early stopping patience (null = off)")
     seed: int = Field(0, description="seed of weights and data order")
+    deterministic: bool = Field(False, description="deterministic algorithms (slower)")
+    gate_metric: str = Field("val_acc", description="metric the quality gate checks")
     min_val_accuracy: float | None = Field(
         None, ge=0.0, le=1.0, description="quality gate: the run fails below this"
     )
+    devices: int = Field(1, ge=1, description="processes/devices per node (DDP when > 1)")
+    num_nodes: int = Field(1, ge=1, description="nodes for multi-node DDP")
+    accelerator: Literal["auto", "cpu", "gpu", "mps"] = Field("auto", description="hardware")
 
 
 class Recipe(_Section):

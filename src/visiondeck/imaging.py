@@ -541,6 +541,8 @@ def dhash(array: np.ndarray, hash_size: int = 8) -> str:
         grey = Image.fromarray(np.ascontiguousarray(array[:, :, :3])).convert("L")
     small = np.asarray(grey.resize((hash_size + 1, hash_size), Image.Resampling.BOX), np.int16)
     bits = (small[:, 1:] > small[:, :-1]).ravel()
+    if bits.size % 8 == 0:  # the common sizes: packbits is ~50x faster than a bit string
+        return np.packbits(bits).tobytes().hex()
     value = int("".join("1" if bit else "0" for bit in bits), 2)
     return f"{value:0{(bits.size + 3) // 4}x}"
 

@@ -11,7 +11,7 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from visiondeck.cli import config_cmd, data_cmd, demo_cmd
+from visiondeck.cli import config_cmd, data_cmd, demo_cmd, train_cmd
 
 
 class _Group(TyperGroup):
@@ -40,6 +40,8 @@ app = typer.Typer(
 )
 app.add_typer(data_cmd.app, name="data")
 app.add_typer(config_cmd.app, name="config")
+app.add_typer(train_cmd.models_app, name="models")
+app.command("train")(train_cmd.train)
 app.command("demo")(demo_cmd.demo)
 
 

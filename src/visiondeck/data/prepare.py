@@ -19,6 +19,7 @@ from visiondeck.data.sources import Source, open_source
 from visiondeck.data.split import (
     Split,
     SplitCheck,
+    SplitRecord,
     load_split,
     make_split,
     save_split,
@@ -92,6 +93,7 @@ class SplitOutcome:
     check: CheckResult
     reused: bool
     changes: SplitCheck | None  # what changed since the previous split, when one existed
+    test_split: Split | None = None  # all of data.test_source, when the recipe names one
 
 
 def prepare_split(
@@ -108,6 +110,9 @@ def prepare_split(
     A changed data set or changed split parameters with an existing split is an error unless
     `force` is given: silently re-splitting would make every earlier result incomparable.
     """
+    if cfg.test_source:
+        # the test set is given separately (e.g. an official test split): carve only val
+        cfg = cfg.model_copy(update={"test_fraction": 0.0})
     limits = decode_limits(cfg)
     result = check_data(
         source or cfg.source, prepared=prepared, limits=limits, workers=cfg.num_workers,
@@ -124,7 +129,8 @@ def prepare_split(
             json.loads(split_json.read_text())[k] == v for k, v in params.items()
         )
         if changes.ok and same_params and previous.root == result.source.root:
-            return SplitOutcome(previous, result, True, changes)
+            return SplitOutcome(previous, result, True, changes, _test_split(cfg, result, limits,
+                                                                             progress, data_root))
         if not force:
             why = (f"the data changed: {changes.describe()}" if not changes.ok
                    else "the split parameters or the data location changed")
@@ -138,4 +144,23 @@ def prepare_split(
         test_fraction=cfg.test_fraction, folds=cfg.folds, seed=cfg.seed,
     )
     save_split(split, result.prepared)
-    return SplitOutcome(split, result, False, changes)
+    return SplitOutcome(split, result, False, changes,
+                        _test_split(cfg, result, limits, progress, data_root))
+
+
+def _test_split(cfg: DataConfig, main: CheckResult, limits: DecodeLimits, progress: bool,
+                data_root: str | None) -> Split | None:
+    """Every usable file of `data.test_source` as the test subset, with the main classes."""
+    if not cfg.test_source:
+        return None
+    check = check_data(cfg.test_source, prepared=main.prepared / "test_source", limits=limits,
+                       workers=cfg.num_workers, progress=progress, data_root=data_root)
+    classes = sorted({e.label for e in main.report.usable})
+    unknown = sorted({e.label for e in check.report.usable} - set(classes))
+    if unknown:
+        raise DataError(f"the test source has classes the training data lacks: {unknown}",
+                        hint="test and training data must use the same class folders")
+    records = [SplitRecord(e.relpath, e.label, e.sha256, "test") for e in check.report.usable]
+    split = Split(check.source.root, classes, records, cfg.seed, 0.0, 1.0)
+    save_split(split, check.prepared)
+    return split

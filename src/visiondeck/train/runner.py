@@ -1,0 +1,232 @@
+"""`train(recipe)`: from a recipe to a run folder with checkpoints, history and a verdict.
+
+A run folder (`runs/NAME/`) holds everything needed to understand and continue it: the
+resolved recipe, the split it used (id and location), classes.json, checkpoints (last and
+best, written atomically every epoch), history.csv/json, TensorBoard logs and run.json (status,
+metrics, the quality gate's verdict, class weights, versions, git commit, timings).
+`resume(run_dir)` continues a killed run from its last checkpoint with optimiser, scheduler,
+loop and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from visiondeck.config import Recipe, load_recipe, save_recipe
+from visiondeck.errors import VisionDeckError
+
+__all__ = ["GateResult", "RunResult", "TrainingError", "resume", "train"]
+
+
+class TrainingError(VisionDeckError):
+    exit_code = 5
+
+
+@dataclass(frozen=True)
+class GateResult:
+    metric: str
+    threshold: float
+    value: float | None
+
+    @property
+    def passed(self) -> bool:
+        return self.value is not None and self.value >= self.threshold
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    status: str  # "passed" | "failed_gate" | "completed" (no gate)
+    metrics: dict[str, float]
+    best_checkpoint: Path | None
+    last_checkpoint: Path | None
+    epochs_run: int
+    duration_s: float
+    gate: GateResult | None = None
+    class_weights: list[float] | None = None
+    skipped_files: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_run_dir(recipe: Recipe) -> Path:
+    """runs/NAME, or runs/NAME-2, -3... so an earlier run is never overwritten."""
+    base = Path(recipe.output_dir) / recipe.name
+    candidate, n = base, 1
+    while candidate.exists() and any(candidate.iterdir()):
+        n += 1
+        candidate = base.with_name(f"{recipe.name}-{n}")
+    candidate.mkdir(parents=True, exist_ok=True)
+    return candidate
+
+
+def train(recipe: Recipe, *, run_dir: str | os.PathLike[str] | None = None,
+          progress: bool = True, callbacks: list | None = None,
+          max_steps: int | None = None) -> RunResult:
+    """Train a recipe into a new run folder (or `run_dir`)."""
+    folder = Path(run_dir) if run_dir else new_run_dir(recipe)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, folder / "recipe.yaml")
+    return _fit(recipe, folder, ckpt_path=None, progress=progress, callbacks=callbacks,
+                max_steps=max_steps)
+
+
+def resume(run_dir: str | os.PathLike[str], *, progress: bool = True,
+           callbacks: list | None = None) -> RunResult:
+    """Continue a run from its last checkpoint; a finished run is reported, not retrained."""
+    folder = Path(run_dir)
+    recipe_file = folder / "recipe.yaml"
+    if not recipe_file.exists():
+        raise TrainingError(f"{folder} is not a run folder (no recipe.yaml)",
+                            hint="give the folder `visiondeck train` printed, e.g. runs/NAME")
+    last = folder / "checkpoints" / "last.ckpt"
+    if not last.exists():
+        raise TrainingError(f"{folder} has no checkpoint to resume from",
+                            hint="the run stopped before its first epoch ended; start it again")
+    recipe = load_recipe(recipe_file)
+    return _fit(recipe, folder, ckpt_path=last, progress=progress, callbacks=callbacks)
+
+
+@dataclass
+class BuiltSystem:
+    data: Any  # SplitDataModule
+    system: Any  # Classifier
+    split: Any  # Split
+    spec: Any  # PrepareSpec
+    class_weights: list[float]
+
+
+def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> BuiltSystem:
+    """Split, data module and Lightning system for a recipe (shared by train and find_lr)."""
+    import lightning as L
+    import torch
+
+    from visiondeck.data.prepare import prepare_split
+    from visiondeck.models import from_config, model_spec
+    from visiondeck.train.datamodule import SplitDataModule, resolve_spec
+    from visiondeck.train.losses import class_weights
+    from visiondeck.train.module import Classifier
+
+    L.seed_everything(recipe.train.seed, workers=True, verbose=False)
+    outcome = prepare_split(recipe.data, progress=progress, force=False)
+    split = outcome.split
+    (folder / "classes.json").write_text(json.dumps(split.classes, indent=2) + "\n")
+    spec_info = model_spec(recipe.model.name)
+    spec = resolve_spec(recipe.data, spec_info.mean if recipe.model.pretrained else None,
+                        spec_info.std if recipe.model.pretrained else None)
+    data = SplitDataModule(split, recipe.data, recipe.train, spec,
+                           cache_dir=outcome.check.prepared / "cache",
+                           test_split=outcome.test_split, progress=progress)
+    weights = class_weights(data.train_labels, len(split.classes))
+    model = from_config(recipe.model, num_classes=len(split.classes),
+                        in_chans=recipe.data.channels)
+    if recipe.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    system = Classifier(model, len(split.classes), recipe.train, class_weights=weights,
+                        train_transform=data.device_transform(train=True),
+                        eval_transform=data.device_transform(train=False))
+    return BuiltSystem(data, system, split, spec, weights)
+
+
+def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool,
+         callbacks: list | None, max_steps: int | None = None) -> RunResult:
+    import torch
+
+    from visiondeck.train.trainer import build_trainer
+
+    started = time.perf_counter()
+    built = build_system(recipe, folder, progress=progress)
+    data, system, split, spec, weights = (built.data, built.system, built.split, built.spec,
+                                          built.class_weights)
+    trainer = build_trainer(recipe.train, folder, progress=progress,
+                            extra_callbacks=callbacks or [], max_steps=max_steps)
+    _write_run_json(folder, recipe, split, spec, weights, status="running")
+    try:
+        trainer.fit(system, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except KeyboardInterrupt:
+        _write_run_json(folder, recipe, split, spec, weights, status="interrupted")
+        raise
+    metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
+               if torch.as_tensor(v).numel() == 1}
+    checkpoint = trainer.checkpoint_callback
+    best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
+    if checkpoint is not None and checkpoint.best_model_score is not None:
+        metrics["best_val_acc"] = round(float(checkpoint.best_model_score), 6)
+    gate = _gate(recipe, metrics)
+    status = "completed" if gate is None else ("passed" if gate.passed else "failed_gate")
+    result = RunResult(
+        folder, status, metrics, best, folder / "checkpoints" / "last.ckpt",
+        trainer.current_epoch, time.perf_counter() - started, gate, weights,
+        int(metrics.get("skipped_files", 0)) + len(data.decode_failures),
+        {"split_id": split.id, "in_memory": data.in_memory,
+         "decode_failures": data.decode_failures[:50]},
+    )
+    _write_run_json(folder, recipe, split, spec, weights, status=status, result=result)
+    return result
+
+
+def _gate(recipe: Recipe, metrics: dict[str, float]) -> GateResult | None:
+    threshold = recipe.train.min_val_accuracy
+    if threshold is None:
+        return None
+    name = recipe.train.gate_metric
+    value = metrics.get(f"best_{name}", metrics.get(name))
+    return GateResult(name, threshold, value)
+
+
+def _write_run_json(folder: Path, recipe: Recipe, split, spec, weights, *, status: str,
+                    result: RunResult | None = None) -> None:
+    info: dict[str, Any] = {
+        "name": recipe.name,
+        "status": status,
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "split": {"id": split.id, "root": str(split.root), "classes": split.classes},
+        "prepare": asdict(spec),
+        "class_weights": weights,
+        "balance": recipe.train.balance,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "host": platform.node(),
+    }
+    if result is not None:
+        info.update({
+            "metrics": result.metrics,
+            "epochs_run": result.epochs_run,
+            "duration_s": round(result.duration_s, 2),
+            "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+            "gate": (asdict(result.gate) | {"passed": result.gate.passed}) if result.gate
+            else None,
+            "skipped_files": result.skipped_files,
+            **result.extra,
+        })
+    tmp = folder / "run.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2) + "\n")
+    os.replace(tmp, folder / "run.json")
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("visiondeck", "torch", "torchvision", "lightning", "timm"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def _git_commit() -> str | None:
+    try:
+        done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=5, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
