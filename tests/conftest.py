@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import zlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.factories import crafted_png, pattern, png_bytes, write_class_folder
+from tests.factories import crafted_png, pattern, png_bytes, write_class_folder, write_learnable
 
 
 @pytest.fixture
@@ -58,3 +60,50 @@ def clean_folder(tmp_path: Path) -> Path:
     root = tmp_path / "clean"
     write_class_folder(root, {"ant": 20, "bee": 20, "wasp": 20})
     return root
+
+
+def _tiny_overrides(data: Path, runs: Path, name: str) -> list[str]:
+    return [
+        f"data.source={data}", "data.image_size=16", "data.channels=3",
+        "data.augment=none", "data.cache=memory", "data.num_workers=1",
+        "data.val_fraction=0.25", "data.test_fraction=0.25",
+        "model.name=simple_cnn", "train.epochs=2", "train.batch_size=16", "train.lr=0.01",
+        f"output_dir={runs}", f"name={name}",
+    ]
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., object]:
+    """Factory: a recipe over a fresh tiny folder, run from tmp_path (prepared/ lands there)."""
+    from visiondeck.config import load_recipe
+
+    monkeypatch.chdir(tmp_path)
+    data = write_learnable(tmp_path / "images")
+
+    def make(*overrides: str):
+        return load_recipe(None, [*_tiny_overrides(data, tmp_path / "runs", "tiny"), *overrides])
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One finished tiny run (3 classes, 16 px, simple_cnn, 4 epochs), shared read-only.
+
+    Tests that consume a run (evaluate, export, serve...) use this instead of training their
+    own; copy it first if a test must change it.
+    """
+    from visiondeck.config import load_recipe
+    from visiondeck.train.runner import train
+
+    base = tmp_path_factory.mktemp("trained")
+    data = write_learnable(base / "images", per_class=32)
+    recipe = load_recipe(None, [*_tiny_overrides(data, base / "runs", "shared"),
+                                "train.epochs=4"])
+    before = Path.cwd()
+    os.chdir(base)
+    try:
+        result = train(recipe, progress=False)
+    finally:
+        os.chdir(before)
+    yield result.run_dir

@@ -72,3 +72,18 @@ EXPECTED_NORMALISED = {
     "cat/alpha.png": "alpha",
     "dog/rotated.jpg": "exif_rotated",
 }
+
+
+def write_learnable(root: Path, per_class: int = 24, size: int = 16, seed: int = 0) -> Path:
+    """Three classes a small CNN can tell apart: the bright quadrant differs per class."""
+    rng = np.random.default_rng(seed)
+    corners = {"left": (slice(0, size // 2), slice(0, size // 2)),
+               "middle": (slice(size // 4, 3 * size // 4), slice(size // 4, 3 * size // 4)),
+               "right": (slice(size // 2, size), slice(size // 2, size))}
+    for label, (rows, cols) in corners.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            image = rng.integers(0, 90, (size, size, 3), dtype=np.uint8)
+            image[rows, cols] = rng.integers(170, 256, (1, 1, 3), dtype=np.uint8)
+            Image.fromarray(image).save(root / label / f"{label}_{i:03d}.png")
+    return root

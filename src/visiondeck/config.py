@@ -25,6 +25,7 @@ __all__ = [
     "DataConfig",
     "ModelConfig",
     "Recipe",
+    "TrackingConfig",
     "TrainConfig",
     "apply_overrides",
     "load_recipe",
@@ -153,6 +154,18 @@ class TrainConfig(_Section):
     accelerator: Literal["auto", "cpu", "gpu", "mps"] = Field("auto", description="hardware")
 
 
+class TrackingConfig(_Section):
+    """Where runs are tracked (read by train, evaluate, export and the registry)."""
+
+    enabled: bool = Field(True, description="log runs to MLflow")
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (null = $MLFLOW_TRACKING_URI, else a local SQLite "
+        "store in mlruns/ beside the runs)",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment (null = recipe name)")
+
+
 class Recipe(_Section):
     """A complete, resolved description of one run."""
 
@@ -161,6 +174,7 @@ class Recipe(_Section):
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
 # ---------------------------------------------------------------------------- loading

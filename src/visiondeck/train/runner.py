@@ -18,10 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visiondeck.config import Recipe, load_recipe, save_recipe
 from visiondeck.errors import VisionDeckError
+
+if TYPE_CHECKING:
+    from visiondeck.train.tracking import Tracker
 
 __all__ = ["GateResult", "RunResult", "TrainingError", "resume", "train"]
 
@@ -69,17 +72,21 @@ def new_run_dir(recipe: Recipe) -> Path:
 
 def train(recipe: Recipe, *, run_dir: str | os.PathLike[str] | None = None,
           progress: bool = True, callbacks: list | None = None,
-          max_steps: int | None = None) -> RunResult:
-    """Train a recipe into a new run folder (or `run_dir`)."""
+          max_steps: int | None = None, tracker: Tracker | None = None) -> RunResult:
+    """Train a recipe into a new run folder (or `run_dir`).
+
+    `tracker` (see `train.tracking`) receives params at the start, metrics every epoch and
+    the verdict at the end; the CLI passes the MLflow tracker of `visiondeck.registry`.
+    """
     folder = Path(run_dir) if run_dir else new_run_dir(recipe)
     folder.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, folder / "recipe.yaml")
     return _fit(recipe, folder, ckpt_path=None, progress=progress, callbacks=callbacks,
-                max_steps=max_steps)
+                max_steps=max_steps, tracker=tracker)
 
 
 def resume(run_dir: str | os.PathLike[str], *, progress: bool = True,
-           callbacks: list | None = None) -> RunResult:
+           callbacks: list | None = None, tracker: Tracker | None = None) -> RunResult:
     """Continue a run from its last checkpoint; a finished run is reported, not retrained."""
     folder = Path(run_dir)
     recipe_file = folder / "recipe.yaml"
@@ -91,7 +98,8 @@ def resume(run_dir: str | os.PathLike[str], *, progress: bool = True,
         raise TrainingError(f"{folder} has no checkpoint to resume from",
                             hint="the run stopped before its first epoch ended; start it again")
     recipe = load_recipe(recipe_file)
-    return _fit(recipe, folder, ckpt_path=last, progress=progress, callbacks=callbacks)
+    return _fit(recipe, folder, ckpt_path=last, progress=progress, callbacks=callbacks,
+                tracker=tracker)
 
 
 @dataclass
@@ -101,6 +109,8 @@ class BuiltSystem:
     split: Any  # Split
     spec: Any  # PrepareSpec
     class_weights: list[float]
+    prepared: Path | None = None  # folder holding split.json
+    test_prepared: Path | None = None  # folder of data.test_source's split.json, if any
 
 
 def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> BuiltSystem:
@@ -132,26 +142,41 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> Buil
     system = Classifier(model, len(split.classes), recipe.train, class_weights=weights,
                         train_transform=data.device_transform(train=True),
                         eval_transform=data.device_transform(train=False))
-    return BuiltSystem(data, system, split, spec, weights)
+    test_prepared = (outcome.check.prepared / "test_source") if outcome.test_split else None
+    return BuiltSystem(data, system, split, spec, weights,
+                       outcome.check.prepared.resolve(),
+                       test_prepared.resolve() if test_prepared else None)
 
 
 def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool,
-         callbacks: list | None, max_steps: int | None = None) -> RunResult:
+         callbacks: list | None, max_steps: int | None = None,
+         tracker: Tracker | None = None) -> RunResult:
     import torch
 
+    from visiondeck.train.tracking import TrackerCallback
     from visiondeck.train.trainer import build_trainer
 
     started = time.perf_counter()
     built = build_system(recipe, folder, progress=progress)
     data, system, split, spec, weights = (built.data, built.system, built.split, built.spec,
                                           built.class_weights)
+    extra = list(callbacks or [])
+    if tracker is not None:
+        extra.append(TrackerCallback(tracker))
     trainer = build_trainer(recipe.train, folder, progress=progress,
-                            extra_callbacks=callbacks or [], max_steps=max_steps)
-    _write_run_json(folder, recipe, split, spec, weights, status="running")
+                            extra_callbacks=extra, max_steps=max_steps)
+    split_ref = {"id": split.id, "root": str(split.root), "classes": split.classes,
+                 "prepared": str(built.prepared) if built.prepared else None,
+                 "test_prepared": str(built.test_prepared) if built.test_prepared else None}
+    _write_run_json(folder, recipe, split_ref, spec, weights, status="running")
+    if tracker is not None:
+        tracker.start(folder, recipe, resumed=ckpt_path is not None)
     try:
         trainer.fit(system, datamodule=data, ckpt_path=str(ckpt_path) if ckpt_path else None)
-    except KeyboardInterrupt:
-        _write_run_json(folder, recipe, split, spec, weights, status="interrupted")
+    except BaseException:
+        _write_run_json(folder, recipe, split_ref, spec, weights, status="interrupted")
+        if tracker is not None:
+            tracker.finish(folder, "interrupted", {})
         raise
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
                if torch.as_tensor(v).numel() == 1}
@@ -159,6 +184,7 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["best_val_acc"] = round(float(checkpoint.best_model_score), 6)
+    _save_best_model(folder, system, best, recipe, spec, split.classes)
     gate = _gate(recipe, metrics)
     status = "completed" if gate is None else ("passed" if gate.passed else "failed_gate")
     result = RunResult(
@@ -168,8 +194,25 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
         {"split_id": split.id, "in_memory": data.in_memory,
          "decode_failures": data.decode_failures[:50]},
     )
-    _write_run_json(folder, recipe, split, spec, weights, status=status, result=result)
+    _write_run_json(folder, recipe, split_ref, spec, weights, status=status, result=result)
+    if tracker is not None:
+        tracker.finish(folder, status, metrics)
     return result
+
+
+def _save_best_model(folder: Path, system, best: Path | None, recipe: Recipe, spec,
+                     classes: list[str]) -> None:
+    """The best epoch's network as safetensors + model.json (see `train.artifacts`)."""
+    import torch
+
+    from visiondeck.train.artifacts import save_trained
+
+    model = system.model
+    if best is not None and best.exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        own = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
+        model.load_state_dict(own)
+    save_trained(folder, model, recipe=recipe, spec=spec, classes=list(classes))
 
 
 def _gate(recipe: Recipe, metrics: dict[str, float]) -> GateResult | None:
@@ -181,13 +224,14 @@ def _gate(recipe: Recipe, metrics: dict[str, float]) -> GateResult | None:
     return GateResult(name, threshold, value)
 
 
-def _write_run_json(folder: Path, recipe: Recipe, split, spec, weights, *, status: str,
+def _write_run_json(folder: Path, recipe: Recipe, split_ref: dict[str, Any], spec, weights, *,
+                    status: str,
                     result: RunResult | None = None) -> None:
     info: dict[str, Any] = {
         "name": recipe.name,
         "status": status,
         "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "split": {"id": split.id, "root": str(split.root), "classes": split.classes},
+        "split": split_ref,
         "prepare": asdict(spec),
         "class_weights": weights,
         "balance": recipe.train.balance,
