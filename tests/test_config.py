@@ -99,3 +99,15 @@ def test_missing_or_malformed_recipe_file(tmp_path: Path) -> None:
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_recipe(tmp_path / "list.yaml")
+
+
+def test_yaml_words_off_and_no_stay_strings(tmp_path) -> None:
+    """YAML 1.1 reads `off` as False; recipes take it as the word (data.cache=off)."""
+    from visiondeck.config import load_recipe
+
+    assert load_recipe(None, ["data.cache=off"]).data.cache == "off"
+    recipe_file = tmp_path / "r.yaml"
+    recipe_file.write_text("data:\n  cache: off\ntracking:\n  enabled: false\n")
+    recipe = load_recipe(recipe_file)
+    assert recipe.data.cache == "off"
+    assert recipe.tracking.enabled is False

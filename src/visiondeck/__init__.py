@@ -24,6 +24,10 @@ _LAZY: dict[str, str] = {
     "make_split": "visiondeck.data.split",
     "load_split": "visiondeck.data.split",
     "Split": "visiondeck.data.split",
+    "Bundle": "visiondeck.export.bundle",
+    "load_bundle": "visiondeck.export.bundle",
+    "Predictor": "visiondeck.export.predictor",
+    "Prediction": "visiondeck.export.predictor",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -10,6 +10,7 @@ with every run.
 from __future__ import annotations
 
 import difflib
+import re
 import types
 import typing
 from collections.abc import Iterable, Sequence
@@ -34,6 +35,26 @@ __all__ = [
     "render_defaults",
     "save_recipe",
 ]
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads off/on/yes/no as booleans,
+    which would turn `data.cache=off` into False."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader: builds plain types only
 
 
 class _Section(BaseModel):
@@ -202,7 +223,7 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
             )
         _check_key(key)
         try:
-            parsed[key] = _scalar(yaml.safe_load(text)) if text.strip() else None
+            parsed[key] = _scalar(_load_yaml(text)) if text.strip() else None
         except yaml.YAMLError as exc:
             raise ConfigError(f"cannot read the value of {key!r}: {exc}") from exc
     return parsed
@@ -266,7 +287,7 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"recipe file not found: {path}", hint="give a YAML file, e.g. configs/sample.yaml"
         )
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = _load_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
     if data is None:

@@ -97,7 +97,14 @@ def load_trained(run_dir: str | os.PathLike[str], *, device: str = "cpu") -> Tra
     model = from_config(model_cfg.model_copy(update={"pretrained": False, "weights": None}),
                         num_classes=int(info["num_classes"]), in_chans=spec.channels)
     state = load_file(str(target / "weights.safetensors"), device=device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatches
+        raise RunArtifactError(
+            f"{target / 'weights.safetensors'} does not fit {model_cfg.name}: "
+            f"{str(exc).splitlines()[-1].strip()}",
+            hint="the weights and model.json come from different runs; re-run training",
+        ) from None
     if missing or unexpected:
         raise RunArtifactError(
             f"{target / 'weights.safetensors'} does not fit {model_cfg.name}: "

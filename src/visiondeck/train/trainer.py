@@ -38,11 +38,17 @@ def resolve_precision(cfg: TrainConfig) -> str:
 def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
                   extra_callbacks: list | None = None, max_steps: int | None = None
                   ) -> L.Trainer:
-    checkpoints = ModelCheckpoint(
+    best = ModelCheckpoint(
         dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max",
-        save_last=True, save_top_k=1, every_n_epochs=1, enable_version_counter=False,
+        save_top_k=1, every_n_epochs=1, enable_version_counter=False,
     )
-    callbacks: list = [checkpoints, RngState(), HistoryWriter(run_dir)]
+    # A checkpoint of its own for "last": Lightning 2.6 writes save_last only in the epochs
+    # where the monitored metric improved, but a killed run must lose one epoch at most.
+    last = ModelCheckpoint(
+        dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
+        every_n_epochs=1, enable_version_counter=False,
+    )
+    callbacks: list = [best, last, RngState(), HistoryWriter(run_dir)]
     if cfg.patience:
         callbacks.append(EarlyStopping("val_acc", mode="max", patience=cfg.patience))
     if cfg.ema:

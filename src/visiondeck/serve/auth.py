@@ -1,0 +1,225 @@
+"""API keys (hashed at rest) and optional HS256 bearer tokens.
+
+A key looks like `vd_<id>_<secret>`: the id finds the entry, the secret is checked against
+its SHA-256 (keys are 256-bit random, so a fast hash is the right tool - there is nothing
+to brute-force - and comparison is constant-time). The key file holds only hashes; the
+key itself is shown once, by `visiondeck keys create`. The server re-reads the file when
+it changes, so a new or revoked key takes effect without a restart.
+
+Scopes: "predict" (predict, explain, history) and "admin" (reload, labels of any row).
+Admin endpoints always need a credential; predict ones only with `require_api_key`.
+JWTs (when `jwt_secret` is set) must be HS256, carry `exp` and `sub`, and list scopes in
+`scope` (space separated) or `scopes`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from visiondeck.errors import ConfigError
+from visiondeck.serve.errors import Forbidden, Unauthorized
+
+__all__ = ["SCOPES", "ApiKey", "Authenticator", "KeyRing", "Principal", "create_key"]
+
+SCOPES = ("predict", "admin")
+_PREFIX = "vd_"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: a key id, a token subject, or "anonymous"."""
+
+    id: str
+    scopes: frozenset[str] = field(default_factory=frozenset)
+    kind: str = "anonymous"  # "key" | "jwt" | "anonymous"
+
+    @property
+    def anonymous(self) -> bool:
+        return self.kind == "anonymous"
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    id: str
+    name: str
+    hash: str
+    scopes: tuple[str, ...]
+    created_at: str
+    revoked: bool = False
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+class KeyRing:
+    """The key file (JSON): read with mtime caching, written atomically by the CLI."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._keys: dict[str, ApiKey] = {}
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+        self._lock = threading.Lock()
+
+    def keys(self) -> dict[str, ApiKey]:
+        now = time.monotonic()
+        if now - self._checked > 1.0 or self._stamp is None:
+            self._checked = now
+            self._reload()
+        return self._keys
+
+    def _reload(self) -> None:
+        try:
+            info = self.path.stat()
+        except FileNotFoundError:
+            self._keys, self._stamp = {}, None
+            return
+        stamp = (info.st_mtime, info.st_size)
+        if stamp == self._stamp:
+            return
+        with self._lock:
+            self._keys = {k.id: k for k in self._read()}
+            self._stamp = stamp
+
+    def _read(self) -> list[ApiKey]:
+        try:
+            raw = json.loads(self.path.read_text(encoding="utf-8"))
+            return [ApiKey(e["id"], e.get("name", ""), e["hash"], tuple(e.get("scopes", [])),
+                           e.get("created_at", ""), bool(e.get("revoked", False)))
+                    for e in raw.get("keys", [])]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"cannot read the API key file {self.path}: {exc}",
+                              hint="fix or delete it, then `visiondeck keys create`") from None
+
+    def verify(self, key: str) -> ApiKey | None:
+        if not key.startswith(_PREFIX) or key.count("_") < 2:
+            return None
+        key_id, _, _secret = key[len(_PREFIX):].partition("_")
+        entry = self.keys().get(key_id)
+        if entry is None or entry.revoked:
+            return None
+        return entry if hmac.compare_digest(entry.hash, _digest(key)) else None
+
+    # ---------------------------------------------------------------- writing (CLI)
+
+    def add(self, name: str, scopes: tuple[str, ...]) -> tuple[ApiKey, str]:
+        """Create a key; returns the stored entry and the key (shown once, never stored)."""
+        bad = [s for s in scopes if s not in SCOPES]
+        if bad:
+            raise ConfigError(f"unknown scope(s) {bad}", hint=f"use {', '.join(SCOPES)}")
+        key_id = secrets.token_hex(4)
+        key = f"{_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        entry = ApiKey(key_id, name, _digest(key), tuple(scopes),
+                       datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+        self._write([*self._read_existing(), entry])
+        return entry, key
+
+    def revoke(self, key_id: str) -> bool:
+        entries = self._read_existing()
+        found = False
+        updated = []
+        for entry in entries:
+            if entry.id == key_id and not entry.revoked:
+                entry, found = ApiKey(**{**entry.__dict__, "revoked": True}), True
+            updated.append(entry)
+        if found:
+            self._write(updated)
+        return found
+
+    def list(self) -> list[ApiKey]:
+        return self._read_existing()
+
+    def _read_existing(self) -> list[ApiKey]:
+        return self._read() if self.path.exists() else []
+
+    def _write(self, entries: list[ApiKey]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        data = {"format": "visiondeck.api_keys", "keys": [e.__dict__ | {"scopes": list(e.scopes)}
+                                                          for e in entries]}
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, self.path)
+
+
+def create_key(path: Path, name: str, scopes: tuple[str, ...] = ("predict",)) -> tuple[ApiKey, str]:
+    """`visiondeck keys create`: add a key to the file at `path`."""
+    return KeyRing(path).add(name, scopes)
+
+
+class Authenticator:
+    """Turns request headers into a `Principal`, and checks scopes."""
+
+    def __init__(self, keyring: KeyRing, *, require_for_predict: bool = False,
+                 jwt_secret: str | None = None, jwt_audience: str | None = None,
+                 jwt_issuer: str | None = None) -> None:
+        self.keyring = keyring
+        self.require_for_predict = require_for_predict
+        self.jwt_secret = jwt_secret
+        self.jwt_audience = jwt_audience
+        self.jwt_issuer = jwt_issuer
+
+    def identify(self, headers: Any) -> Principal | None:
+        """The caller from `X-API-Key` or `Authorization: Bearer`; None when none was sent.
+
+        A credential that was sent but is wrong is a 401, never silently anonymous.
+        """
+        key = headers.get("x-api-key")
+        auth = headers.get("authorization")
+        if key is None and auth:
+            scheme, _, value = auth.partition(" ")
+            if scheme.lower() != "bearer" or not value.strip():
+                raise Unauthorized("the Authorization header must be 'Bearer <key or token>'")
+            key = value.strip()
+        if key is None:
+            return None
+        if key.startswith(_PREFIX):
+            entry = self.keyring.verify(key)
+            if entry is None:
+                raise Unauthorized("unknown or revoked API key",
+                                   hint="create one with `visiondeck keys create NAME`")
+            return Principal(f"key:{entry.id}", frozenset(entry.scopes), "key")
+        if key.count(".") == 2 and self.jwt_secret:
+            return self._from_jwt(key)
+        raise Unauthorized("unrecognised credential",
+                           hint="send an API key (X-API-Key) or, when enabled, a JWT")
+
+    def _from_jwt(self, token: str) -> Principal:
+        import jwt
+
+        try:
+            claims = jwt.decode(token, self.jwt_secret, algorithms=["HS256"],
+                                audience=self.jwt_audience, issuer=self.jwt_issuer,
+                                options={"require": ["exp", "sub"]})
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("the token has expired", hint="get a new token") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"invalid token ({exc})") from None
+        scopes = claims.get("scopes") or str(claims.get("scope", "")).split()
+        return Principal(f"jwt:{claims['sub']}", frozenset(str(s) for s in scopes), "jwt")
+
+    def authorize(self, principal: Principal | None, scope: str) -> Principal:
+        """The principal allowed to act with `scope`, or 401/403."""
+        if principal is None:
+            if scope == "predict" and not self.require_for_predict:
+                return Principal("anonymous")
+            what = "this endpoint" if scope == "admin" else "predictions on this server"
+            raise Unauthorized(f"{what} need an API key",
+                               hint="send X-API-Key: <key> (`visiondeck keys create NAME"
+                                    + (" --admin`)" if scope == "admin" else "`)"))
+        if scope not in principal.scopes and "admin" not in principal.scopes:
+            raise Forbidden(f"this credential lacks the {scope!r} scope",
+                            hint="create a key with that scope")
+        return principal

@@ -1,0 +1,89 @@
+"""Errors of the inference service, each with the HTTP status the API answers with.
+
+Every user-caused failure becomes a JSON body `{"error": code, "detail": message, "hint":
+hint}` with a 4xx status (503 for "try again later"), so a client can route on `error`
+and a person can read `detail`; nothing a client sends can produce a 500.
+"""
+
+from __future__ import annotations
+
+from visiondeck.errors import VisionDeckError
+from visiondeck.imaging import ImageDecodeError, Problem
+
+__all__ = [
+    "Forbidden", "ModelUnavailable", "Overloaded", "PayloadTooLarge", "RateLimited",
+    "ServeError", "Unauthorized", "UnsupportedMediaType", "decode_error_status",
+]  # fmt: skip
+
+
+class ServeError(VisionDeckError):
+    """A request the service refuses; `status` and `code` shape the HTTP answer."""
+
+    exit_code = 8
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, message: str, *, hint: str | None = None, code: str | None = None,
+                 status: int | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message, hint=hint)
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, str | None]:
+        return {"error": self.code, "detail": self.message, "hint": self.hint}
+
+
+class PayloadTooLarge(ServeError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedMediaType(ServeError):
+    status, code = 415, "unsupported_media_type"
+
+
+class Unauthorized(ServeError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ServeError):
+    status, code = 403, "forbidden"
+
+
+class RateLimited(ServeError):
+    status, code = 429, "rate_limited"
+
+    def __init__(self, retry_after: float) -> None:
+        seconds = max(1, int(-(-retry_after // 1)))
+        super().__init__(f"too many requests; retry in {seconds} s",
+                         hint="slow down, or ask for a higher limit",
+                         headers={"Retry-After": str(seconds)})
+
+
+class Overloaded(ServeError):
+    status, code = 503, "overloaded"
+
+    def __init__(self, message: str = "the server is at capacity") -> None:
+        super().__init__(message, hint="retry shortly; add replicas for more capacity",
+                         headers={"Retry-After": "1"})
+
+
+class ModelUnavailable(ServeError):
+    status, code = 503, "model_unavailable"
+
+
+_DECODE_STATUS = {
+    Problem.TOO_LARGE: 413,
+    Problem.NOT_AN_IMAGE: 415,
+    Problem.UNSUPPORTED_FORMAT: 415,
+}
+
+
+def decode_error_status(exc: ImageDecodeError) -> int:
+    """413 for too many bytes, 415 for what is not a supported image, else 422."""
+    return _DECODE_STATUS.get(exc.problem, 422)

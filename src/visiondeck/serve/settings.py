@@ -1,0 +1,160 @@
+"""Typed server settings, read from the environment (`VISIONDECK_*`) or given in code.
+
+Nothing is read at import time: `create_app(ServeSettings(bundle=...))` in a test and
+`visiondeck serve` (which sets the environment for its uvicorn workers) build their own
+settings, so two apps in one process never share configuration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from visiondeck.errors import ConfigError
+
+__all__ = ["RateLimit", "ServeSettings", "parse_rate_limit"]
+
+_RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.I)
+_PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
+            "h": 3600.0, "hour": 3600.0}
+
+
+class RateLimit:
+    """A token bucket's shape: `per_second` refill and `burst` capacity."""
+
+    def __init__(self, per_second: float, burst: int) -> None:
+        self.per_second = per_second
+        self.burst = burst
+
+    def __repr__(self) -> str:
+        return f"RateLimit(per_second={self.per_second:g}, burst={self.burst})"
+
+
+def parse_rate_limit(text: str | None, burst: int | None = None) -> RateLimit | None:
+    """"120/minute" → 2 tokens/s with a burst of `burst` (default: one second's worth, ≥ 1)."""
+    if text is None or text.strip().lower() in ("", "off", "none", "0"):
+        return None
+    match = _RATE.match(text)
+    if not match:
+        raise ConfigError(f"rate limit {text!r} is not COUNT/PERIOD",
+                          hint="write e.g. 120/minute, 10/second or 5000/hour, or off")
+    count, period = float(match.group(1)), _PERIODS[match.group(2).lower()]
+    if count <= 0:
+        return None
+    per_second = count / period
+    return RateLimit(per_second, burst if burst is not None else max(1, round(per_second)))
+
+
+class ServeSettings(BaseSettings):
+    """Everything `visiondeck serve` can be told; env var = VISIONDECK_ + the upper-case name."""
+
+    model_config = SettingsConfigDict(env_prefix="VISIONDECK_", extra="ignore",
+                                      validate_default=True)
+
+    # the model
+    bundle: str = Field("", description="Bundle folder or models:/NAME@ALIAS | models:/NAME/VER")
+    variant: Literal["fp32", "int8"] = Field("fp32", description="which ONNX model of the Bundle")
+    top_k: int = Field(3, ge=1, le=100, description="classes returned per prediction")
+    watch_interval_s: float = Field(
+        30.0, ge=0.0, description="poll the model source for a new version (0 = never)")
+
+    # the network side
+    host: str = Field("127.0.0.1", description="bind address (loopback unless told otherwise)")
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (comma separated)")
+    docs: bool = Field(True, description="serve /docs and /openapi.json")
+
+    # speed
+    max_batch: int = Field(32, ge=1, le=1024, description="largest micro-batch")
+    max_wait_ms: float = Field(
+        2.0, ge=0.0, le=1000.0,
+        description="longest a request waits for others to join its batch (only while more "
+                    "requests are on their way)")
+    max_pending: int = Field(
+        512, ge=1, description="requests in flight before new ones get 503 (overload guard)")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads (0 = cores/workers)")
+    preprocess_threads: int = Field(0, ge=0, description="decode threads (0 = automatic)")
+    ort_spinning: bool = Field(
+        False, description="let ONNX Runtime threads spin between runs (faster on idle cores, "
+                           "wasteful on shared ones)")
+
+    # input safety
+    max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image file")
+    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (bomb guard)")
+    max_batch_files: int = Field(64, ge=1, le=1024, description="images per /predict/batch")
+
+    # prediction history
+    store: bool = Field(True, description="record every prediction")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL (default: sqlite file in data_dir)")
+    table_prefix: str = Field("visiondeck_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+    store_thumbnails: bool = Field(True, description="keep a small thumbnail with each row")
+    thumbnail_size: int = Field(96, ge=16, le=512)
+    data_dir: Path = Field(Path(".visiondeck"), description="SQLite file, spool, API keys")
+
+    # access
+    api_keys_file: Path | None = Field(None, description="default: DATA_DIR/api_keys.json")
+    require_api_key: bool = Field(False, description="predict/history need a key too")
+    jwt_secret: SecretStr | None = Field(None, description="accept HS256 bearer tokens")
+    jwt_audience: str | None = None
+    jwt_issuer: str | None = None
+    label_secret: SecretStr | None = Field(
+        None, description="signs label tokens (default: random per process)")
+    rate_limit: str | None = Field(None, description="per client, e.g. 600/minute (off)")
+    rate_burst: int | None = Field(None, ge=1)
+    redis_url: str | None = Field(None, description="share rate limits between replicas")
+    explain: bool = Field(True, description="offer /explain (loads torch on first use)")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _check_rate(cls, value: str | None) -> str | None:
+        parse_rate_limit(value)
+        return value
+
+    # ---------------------------------------------------------------- derived values
+
+    @property
+    def rate(self) -> RateLimit | None:
+        return parse_rate_limit(self.rate_limit, self.rate_burst)
+
+    @property
+    def keys_path(self) -> Path:
+        return self.api_keys_file or self.data_dir / "api_keys.json"
+
+    @property
+    def spool_path(self) -> Path:
+        return self.data_dir / "prediction_spool.jsonl"
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'predictions.db'}"
+
+    @property
+    def ort_threads(self) -> int:
+        if self.intra_op_threads:
+            return self.intra_op_threads
+        return max(1, (os.cpu_count() or 1) // self.workers)
+
+    @property
+    def decode_threads(self) -> int:
+        if self.preprocess_threads:
+            return self.preprocess_threads
+        return max(2, min(8, (os.cpu_count() or 1) // self.workers))
+
+    def body_limit(self, files: int = 1) -> int:
+        """Largest request body: `files` images, base64-inflated, plus form overhead."""
+        return files * (self.max_upload_bytes * 4 // 3 + 4096) + 64 * 1024

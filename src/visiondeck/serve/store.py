@@ -1,0 +1,260 @@
+"""Prediction history in SQL (SQLAlchemy 2 Core): a SQLite file by default, PostgreSQL by URL.
+
+The service never writes here on the request path: rows go through `StoreWriter`
+(serve/writer.py), which queues and retries. This module is the synchronous table access
+both the writer and the `/predictions` endpoints use. Table names carry a configurable
+prefix so several deployments (or test runs) can share one database.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from visiondeck.serve.errors import ServeError
+
+__all__ = ["PredictionQuery", "PredictionRecord", "PredictionStore", "StoreUnavailable"]
+
+
+class StoreUnavailable(ServeError):
+    status, code = 503, "store_unavailable"
+
+
+@dataclass
+class PredictionRecord:
+    """One stored prediction (the API's history row)."""
+
+    id: str
+    created_at: datetime
+    model_name: str
+    model_version: str
+    predicted: str
+    confidence: float
+    unknown: bool
+    top_k: list[dict[str, Any]]
+    latency_ms: float
+    image_sha256: str
+    image_width: int
+    image_height: int
+    endpoint: str = "predict"
+    label: str | None = None
+    client: str | None = None
+    thumbnail: bytes | None = field(default=None, repr=False)
+
+    def to_json(self, *, thumbnail: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = _iso(self.created_at)
+        blob = data.pop("thumbnail")
+        if thumbnail and blob is not None:
+            import base64
+
+            data["thumbnail_png_base64"] = base64.b64encode(blob).decode("ascii")
+        data["has_thumbnail"] = blob is not None
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PredictionRecord:
+        """Inverse of `to_json(thumbnail=True)` (the spool file format)."""
+        import base64
+
+        data = dict(data)
+        data.pop("has_thumbnail", None)
+        blob = data.pop("thumbnail_png_base64", None)
+        data["created_at"] = datetime.fromisoformat(data["created_at"])
+        return cls(**data, thumbnail=base64.b64decode(blob) if blob else None)
+
+
+@dataclass(frozen=True)
+class PredictionQuery:
+    """Filters and paging for `/predictions` (all optional, combined with AND)."""
+
+    predicted: str | None = None
+    model_version: str | None = None
+    min_confidence: float | None = None
+    max_confidence: float | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    unknown: bool | None = None
+    labelled: bool | None = None
+    image_sha256: str | None = None
+    limit: int = 50
+    offset: int = 0
+    newest_first: bool = True
+
+
+def _utc(value: datetime) -> datetime:
+    """Aware UTC; naive values are taken as UTC (SQLite keeps no zone, so store UTC only)."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _iso(value: datetime) -> str:
+    return _utc(value).isoformat()
+
+
+class PredictionStore:
+    """The predictions table; `create()` makes it if missing (idempotent)."""
+
+    COLUMNS = ("id", "created_at", "model_name", "model_version", "predicted", "confidence",
+               "unknown", "top_k", "latency_ms", "image_sha256", "image_width",
+               "image_height", "endpoint", "label", "client")
+
+    def __init__(self, url: str, *, prefix: str = "visiondeck_", connect_timeout: float = 3.0
+                 ) -> None:
+        self.url = url
+        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"timeout": 15, "check_same_thread": False}
+        elif url.startswith("postgresql"):
+            kwargs["connect_args"] = {"connect_timeout": max(1, int(connect_timeout))}
+        self.engine: Engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.metadata = sa.MetaData()
+        self.table = sa.Table(
+            f"{prefix}predictions", self.metadata,
+            sa.Column("id", sa.String(32), primary_key=True),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, index=True),
+            sa.Column("model_name", sa.String(200), nullable=False),
+            sa.Column("model_version", sa.String(64), nullable=False, index=True),
+            sa.Column("predicted", sa.String(200), nullable=False, index=True),
+            sa.Column("confidence", sa.Float, nullable=False),
+            sa.Column("unknown", sa.Boolean, nullable=False),
+            sa.Column("top_k", sa.JSON, nullable=False),
+            sa.Column("latency_ms", sa.Float, nullable=False),
+            sa.Column("image_sha256", sa.String(64), nullable=False, index=True),
+            sa.Column("image_width", sa.Integer, nullable=False),
+            sa.Column("image_height", sa.Integer, nullable=False),
+            sa.Column("endpoint", sa.String(32), nullable=False),
+            sa.Column("label", sa.String(200), nullable=True),
+            sa.Column("client", sa.String(100), nullable=True),
+            sa.Column("thumbnail", sa.LargeBinary, nullable=True),
+        )
+        self._created = False
+
+    # ----------------------------------------------------------------------- writing
+
+    def create(self) -> None:
+        if not self._created:
+            self.metadata.create_all(self.engine, checkfirst=True)
+            self._created = True
+
+    def insert_many(self, records: Sequence[PredictionRecord]) -> None:
+        """Insert rows in one transaction; rows already present (a retried batch) are skipped."""
+        if not records:
+            return
+        self.create()
+        ids = [r.id for r in records]
+        with self.engine.begin() as conn:
+            present = set(conn.execute(sa.select(self.table.c.id)
+                                       .where(self.table.c.id.in_(ids))).scalars())
+            rows = [_row(r) for r in records if r.id not in present]
+            if rows:
+                conn.execute(self.table.insert(), rows)
+
+    def set_label(self, prediction_id: str, label: str | None) -> bool:
+        self.create()
+        with self.engine.begin() as conn:
+            result = conn.execute(self.table.update().where(self.table.c.id == prediction_id)
+                                  .values(label=label))
+        return bool(result.rowcount)
+
+    def drop(self) -> None:
+        """Remove the table (tests, and `keys`-style admin clean-up)."""
+        self.metadata.drop_all(self.engine, checkfirst=True)
+        self._created = False
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+    # ----------------------------------------------------------------------- reading
+
+    def ping(self) -> bool:
+        try:
+            with self.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+            return True
+        except Exception:
+            return False
+
+    def query(self, q: PredictionQuery) -> tuple[list[PredictionRecord], int]:
+        """Matching rows (a page) and the total number of matches."""
+        self.create()
+        t = self.table
+        where = self._where(q)
+        order = t.c.created_at.desc() if q.newest_first else t.c.created_at.asc()
+        select = sa.select(t).where(*where).order_by(order, t.c.id).limit(q.limit).offset(q.offset)
+        count = sa.select(sa.func.count()).select_from(t).where(*where)
+        with self.engine.connect() as conn:
+            rows = [_record(row) for row in conn.execute(select).mappings()]
+            total = int(conn.execute(count).scalar_one())
+        return rows, total
+
+    def get(self, prediction_id: str) -> PredictionRecord | None:
+        self.create()
+        with self.engine.connect() as conn:
+            row = conn.execute(sa.select(self.table).where(self.table.c.id == prediction_id)
+                               ).mappings().first()
+        return None if row is None else _record(row)
+
+    def _where(self, q: PredictionQuery) -> list[Any]:
+        t, where = self.table, []
+        if q.predicted is not None:
+            where.append(t.c.predicted == q.predicted)
+        if q.model_version is not None:
+            where.append(t.c.model_version == q.model_version)
+        if q.min_confidence is not None:
+            where.append(t.c.confidence >= q.min_confidence)
+        if q.max_confidence is not None:
+            where.append(t.c.confidence <= q.max_confidence)
+        if q.since is not None:
+            where.append(t.c.created_at >= _utc(q.since))
+        if q.until is not None:
+            where.append(t.c.created_at < _utc(q.until))
+        if q.unknown is not None:
+            where.append(t.c.unknown.is_(q.unknown))
+        if q.labelled is not None:
+            where.append(t.c.label.is_not(None) if q.labelled else t.c.label.is_(None))
+        if q.image_sha256 is not None:
+            where.append(t.c.image_sha256 == q.image_sha256)
+        return where
+
+
+def to_csv(records: Iterable[PredictionRecord]) -> str:
+    """CSV export: one row per prediction, top-k as JSON in one column."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(PredictionStore.COLUMNS)
+    for record in records:
+        data = record.to_json()
+        data["top_k"] = json.dumps(record.top_k, separators=(",", ":"))
+        writer.writerow([data[c] for c in PredictionStore.COLUMNS])
+    return buffer.getvalue()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the writer thread
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def _row(record: PredictionRecord) -> dict[str, Any]:
+    row = asdict(record)
+    row["created_at"] = _utc(record.created_at)
+    return row
+
+
+def _record(row: Any) -> PredictionRecord:
+    data = dict(row)
+    created = data["created_at"]
+    if isinstance(created, datetime) and created.tzinfo is None:
+        data["created_at"] = created.replace(tzinfo=UTC)  # SQLite drops the zone
+    return PredictionRecord(**data)

@@ -1,0 +1,213 @@
+"""Write prediction rows off the request path, retrying until the database takes them.
+
+A prediction is answered first; its row is handed to `StoreWriter.submit`, which only
+appends to an in-memory queue. One background thread drains the queue in batches. When
+the database is slow or down, the batch stays queued and is retried with exponential
+backoff (the service reports the store as "degraded" on `/ready`). Nothing is lost:
+- on a clean shutdown the thread keeps trying for `flush_timeout_s`, and whatever it still
+  could not write is appended to a JSON-lines spool file;
+- when more than `max_pending` rows wait in memory, the oldest go to the spool file too;
+- the spool is replayed into the database once it answers again (also after a restart).
+Rows carry their id and inserts skip ids already present, so a retried batch whose commit
+did succeed is not duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from visiondeck.serve.store import PredictionRecord, PredictionStore
+
+__all__ = ["StoreWriter"]
+
+log = logging.getLogger("visiondeck.serve.store")
+
+
+class StoreWriter:
+    """A queue and one thread between the request path and `PredictionStore`."""
+
+    def __init__(self, store: PredictionStore, *, spool_path: Path | None = None,
+                 batch_size: int = 256, max_pending: int = 50_000,
+                 retry_initial_s: float = 0.25, retry_max_s: float = 5.0,
+                 metrics: Any = None) -> None:
+        self.store = store
+        self.spool_path = spool_path
+        self.batch_size = batch_size
+        self.max_pending = max_pending
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.metrics = metrics
+        self._queue: deque[PredictionRecord] = deque()
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.written = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self.healthy = True
+
+    # ------------------------------------------------------------------ request side
+
+    def submit(self, record: PredictionRecord) -> None:
+        """Queue a row; never blocks on the database and never raises for it."""
+        overflow: list[PredictionRecord] = []
+        with self._lock:
+            self._queue.append(record)
+            while len(self._queue) > self.max_pending:
+                overflow.append(self._queue.popleft())
+        if overflow:
+            self._spool(overflow)
+        self._gauge()
+        self._wake.set()
+
+    @property
+    def pending(self) -> int:
+        return len(self._queue)
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.healthy else "degraded"
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._load_spool()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="visiondeck-store-writer",
+                                        daemon=True)
+        self._thread.start()
+
+    def close(self, flush_timeout_s: float = 10.0) -> int:
+        """Stop after writing what is queued (up to the timeout); spool the rest.
+
+        Returns the number of rows spooled (0 when everything reached the database).
+        """
+        deadline = time.monotonic() + flush_timeout_s
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
+            self._thread = None
+        while self._queue and time.monotonic() < deadline and self._write_batch():
+            pass
+        with self._lock:
+            left = list(self._queue)
+            self._queue.clear()
+        if left:
+            self._spool(left)
+            log.warning("database unavailable at shutdown: %d prediction rows spooled to %s",
+                        len(left), self.spool_path)
+        self._gauge()
+        return len(left)
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until the queue is empty (tests, admin); True when it emptied in time."""
+        deadline = time.monotonic() + timeout_s
+        self._wake.set()
+        while time.monotonic() < deadline:
+            if not self._queue and not self._busy:
+                return True
+            time.sleep(0.01)
+        return not self._queue
+
+    # ------------------------------------------------------------------ the thread
+
+    _busy = False
+
+    def _run(self) -> None:
+        delay = self.retry_initial_s
+        while not self._stop.is_set():
+            if not self._queue:
+                self._wake.wait(0.5)
+                self._wake.clear()
+                if not self._queue and self.healthy:
+                    self._replay_spool()
+                continue
+            if self._write_batch():
+                delay = self.retry_initial_s
+            else:
+                self._stop.wait(delay)  # back off, but wake at once for shutdown
+                delay = min(self.retry_max_s, delay * 2)
+
+    def _write_batch(self) -> bool:
+        with self._lock:
+            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+        if not batch:
+            return True
+        self._busy = True
+        try:
+            self.store.insert_many(batch)
+        except Exception as exc:
+            self.failures += 1
+            self.healthy = False
+            self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+            if self.metrics is not None:
+                self.metrics.store_failures.inc()
+            log.warning("prediction store write failed (%s); %d rows queued, will retry",
+                        self.last_error, len(self._queue))
+            return False
+        finally:
+            self._busy = False
+        with self._lock:
+            for _ in batch:  # only this thread removes from the left end
+                self._queue.popleft()
+        self.written += len(batch)
+        self.healthy, self.last_error = True, None
+        self._gauge()
+        return True
+
+    def _gauge(self) -> None:
+        if self.metrics is not None:
+            self.metrics.store_pending.set(len(self._queue))
+
+    # ------------------------------------------------------------------ spool file
+
+    def _spool(self, records: list[PredictionRecord]) -> None:
+        if self.spool_path is None:
+            log.error("no spool file configured: %d prediction rows dropped", len(records))
+            return
+        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock, open(self.spool_path, "a", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record.to_json(thumbnail=True)) + "\n")
+
+    def _load_spool(self) -> None:
+        """At start: queue spooled rows first (they are older than anything new)."""
+        records = self._take_spool()
+        if records:
+            with self._lock:
+                self._queue.extendleft(reversed(records))
+            log.info("replaying %d spooled prediction rows", len(records))
+
+    def _replay_spool(self) -> None:
+        if self.spool_path is not None and self.spool_path.exists():
+            self._load_spool()
+
+    def _take_spool(self) -> list[PredictionRecord]:
+        path = self.spool_path
+        if path is None or not path.exists():
+            return []
+        claimed = path.with_suffix(f".{os.getpid()}.replay")
+        with self._lock:
+            try:
+                os.replace(path, claimed)  # atomic: another worker cannot replay it twice
+            except FileNotFoundError:
+                return []
+        records = []
+        for line in claimed.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(PredictionRecord.from_json(json.loads(line)))
+            except Exception:  # a torn last line from a crash: skip it, keep the rest
+                log.warning("skipping an unreadable spool line")
+        claimed.unlink()
+        return records
