@@ -27,7 +27,7 @@ def train(
         _report(resume_run(resume))
         return
     items = list(overrides or [])
-    if recipe is not None and "=" in recipe.name and not recipe.exists():
+    if recipe is not None and "=" in str(recipe) and not recipe.exists():
         items.insert(0, str(recipe))
         recipe = None
     resolved = load_recipe(recipe, items)
@@ -46,6 +46,9 @@ def train(
 
 def _report(result) -> None:
     from rich.table import Table
+
+    if result.status == "worker":  # a DDP rank other than zero: rank zero reports
+        return
 
     from visiondeck.cli._ui import console
 

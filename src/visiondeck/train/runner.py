@@ -70,6 +70,32 @@ def new_run_dir(recipe: Recipe) -> Path:
     return candidate
 
 
+_RUN_DIR_ENV = "VISIONDECK_RUN_DIR"
+
+
+def _rank_zero() -> bool:
+    return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None) -> Path:
+    """One run folder for all DDP processes.
+
+    Lightning's DDP launcher starts the other ranks by re-running the command, so each would
+    pick its own fresh `runs/NAME-k`; rank zero publishes its choice in the environment the
+    children inherit.
+    """
+    if run_dir is not None:
+        folder = Path(run_dir)
+    elif not _rank_zero() and os.environ.get(_RUN_DIR_ENV):
+        folder = Path(os.environ[_RUN_DIR_ENV])
+    else:
+        folder = new_run_dir(recipe)
+    folder.mkdir(parents=True, exist_ok=True)
+    if _rank_zero():
+        os.environ[_RUN_DIR_ENV] = str(folder.resolve())
+    return folder
+
+
 def train(recipe: Recipe, *, run_dir: str | os.PathLike[str] | None = None,
           progress: bool = True, callbacks: list | None = None,
           max_steps: int | None = None, tracker: Tracker | None = None) -> RunResult:
@@ -78,9 +104,9 @@ def train(recipe: Recipe, *, run_dir: str | os.PathLike[str] | None = None,
     `tracker` (see `train.tracking`) receives params at the start, metrics every epoch and
     the verdict at the end; the CLI passes the MLflow tracker of `visiondeck.registry`.
     """
-    folder = Path(run_dir) if run_dir else new_run_dir(recipe)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_recipe(recipe, folder / "recipe.yaml")
+    folder = _shared_run_dir(recipe, run_dir)
+    if _rank_zero():
+        save_recipe(recipe, folder / "recipe.yaml")
     return _fit(recipe, folder, ckpt_path=None, progress=progress, callbacks=callbacks,
                 max_steps=max_steps, tracker=tracker)
 
@@ -168,7 +194,8 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     split_ref = {"id": split.id, "root": str(split.root), "classes": split.classes,
                  "prepared": str(built.prepared) if built.prepared else None,
                  "test_prepared": str(built.test_prepared) if built.test_prepared else None}
-    _write_run_json(folder, recipe, split_ref, spec, weights, status="running")
+    if _rank_zero():
+        _write_run_json(folder, recipe, split_ref, spec, weights, status="running")
     if tracker is not None:
         tracker.start(folder, recipe, resumed=ckpt_path is not None)
     try:
@@ -184,6 +211,9 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
     if checkpoint is not None and checkpoint.best_model_score is not None:
         metrics["best_val_acc"] = round(float(checkpoint.best_model_score), 6)
+    if not trainer.is_global_zero:  # rank zero alone writes the run's outcome
+        return RunResult(folder, "worker", metrics, best, None, trainer.current_epoch,
+                         time.perf_counter() - started)
     _save_best_model(folder, system, best, recipe, spec, split.classes)
     gate = _gate(recipe, metrics)
     status = "completed" if gate is None else ("passed" if gate.passed else "failed_gate")
