@@ -71,6 +71,9 @@ class DataConfig(_Section):
     test_source: str | None = Field(
         None, description="optional separate test set (same forms as source); else carved out"
     )
+    prepared: str | None = Field(
+        None, description="where the catalog and split are saved (null = prepared/<source name>)"
+    )
     val_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of files for validation")
     test_fraction: float = Field(0.15, ge=0.0, lt=1.0, description="share of files for test")
     folds: int = Field(0, ge=0, description="k for stratified k-fold cross-validation (0 = off)")

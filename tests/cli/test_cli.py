@@ -90,3 +90,22 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
                            str(tmp_path / "nowhere")], capture_output=True, text=True)
     assert done.returncode == 4
     assert "data source not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_trains_on_the_bundled_sample(tmp_path) -> None:
+    """The README's demo command: sample → check → split → a trained model (2 epochs here)."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "visiondeck", "demo", "--workdir", str(tmp_path / "demo"),
+         "--epochs", "2"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode in (0, 5), done.stdout[-2000:] + done.stderr[-2000:]
+    run = tmp_path / "demo" / "runs" / "demo"
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] in ("passed", "failed_gate")
+    assert info["epochs_run"] == 2 and (run / "model" / "weights.safetensors").exists()
+    assert "demo finished" in done.stdout or done.returncode == 5

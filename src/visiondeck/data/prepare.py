@@ -115,7 +115,7 @@ def prepare_split(
         cfg = cfg.model_copy(update={"test_fraction": 0.0})
     limits = decode_limits(cfg)
     result = check_data(
-        source or cfg.source, prepared=prepared, limits=limits, workers=cfg.num_workers,
+        source or cfg.source, prepared=prepared or cfg.prepared, limits=limits, workers=cfg.num_workers,
         progress=progress, data_root=data_root,
     )
     params = {"seed": cfg.seed, "val_fraction": cfg.val_fraction,

@@ -104,6 +104,10 @@ def _materialize_builtin(name: str, data_root: str | None) -> Path:
     from visiondeck.data.materialize import materialize
 
     base, _, subset = name.partition("/")
+    if not subset and base == "fashion-mnist":
+        # like every loader of it: the data set means its 60k training images; its official
+        # test images are builtin:fashion-mnist/test (e.g. as data.test_source)
+        subset = "train"
     out = builtin_cache_dir() / base
     subsets = [subset] if subset else None
     materialize(base, out, subsets=subsets, root=data_root, progress=True)
