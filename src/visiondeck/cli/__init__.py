@@ -11,7 +11,16 @@ import sys
 import typer
 from typer.core import TyperGroup
 
-from visiondeck.cli import config_cmd, data_cmd, demo_cmd, train_cmd
+from visiondeck.cli import (
+    config_cmd,
+    data_cmd,
+    demo_cmd,
+    export_cmd,
+    predict_cmd,
+    registry_cmd,
+    serve_cmd,
+    train_cmd,
+)
 
 
 class _Group(TyperGroup):
@@ -43,6 +52,15 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(train_cmd.models_app, name="models")
 app.command("train")(train_cmd.train)
 app.command("demo")(demo_cmd.demo)
+app.command("export")(export_cmd.export)
+app.command("bench")(export_cmd.bench)
+app.command("predict")(predict_cmd.predict)
+app.command("serve")(serve_cmd.serve)
+app.add_typer(serve_cmd.keys_app, name="keys")
+app.add_typer(registry_cmd.runs_app, name="runs")
+app.command("ui")(registry_cmd.ui)
+app.command("register")(registry_cmd.register)
+app.command("promote")(registry_cmd.promote)
 
 
 @app.command()

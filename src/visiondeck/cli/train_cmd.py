@@ -22,9 +22,10 @@ def train(
     from visiondeck.config import load_recipe
 
     if resume is not None:
+        from visiondeck.registry.tracking import tracker_for_run
         from visiondeck.train.runner import resume as resume_run
 
-        _report(resume_run(resume))
+        _report(resume_run(resume, tracker=tracker_for_run(resume)))
         return
     items = list(overrides or [])
     if recipe is not None and "=" in str(recipe) and not recipe.exists():
@@ -39,9 +40,10 @@ def train(
                       f"(plot: {found.plot})")
         console.print(f"use it with: train.lr={found.suggestion:.2e}")
         return
+    from visiondeck.registry.tracking import tracker_for
     from visiondeck.train.runner import train as run
 
-    _report(run(resolved))
+    _report(run(resolved, tracker=tracker_for(resolved)))
 
 
 def _report(result) -> None:

@@ -115,8 +115,8 @@ def prepare_split(
         cfg = cfg.model_copy(update={"test_fraction": 0.0})
     limits = decode_limits(cfg)
     result = check_data(
-        source or cfg.source, prepared=prepared or cfg.prepared, limits=limits, workers=cfg.num_workers,
-        progress=progress, data_root=data_root,
+        source or cfg.source, prepared=prepared or cfg.prepared, limits=limits,
+        workers=cfg.num_workers, progress=progress, data_root=data_root,
     )
     params = {"seed": cfg.seed, "val_fraction": cfg.val_fraction,
               "test_fraction": cfg.test_fraction, "folds": cfg.folds}

@@ -13,6 +13,8 @@ a lock so two threads explaining with the same network never see each other's ho
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,7 +225,9 @@ def _run_cam(cam_cls: Any, model: Any, layer: Any, tensor: Any, chosen: list[int
 
     cam = cam_cls(model=model, target_layers=[layer])
     try:
-        maps = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(c) for c in chosen])
+        # ScoreCAM/AblationCAM draw tqdm bars on stderr: keep the CLI's and the API's output clean
+        with contextlib.redirect_stderr(io.StringIO()):
+            maps = cam(input_tensor=tensor, targets=[ClassifierOutputTarget(c) for c in chosen])
     except (RuntimeError, ValueError, IndexError) as exc:
         raise ExplainError(f"{type(cam).__name__} failed on layer {type(layer).__name__}: {exc}",
                            hint="choose another layer (the last convolutional block usually "

@@ -9,6 +9,7 @@ limit's precision, never the availability of predictions.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -131,7 +132,5 @@ class RateLimiter:
 
     async def close(self) -> None:
         if self.redis is not None:
-            try:
+            with contextlib.suppress(Exception):
                 await self.redis.close()
-            except Exception:
-                pass

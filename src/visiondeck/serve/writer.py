@@ -68,6 +68,16 @@ class StoreWriter:
         self._gauge()
         self._wake.set()
 
+    def update_pending(self, record_id: str, label: str | None) -> bool:
+        """Set the label of a row still waiting in memory (a label sent right after the
+        prediction); False when the row is not queued (then update the database)."""
+        with self._lock:
+            for record in self._queue:
+                if record.id == record_id:
+                    record.label = label
+                    return True
+        return False
+
     @property
     def pending(self) -> int:
         return len(self._queue)
