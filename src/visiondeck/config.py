@@ -119,7 +119,10 @@ class ModelConfig(_Section):
     pretrained: bool = Field(False, description="start from pretrained weights (offline first)")
     weights: str | None = Field(None, description="local weights file (.safetensors or .pth)")
     attention: Literal["none", "cbam"] = Field("none", description="attention blocks to add")
-    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout before the classifier")
+    dropout: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="dropout before the classifier (null = the architecture's own default)",
+    )
 
 
 class TrainConfig(_Section):

@@ -43,7 +43,7 @@ class BatchAugment:
     def __init__(self, preset: str, image_size: int, *, flip: bool = True) -> None:
         self.preset = preset
         self.flip = flip
-        self.shift = 1.0 / 8 if preset == "light" else 1.0 / 10
+        self.shift = 1.0 / 16 if preset == "light" else 1.0 / 10
         self.zoom = (1.0, 1.0) if preset == "light" else (1.0, 1.2)
         self.rotate = 0.0 if preset == "light" else 10.0
         self.rotate_p = 0.3

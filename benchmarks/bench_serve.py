@@ -1,0 +1,422 @@
+"""Load test of `visiondeck serve` against a naive seed-style server, on loopback.
+
+What it measures, for a Fashion-MNIST Bundle (28×28 grey) and an EfficientNet-Lite0 Bundle
+(224×224 RGB):
+- cold start: from spawning `python -m visiondeck serve BUNDLE` to the first 200 on /ready
+  (median of --cold-runs spawns);
+- throughput and p50/p99 latency at concurrency 1, 8 and 32 (closed loop: each of C
+  connections sends its next request when the previous answer arrives), with the mean
+  micro-batch size read from the server's /metrics;
+- the same for a naive server written the way the seeds write theirs: Flask's server, one
+  request at a time, the torch model run eagerly per request with torchvision transforms.
+
+The load generator is a bounded asyncio client in this file (pre-built multipart requests
+over keep-alive connections; the naive server speaks HTTP/1.0, so it reconnects per
+request, as a browser or curl would against it). Each level stops after --requests
+requests or --max-seconds, whichever comes first. Client and server share the machine's
+cores, so the figures are a lower bound for a dedicated server.
+
+    python benchmarks/bench_serve.py --fm-bundle BUNDLE --effnet-bundle BUNDLE
+    python benchmarks/bench_serve.py --fm-run runs/fashion_mnist   # exports it first
+    python benchmarks/bench_serve.py                                # builds both Bundles
+
+Results: benchmarks/results/serve.json (and a table on stdout).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import re
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+
+
+# ------------------------------------------------------------------------ load generator
+
+
+def multipart_request(host: str, port: int, path: str, field: str, filename: str,
+                      data: bytes, content_type: str) -> bytes:
+    boundary = "----visiondeckbench7f3a"
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; "
+            f"filename=\"{filename}\"\r\nContent-Type: {content_type}\r\n\r\n").encode()
+    body += data + f"\r\n--{boundary}--\r\n".encode()
+    head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: bench_serve\r\n"
+            f"Accept: */*\r\nConnection: keep-alive\r\n"
+            f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode()
+    return head + body
+
+
+async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    version, status = lines[0].split(" ")[:2]
+    headers = {}
+    for line in lines[1:]:
+        if ":" in line:
+            key, _, value = line.partition(":")
+            headers[key.strip().lower()] = value.strip()
+    if "content-length" in headers:
+        body = await reader.readexactly(int(headers["content-length"]))
+    else:
+        body = await reader.read()
+    close = version == "HTTP/1.0" or headers.get("connection", "").lower() == "close" \
+        or "content-length" not in headers
+    return int(status), close, body
+
+
+async def _load(host: str, port: int, request: bytes, concurrency: int, total: int,
+                max_seconds: float) -> dict[str, Any]:
+    latencies: list[float] = []
+    errors = 0
+    remaining = total
+    deadline = time.perf_counter() + max_seconds
+
+    async def worker() -> None:
+        nonlocal remaining, errors
+        reader = writer = None
+        while remaining > 0 and time.perf_counter() < deadline:
+            remaining -= 1
+            start = time.perf_counter()
+            try:
+                if writer is None:
+                    reader, writer = await asyncio.open_connection(host, port)
+                writer.write(request)
+                await writer.drain()
+                status, close, _body = await _read_response(reader)
+            except (OSError, asyncio.IncompleteReadError):
+                errors += 1
+                writer = None
+                continue
+            latencies.append(time.perf_counter() - start)
+            if status != 200:
+                errors += 1
+            if close:
+                writer.close()
+                writer = None
+        if writer is not None:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    ms = np.asarray(latencies) * 1000.0
+    return {
+        "concurrency": concurrency, "requests": len(latencies), "errors": errors,
+        "seconds": round(wall, 3),
+        "throughput_rps": round(len(latencies) / wall, 1) if wall else 0.0,
+        "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
+        "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
+        "mean_ms": round(float(ms.mean()), 2) if len(ms) else None,
+    }
+
+
+# ------------------------------------------------------------------------ servers
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 120) -> float:
+    """Seconds until GET path answers 200 (measured from now)."""
+    import http.client
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < timeout:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
+            conn.request("GET", path)
+            if conn.getresponse().status == 200:
+                return time.perf_counter() - start
+        except OSError:
+            pass
+        time.sleep(0.01)
+    raise TimeoutError(f"no 200 from {path} within {timeout} s")
+
+
+def _start_visiondeck(bundle: Path, port: int, data_dir: Path, extra: list[str]
+                      ) -> tuple[subprocess.Popen, float]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONDECK_")}
+    env["VISIONDECK_WATCH_INTERVAL_S"] = "0"
+    started = time.perf_counter()
+    proc = subprocess.Popen([PYTHON, "-m", "visiondeck", "serve", str(bundle), "--port",
+                             str(port), "--data-dir", str(data_dir), "--log-level", "warning",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            env=env, cwd=data_dir)
+    _wait_http(port, "/ready", proc)
+    return proc, time.perf_counter() - started
+
+
+def _start_naive(bundle: Path, port: int) -> tuple[subprocess.Popen, float]:
+    started = time.perf_counter()
+    proc = subprocess.Popen([PYTHON, __file__, "--naive-server", str(bundle), "--port",
+                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    _wait_http(port, "/health", proc)
+    return proc, time.perf_counter() - started
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def naive_server(bundle_dir: str, port: int) -> None:
+    """The seeds' way: Flask, torch eager, PIL + torchvision transforms, one request at a time."""
+    import torch
+    from flask import Flask, jsonify, request
+    from torchvision import transforms
+
+    from visiondeck.export.bundle import load_bundle
+    from visiondeck.export.torch_model import load_torch_model
+
+    bundle = load_bundle(bundle_dir)
+    model = load_torch_model(bundle)
+    spec = bundle.input
+    mode = "L" if spec.channels == 1 else "RGB"
+    prepare = transforms.Compose([
+        transforms.Resize((spec.image_size, spec.image_size)), transforms.ToTensor(),
+        transforms.Normalize(list(spec.mean), list(spec.std))])
+    app = Flask("naive")
+
+    @app.route("/health")
+    def health():
+        return jsonify({"status": "ok"})
+
+    @app.route("/predict", methods=["POST"])
+    def predict():
+        file = request.files["image"]
+        image = Image.open(file.stream).convert(mode)
+        tensor = prepare(image).unsqueeze(0)
+        with torch.no_grad():
+            probs = torch.softmax(model(tensor), dim=1)[0]
+        top = torch.topk(probs, 3)
+        return jsonify({"success": True, "prediction": bundle.classes[int(top.indices[0])],
+                        "confidence": float(top.values[0]),
+                        "top3_predictions": [{"class": bundle.classes[int(i)],
+                                              "confidence": float(v)}
+                                             for v, i in zip(top.values, top.indices,
+                                                             strict=True)]})
+
+    app.run(host="127.0.0.1", port=port, threaded=False)
+
+
+# ------------------------------------------------------------------------ bundles & images
+
+
+def _export(run: Path, out: Path) -> Path:
+    from visiondeck.export.onnx_export import export_run
+
+    if not (out / "bundle.json").exists():
+        print(f"exporting {run} → {out}", flush=True)
+        export_run(run, out, parity_images=16)
+    return out
+
+
+def _train(overrides: list[str], workdir: Path) -> Path:
+    from visiondeck.config import load_recipe
+    from visiondeck.train.runner import train
+
+    before = Path.cwd()
+    os.chdir(workdir)
+    try:
+        return train(load_recipe(None, overrides), progress=False).run_dir
+    finally:
+        os.chdir(before)
+
+
+def build_effnet_bundle(work: Path) -> Path:
+    """EfficientNet-Lite0 (offline ImageNet weights) at 224, after one optimiser step."""
+    out = work / "effnet_bundle"
+    if (out / "bundle.json").exists():
+        return out
+    rng = np.random.default_rng(0)
+    for cls in ("a", "b", "c"):
+        folder = work / "effnet_images" / cls
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(12):
+            Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+                folder / f"{i}.png")
+    run = _train([f"data.source={work / 'effnet_images'}", "data.image_size=224",
+                  "data.channels=3", "data.augment=none", "data.val_fraction=0.25",
+                  "data.test_fraction=0.25", "model.name=efficientnet_lite0",
+                  "model.pretrained=true", "train.epochs=1", "train.batch_size=32",
+                  f"output_dir={work / 'runs'}", "name=effnet_bench"], work)
+    return _export(run, out)
+
+
+def build_fm_bundle(work: Path) -> Path:
+    out = work / "fm_bundle"
+    if (out / "bundle.json").exists():
+        return out
+    run = _train([
+        "data.source=builtin:fashion-mnist", "data.image_size=28", "data.channels=1",
+        "data.augment=none", "model.name=simple_cnn", "train.epochs=1", "train.batch_size=256",
+        f"output_dir={work / 'runs'}", "name=fm_bench"], work)
+    return _export(run, out)
+
+
+def sample_image(bundle: Path) -> tuple[bytes, str, str]:
+    """A realistic upload for the model: a Fashion-MNIST test PNG, or a JPEG photo."""
+    info = json.loads((bundle / "bundle.json").read_text())
+    if info["input"]["channels"] == 1:
+        from visiondeck.data.builtin import load_fashion_mnist
+
+        array = load_fashion_mnist("test").images[0]  # an ankle boot, 28×28 grey
+        buffer = io.BytesIO()
+        Image.fromarray(np.asarray(array, dtype=np.uint8)).save(buffer, "PNG")
+        return buffer.getvalue(), "item.png", "image/png"
+    from skimage import data as skdata
+
+    buffer = io.BytesIO()
+    Image.fromarray(skdata.chelsea()).save(buffer, "JPEG", quality=90)
+    return buffer.getvalue(), "chelsea.jpg", "image/jpeg"
+
+
+# ------------------------------------------------------------------------ the benchmark
+
+
+def _batch_stats(port: int) -> tuple[float, float]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    total = re.search(r"^visiondeck_inference_batch_size_sum (\S+)$", text, re.M)
+    count = re.search(r"^visiondeck_inference_batch_size_count (\S+)$", text, re.M)
+    return float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0
+
+
+def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: argparse.Namespace,
+                 work: Path) -> dict[str, Any]:
+    colds = []
+    for i in range(args.cold_runs):
+        port = _free_port()
+        if kind == "visiondeck":
+            proc, cold = _start_visiondeck(bundle, port, _fresh(work / f"data-{i}"),
+                                           args.serve_args)
+        else:
+            proc, cold = _start_naive(bundle, port)
+        colds.append(cold)
+        if i < args.cold_runs - 1:
+            _stop(proc)
+    request = multipart_request("127.0.0.1", port, "/predict", "image", *image)
+    levels = []
+    try:
+        asyncio.run(_load("127.0.0.1", port, request, 8, args.warmup, 60))
+        for concurrency in args.concurrency:
+            before = _batch_stats(port) if kind == "visiondeck" else (0.0, 0.0)
+            result = asyncio.run(_load("127.0.0.1", port, request, concurrency,
+                                       args.requests, args.max_seconds))
+            if kind == "visiondeck":
+                after = _batch_stats(port)
+                runs = after[1] - before[1]
+                result["mean_batch"] = round((after[0] - before[0]) / runs, 2) if runs else None
+            levels.append(result)
+            print(f"  {kind:10s} c={concurrency:<3d} {result['throughput_rps']:8.1f} req/s  "
+                  f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
+                  f"errors {result['errors']}" + (f"  batch {result.get('mean_batch')}"
+                                                  if kind == "visiondeck" else ""), flush=True)
+    finally:
+        _stop(proc)
+    return {"cold_start_s": round(statistics.median(colds), 3),
+            "cold_start_runs_s": [round(c, 3) for c in colds], "levels": levels}
+
+
+def _fresh(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--fm-bundle", type=Path)
+    parser.add_argument("--fm-run", type=Path, help="a Fashion-MNIST run folder to export")
+    parser.add_argument("--effnet-bundle", type=Path)
+    parser.add_argument("--work", type=Path, help="where built Bundles go (default: a temp dir)")
+    parser.add_argument("--requests", type=int, default=2000, help="per level (upper bound)")
+    parser.add_argument("--max-seconds", type=float, default=15.0, help="per level (cap)")
+    parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--cold-runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--only", choices=["fashion_mnist", "efficientnet_lite0"])
+    parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
+                        help="extra `visiondeck serve` options (last on the line)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serve.json")
+    parser.add_argument("--naive-server", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.naive_server:
+        naive_server(args.naive_server, args.port)
+        return
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="vd-bench-serve-"))
+    work.mkdir(parents=True, exist_ok=True)
+    models: dict[str, Path] = {}
+    if args.only in (None, "fashion_mnist"):
+        models["fashion_mnist"] = args.fm_bundle or (
+            _export(args.fm_run, work / "fm_bundle") if args.fm_run else build_fm_bundle(work))
+    if args.only in (None, "efficientnet_lite0"):
+        models["efficientnet_lite0"] = args.effnet_bundle or build_effnet_bundle(work)
+
+    import onnxruntime
+
+    results: dict[str, Any] = {
+        "command": "python benchmarks/bench_serve.py " + " ".join(sys.argv[1:]),
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
+                    "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+                    "load_average_at_start": list(os.getloadavg())},
+        "method": "closed loop on loopback, client and server on the same machine; "
+                  "visiondeck serve with its defaults (SQLite history on, thumbnails on)",
+        "models": {},
+    }
+    for name, bundle in models.items():
+        info = json.loads((bundle / "bundle.json").read_text())
+        image = sample_image(bundle)
+        print(f"{name}: {bundle} ({info['architecture']}, {info['input']['image_size']} px, "
+              f"upload {len(image[0])} bytes)", flush=True)
+        entry: dict[str, Any] = {"bundle": str(bundle), "architecture": info["architecture"],
+                                 "input": info["input"], "upload_bytes": len(image[0])}
+        entry["visiondeck"] = bench_server("visiondeck", bundle, image, args, work)
+        if not args.skip_naive:
+            entry["naive"] = bench_server("naive", bundle, image, args, work)
+            entry["speedup"] = {
+                str(ours["concurrency"]): round(ours["throughput_rps"]
+                                                / max(theirs["throughput_rps"], 1e-9), 2)
+                for ours, theirs in zip(entry["visiondeck"]["levels"],
+                                        entry["naive"]["levels"], strict=True)}
+        results["models"][name] = entry
+    results["machine"]["load_average_at_end"] = list(os.getloadavg())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
