@@ -86,11 +86,18 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--recipe-curve", type=Path,
                         default=RESULTS / "fashion_mnist-fashion_mnist.json")
+    parser.add_argument("--reuse-seed", action="store_true",
+                        help="compare with the seed curve already in seed_baseline.json")
     args = parser.parse_args()
     console = Console()
-    seed_rows = run_seed(args.epochs, args.batch_size, args.workers)
+    saved = RESULTS / "seed_baseline.json"
+    if args.reuse_seed and saved.exists():
+        seed_rows = json.loads(saved.read_text())["seed"]
+    else:
+        seed_rows = run_seed(args.epochs, args.batch_size, args.workers)
     target, seed_time = seed_rows[-1]["test_acc"], seed_rows[-1]["train_s"]
-    result = {"seed": seed_rows, "seed_final_acc": target, "seed_train_s": seed_time}
+    result = {"seed": seed_rows, "seed_final_acc": target, "seed_train_s": seed_time,
+              "recipe_curve": args.recipe_curve.name}
     table = Table(title="time to the seed's final test accuracy", title_justify="left")
     for column in ("trainer", "test acc", "time", "speed-up"):
         table.add_column(column, justify="right")

@@ -325,7 +325,9 @@ def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: a
         colds.append(cold)
         if i < args.cold_runs - 1:
             _stop(proc)
-    request = multipart_request("127.0.0.1", port, "/predict", "image", *image)
+    data, filename, content_type = image
+    request = multipart_request("127.0.0.1", port, "/predict", "image", filename, data,
+                                content_type)
     levels = []
     try:
         asyncio.run(_load("127.0.0.1", port, request, 8, args.warmup, 60))
