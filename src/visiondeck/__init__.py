@@ -28,6 +28,8 @@ _LAZY: dict[str, str] = {
     "load_bundle": "visiondeck.export.bundle",
     "Predictor": "visiondeck.export.predictor",
     "Prediction": "visiondeck.export.predictor",
+    "evaluate_run": "visiondeck.evaluate.core",
+    "explain_image": "visiondeck.explain.cam",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

@@ -62,6 +62,13 @@ app.command("ui")(registry_cmd.ui)
 app.command("register")(registry_cmd.register)
 app.command("promote")(registry_cmd.promote)
 
+from visiondeck.cli import evaluate_cmd, explain_cmd  # noqa: E402  (issue 4's commands)
+
+app.command("evaluate")(evaluate_cmd.evaluate)
+app.command("compare")(evaluate_cmd.compare)
+app.command("ablate")(evaluate_cmd.ablate)
+app.command("explain")(explain_cmd.explain)
+
 
 @app.command()
 def version() -> None:

@@ -36,7 +36,7 @@ class RateLimit:
 
 
 def parse_rate_limit(text: str | None, burst: int | None = None) -> RateLimit | None:
-    """"120/minute" → 2 tokens/s with a burst of `burst` (default: one second's worth, ≥ 1)."""
+    """"120/minute" → 2 tokens/s with a burst of `burst` (default: the count, 120)."""
     if text is None or text.strip().lower() in ("", "off", "none", "0"):
         return None
     match = _RATE.match(text)
@@ -46,8 +46,8 @@ def parse_rate_limit(text: str | None, burst: int | None = None) -> RateLimit | 
     count, period = float(match.group(1)), _PERIODS[match.group(2).lower()]
     if count <= 0:
         return None
-    per_second = count / period
-    return RateLimit(per_second, burst if burst is not None else max(1, round(per_second)))
+    # default burst: the whole COUNT at once, so "2/minute" allows two requests per minute
+    return RateLimit(count / period, burst if burst is not None else max(1, round(count)))
 
 
 class ServeSettings(BaseSettings):

@@ -1,0 +1,110 @@
+"""`visiondeck export RUN` and `visiondeck bench BUNDLE`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def export(
+    run: Annotated[Path, typer.Argument(help="finished run folder (what `visiondeck train` "
+                                        "printed)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Bundle folder "
+                                             "(default: RUN/bundle)")] = None,
+    int8: Annotated[bool, typer.Option("--int8", help="also write an INT8 model "
+                                       "(static, calibrated on training images)")] = False,
+    prune: Annotated[float | None, typer.Option(help="prune this share of weights (e.g. 0.3) "
+                                                "and fine-tune before export")] = None,
+    prune_method: Annotated[str, typer.Option(help="unstructured (global L1) or structured "
+                                              "(conv channels)")] = "unstructured",
+    prune_steps: Annotated[int, typer.Option(help="fine-tuning steps after pruning")] = 200,
+    parity_images: Annotated[int, typer.Option(help="validation images for the parity "
+                                               "check")] = 64,
+    tolerance: Annotated[float, typer.Option(help="max |Δ probability| allowed vs "
+                                             "PyTorch")] = 1e-3,
+    exporter: Annotated[str, typer.Option(help="torchscript (fast) or dynamo")] = "torchscript",
+) -> None:
+    """Export a run as a Bundle: model.onnx (+ int8), weights.safetensors, bundle.json."""
+    from rich.table import Table
+
+    from visiondeck.cli._ui import console
+    from visiondeck.export.onnx_export import export_run
+
+    with console.status("exporting") as status:
+        result = export_run(run, out, int8=int8, prune=prune, prune_method=prune_method,
+                            prune_steps=prune_steps, parity_images=parity_images,
+                            tolerance=tolerance, exporter=exporter,
+                            log=lambda msg: status.update(msg))
+    parity = result.parity
+    console.print(f"parity vs PyTorch on {parity['n_images']} {parity['source']} images: "
+                  f"max |Δp| [bold]{parity['max_abs_diff']:.2e}[/], top-1 agreement "
+                  f"[bold]{parity['top1_agreement']:.2%}[/] ({result.exporter} exporter)")
+    table = Table(title=f"Bundle {result.path}", title_justify="left")
+    for column in ("variant", "file", "size", "test accuracy", "note"):
+        table.add_column(column, justify="right" if column in ("size", "test accuracy")
+                         else "left")
+    for name, entry in result.variants.items():
+        table.add_row(name, entry["file"], _size(entry["bytes"]), _pct(entry.get("accuracy")),
+                      entry.get("method", ""))
+    console.print(table)
+    if result.pruning:
+        p = result.pruning
+        console.print(f"pruned {p['amount']:.0%} ({p['method']}): sparsity {p['sparsity']:.1%}, "
+                      f"val accuracy {_pct(p['val_accuracy_before'])} → "
+                      f"{_pct(p['val_accuracy_pruned'])} after pruning → "
+                      f"{_pct(p['val_accuracy_after'])} after {p['steps']} fine-tuning steps")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/] {note}")
+    console.print(f"done in {result.duration_s:.1f} s")
+
+
+def bench(
+    bundle: Annotated[str, typer.Argument(help="Bundle folder or models:/NAME@ALIAS")],
+    seconds: Annotated[float, typer.Option(help="time per measurement")] = 2.0,
+    batch_sizes: Annotated[str, typer.Option(help="comma-separated batch sizes for "
+                                             "throughput")] = "1,8,32,64,128",
+    threads: Annotated[int | None, typer.Option(help="threads (default: all cores)")] = None,
+    torch: Annotated[bool, typer.Option("--torch/--no-torch", help="include PyTorch "
+                                        "eager")] = True,
+    out: Annotated[Path | None, typer.Option(help="where to save the JSON "
+                                             "(default: BUNDLE/bench.json)")] = None,
+) -> None:
+    """Latency (p50/p95/p99 at batch 1) and best throughput per engine, one table."""
+    from rich.table import Table
+
+    from visiondeck.cli._ui import console
+    from visiondeck.errors import ConfigError
+    from visiondeck.export.bench import bench_bundle, save_bench
+
+    try:
+        sizes = [int(s) for s in batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError(f"--batch-sizes must be integers, not {batch_sizes!r}",
+                          hint="e.g. --batch-sizes 1,8,32") from None
+    if not sizes or min(sizes) < 1:
+        raise ConfigError("--batch-sizes needs at least one positive size")
+    with console.status("benchmarking") as status:
+        report = bench_bundle(bundle, batch_sizes=sizes, seconds=seconds, threads=threads,
+                              torch=torch, log=lambda msg: status.update(f"benchmarking {msg}"))
+    saved = save_bench(report, out)
+    table = Table(title=f"{report.bundle} — {report.machine['processor']}, "
+                  f"{report.threads} thread(s)", title_justify="left")
+    for column in ("engine", "file", "size", "accuracy", "p50 ms", "p95 ms", "p99 ms",
+                   "best batch", "images/s"):
+        table.add_column(column, justify="left" if column in ("engine", "file") else "right")
+    for row in report.rows:
+        table.add_row(row.engine, row.file, _size(row.bytes), _pct(row.accuracy),
+                      f"{row.p50_ms:.3f}", f"{row.p95_ms:.3f}", f"{row.p99_ms:.3f}",
+                      str(row.best_batch), f"{row.images_per_s:,.0f}")
+    console.print(table)
+    console.print(f"saved {saved}")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.2f} MB" if n >= 100_000 else f"{n / 1e3:.1f} kB"
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2%}"

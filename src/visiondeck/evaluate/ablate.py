@@ -1,0 +1,207 @@
+"""`ablate(recipe, vary)`: which choices matter? A grid (or one-factor-at-a-time) of runs.
+
+Every cell trains the same recipe with a few keys changed (`train.loss=ce,focal`,
+`model.attention=none,cbam`...), on the same split and the same seeds, and is evaluated on
+the same test images. The main effect of a factor level is the mean metric of the cells
+at that level minus the mean at the factor's first (baseline) level. Cells are written
+under OUT/cells/; a cell already evaluated is not run again, and a killed one resumes from
+its last checkpoint, so an interrupted ablation continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from visiondeck.config import Recipe, apply_overrides, parse_overrides
+from visiondeck.errors import ConfigError
+
+__all__ = ["AblationCell", "AblationResult", "ablate", "parse_vary", "plan_cells"]
+
+_SECTIONS = ("train", "model", "data")
+
+
+def parse_vary(items: Sequence[str]) -> dict[str, list[str]]:
+    """["train.loss=ce,focal", "attention=none,cbam"] → {"train.loss": ["ce", "focal"], ...}.
+
+    A key without its section (`loss`) is accepted when exactly one section has it.
+    """
+    from visiondeck.config import _all_keys  # the schema's dotted keys
+
+    keys = _all_keys()
+    factors: dict[str, list[str]] = {}
+    for item in items:
+        key, sep, values = item.partition("=")
+        key = key.strip()
+        if not sep or not values.strip():
+            raise ConfigError(f"--vary {item!r} is not KEY=V1,V2,...",
+                              hint="e.g. --vary train.loss=ce,focal")
+        if key not in keys:
+            matches = [f"{s}.{key}" for s in _SECTIONS if f"{s}.{key}" in keys]
+            if len(matches) != 1:
+                parse_overrides([f"{key}=x"])  # raises with a "did you mean"
+            key = matches[0]
+        levels = [v.strip() for v in values.split(",") if v.strip()]
+        if len(levels) < 2:
+            raise ConfigError(f"--vary {key} needs at least two values", hint=f"{key}=a,b")
+        factors[key] = levels
+    if not factors:
+        raise ConfigError("nothing to vary", hint="add --vary KEY=V1,V2")
+    return factors
+
+
+def plan_cells(factors: Mapping[str, Sequence[str]], design: str = "grid"
+               ) -> list[dict[str, str]]:
+    """grid: every combination; ofat: the baseline (first levels) plus one change at a time."""
+    keys = list(factors)
+    if design == "grid":
+        return [dict(zip(keys, combo, strict=True))
+                for combo in itertools.product(*(factors[k] for k in keys))]
+    if design == "ofat":
+        base = {k: factors[k][0] for k in keys}
+        cells = [dict(base)]
+        for key in keys:
+            cells += [{**base, key: level} for level in factors[key][1:]]
+        return cells
+    raise ConfigError(f"unknown design {design!r}", hint="use grid or ofat")
+
+
+def _cell_recipe(recipe: Recipe, cell: Mapping[str, str], seed: int, name: str) -> Recipe:
+    raw = apply_overrides(recipe.model_dump(mode="json"),
+                          parse_overrides([f"{k}={v}" for k, v in cell.items()]))
+    raw = apply_overrides(raw, {"train.seed": seed, "name": name})
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid ablation cell {dict(cell)}: {exc.errors()[0]['msg']}") \
+            from None
+
+
+def _slug(cell: Mapping[str, str], seed: int) -> str:
+    text = "_".join(f"{k.split('.')[-1]}-{v}" for k, v in cell.items()) + f"_s{seed}"
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text)[:120]
+
+
+@dataclass
+class AblationCell:
+    factors: dict[str, str]
+    seed: int
+    run_dir: Path
+    headline: dict[str, float]
+    reused: bool = False
+
+
+@dataclass
+class AblationResult:
+    out_dir: Path
+    factors: dict[str, list[str]]
+    metric: str
+    cells: list[AblationCell]
+    table: list[dict[str, Any]] = field(default_factory=list)  # one row per cell, seeds merged
+    effects: dict[str, dict[str, float]] = field(default_factory=dict)  # factor → level → Δ
+    chart: Path | None = None
+
+
+def _run_cell(recipe: Recipe, run_dir: Path, evaluate_options: dict[str, Any]
+              ) -> tuple[dict[str, float], bool]:
+    from visiondeck.evaluate.core import evaluate_run
+    from visiondeck.train.runner import resume, train
+
+    metrics_file = run_dir / "evaluation" / "metrics.json"
+    if metrics_file.is_file():
+        return json.loads(metrics_file.read_text())["headline"], True
+    status = None
+    if (run_dir / "run.json").is_file():
+        status = json.loads((run_dir / "run.json").read_text()).get("status")
+    if status in ("completed", "passed", "failed_gate"):
+        pass
+    elif status is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+        resume(run_dir, progress=False)
+    else:
+        train(recipe, run_dir=run_dir, progress=False)
+    return evaluate_run(run_dir, **evaluate_options).headline, False
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def _summarize(cells: list[AblationCell], factors: dict[str, list[str]], metric: str
+               ) -> tuple[list[dict[str, Any]], dict[str, dict[str, float]]]:
+    groups: dict[tuple, list[float]] = {}
+    for cell in cells:
+        key = tuple(cell.factors[k] for k in factors)
+        groups.setdefault(key, []).append(cell.headline.get(metric, float("nan")))
+    table = []
+    for key, values in groups.items():
+        table.append({**dict(zip(factors, key, strict=True)), "mean": _mean(values),
+                      "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                      "seeds": len(values)})
+    effects: dict[str, dict[str, float]] = {}
+    for factor, levels in factors.items():
+        means = {level: _mean([r["mean"] for r in table if r[factor] == level])
+                 for level in levels}
+        base = means[levels[0]]
+        effects[factor] = {level: means[level] - base for level in levels}
+    return table, effects
+
+
+def ablate(recipe: Recipe, vary: Mapping[str, Sequence[str]], *, seeds: Sequence[int] = (0,),
+           design: str = "grid", out_dir: str | os.PathLike[str] | None = None,
+           metric: str = "accuracy", evaluate: dict[str, Any] | None = None,
+           on_cell: Callable[[int, int, AblationCell], None] | None = None) -> AblationResult:
+    """Run (or resume) every cell × seed; write OUT/results.json and OUT/effects.png."""
+    factors = {k: list(v) for k, v in vary.items()}
+    cells_plan = plan_cells(factors, design)
+    root = Path(out_dir) if out_dir else Path(recipe.output_dir) / f"{recipe.name}-ablation"
+    root.mkdir(parents=True, exist_ok=True)
+    options = {"gradcam_samples": 0, "n_boot": 200, "report": False, **(evaluate or {})}
+    total = len(cells_plan) * len(seeds)
+    done: list[AblationCell] = []
+    for cell in cells_plan:
+        for seed in seeds:
+            slug = _slug(cell, seed)
+            run_dir = root / "cells" / slug
+            cell_recipe = _cell_recipe(recipe, cell, seed, f"{recipe.name}-{slug}")
+            headline, reused = _run_cell(cell_recipe, run_dir, options)
+            result = AblationCell(dict(cell), seed, run_dir, headline, reused)
+            done.append(result)
+            if on_cell is not None:
+                on_cell(len(done), total, result)
+    table, effects = _summarize(done, factors, metric)
+    result = AblationResult(root, factors, metric, done, table, effects)
+    result.chart = _chart(result)
+    from visiondeck.evaluate.scores import clean_json
+
+    (root / "results.json").write_text(json.dumps(clean_json({
+        "design": design, "metric": metric, "factors": factors, "seeds": list(seeds),
+        "recipe": recipe.model_dump(mode="json"), "table": table, "effects": effects,
+        "cells": [{"factors": c.factors, "seed": c.seed, "run": str(c.run_dir),
+                   "headline": c.headline} for c in done],
+    }), indent=2, allow_nan=False) + "\n")
+    return result
+
+
+def _chart(result: AblationResult) -> Path:
+    from visiondeck.evaluate import plots
+
+    labels, values = [], []
+    for factor, levels in result.factors.items():
+        for level in levels:
+            rows = [r["mean"] for r in result.table if r[factor] == level]
+            labels.append(f"{factor.split('.')[-1]}={level}")
+            values.append(_mean(rows))
+    png = plots.bar_chart(labels, {result.metric: values},
+                          title=f"mean {result.metric} per factor level", ylabel=result.metric)
+    path = result.out_dir / "effects.png"
+    path.write_bytes(png)
+    return path

@@ -1,0 +1,151 @@
+"""k-fold cross-validation: one run per fold, each evaluated, then mean ± std per metric.
+
+`train.runner.train` always validates on the split's "val" subset; a k-fold split has
+none (its non-test files carry a fold number instead). `train_fold` therefore assembles the
+same pieces the runner does — `runner.build_system` (split, spec, seeded model), a
+`SplitDataModule` built with `fold=k`, the runner's `Classifier` and `build_trainer` — and
+writes a run folder `evaluate_run` reads like any other (run.json records `"fold": k`, so
+evaluation calibrates on that fold's validation files). The folds share the held-out test
+subset, so every fold is scored on the same test images.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from visiondeck.config import Recipe, save_recipe
+from visiondeck.evaluate.predict import EvaluationError
+
+__all__ = ["CVResult", "cross_validate", "summarize_folds", "train_fold"]
+
+
+def _with_folds(recipe: Recipe, folds: int) -> Recipe:
+    """The recipe with `data.folds` set; its split is kept apart from the plain split (a
+    k-fold split of the same data has different parameters, and prepare refuses to
+    overwrite an existing split)."""
+    data = recipe.data
+    update: dict[str, Any] = {"folds": folds}
+    if data.folds != folds and data.prepared is None:
+        update["prepared"] = str(Path("prepared") / f"{recipe.name}-cv{folds}")
+    return recipe.model_copy(update={"data": data.model_copy(update=update)})
+
+
+def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
+               progress: bool = False) -> Path:
+    """Train on every fold but `fold`, validate on `fold`; returns the run folder."""
+    import torch
+
+    from visiondeck.train.artifacts import save_trained
+    from visiondeck.train.datamodule import SplitDataModule
+    from visiondeck.train.losses import class_weights
+    from visiondeck.train.module import Classifier
+    from visiondeck.train.runner import build_system
+    from visiondeck.train.trainer import build_trainer
+
+    folder = Path(run_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, folder / "recipe.yaml")
+    started = time.perf_counter()
+    built = build_system(recipe, folder, progress=progress)
+    split = built.split
+    if split.folds < 2:
+        raise EvaluationError("the split has no folds", hint="set data.folds=K (K >= 2)")
+    data = SplitDataModule(split, recipe.data, recipe.train, built.spec,
+                           cache_dir=built.prepared / "cache" if built.prepared else None,
+                           fold=fold, progress=progress)
+    weights = class_weights(data.train_labels, len(split.classes))
+    system = Classifier(built.system.model, len(split.classes), recipe.train,
+                        class_weights=weights, train_transform=data.device_transform(True),
+                        eval_transform=data.device_transform(False))
+    trainer = build_trainer(recipe.train, folder, progress=progress)
+    trainer.fit(system, datamodule=data)
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    if best and Path(best).exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        system.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
+                                      if k.startswith("model.")})
+    save_trained(folder, system.model, recipe=recipe, spec=built.spec,
+                 classes=list(split.classes))
+    metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
+               if torch.as_tensor(v).numel() == 1}
+    info = {
+        "name": recipe.name, "status": "completed", "fold": fold, "folds": split.folds,
+        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "split": {"id": split.id, "root": str(split.root), "classes": split.classes,
+                  "prepared": str(built.prepared) if built.prepared else None,
+                  "test_prepared": None},
+        "prepare": asdict(built.spec), "class_weights": weights, "metrics": metrics,
+        "epochs_run": trainer.current_epoch,
+        "duration_s": round(time.perf_counter() - started, 2),
+    }
+    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    return folder
+
+
+@dataclass
+class CVResult:
+    out_dir: Path
+    folds: int
+    runs: list[Path]
+    per_fold: list[dict[str, float]]  # headline metrics of each fold (test split)
+    summary: dict[str, dict[str, float]] = field(default_factory=dict)  # metric → mean/std
+
+
+def summarize_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """mean, sample std, min and max of each metric present in every fold."""
+    if not per_fold:
+        return {}
+    keys = [k for k in per_fold[0] if all(k in f for f in per_fold)]
+    out = {}
+    for key in keys:
+        values = [float(f[key]) for f in per_fold]
+        out[key] = {"mean": statistics.fmean(values),
+                    "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                    "min": min(values), "max": max(values)}
+    return out
+
+
+def cross_validate(recipe: Recipe, folds: int = 5, *, out_dir: str | os.PathLike[str] | None
+                   = None, progress: bool = False, evaluate: dict[str, Any] | None = None,
+                   on_fold: Any = None) -> CVResult:
+    """Train and evaluate one run per fold under OUT/fold-K; write OUT/cv.json.
+
+    A fold whose run already holds `evaluation/metrics.json` is not trained again, so a
+    killed cross-validation resumes where it stopped. `evaluate` holds keyword arguments
+    for `evaluate_run` (e.g. {"tta": True}); `on_fold(k, headline)` reports progress.
+    """
+    from visiondeck.evaluate.core import evaluate_run
+
+    if folds < 2:
+        raise EvaluationError(f"cross-validation needs at least 2 folds, not {folds}")
+    recipe = _with_folds(recipe, folds)
+    root = Path(out_dir) if out_dir else Path(recipe.output_dir) / f"{recipe.name}-cv{folds}"
+    root.mkdir(parents=True, exist_ok=True)
+    options = {"gradcam_samples": 0, "n_boot": 200, **(evaluate or {})}
+    runs, per_fold = [], []
+    for fold in range(folds):
+        run = root / f"fold-{fold}"
+        metrics_file = run / "evaluation" / "metrics.json"
+        if metrics_file.is_file():
+            headline = json.loads(metrics_file.read_text())["headline"]
+        else:
+            train_fold(recipe.model_copy(update={"name": f"{recipe.name}-fold{fold}"}), fold,
+                       run, progress=progress)
+            headline = evaluate_run(run, **options).headline
+        runs.append(run)
+        per_fold.append(headline)
+        if on_fold is not None:
+            on_fold(fold, headline)
+    result = CVResult(root, folds, runs, per_fold, summarize_folds(per_fold))
+    (root / "cv.json").write_text(json.dumps(
+        {"folds": folds, "recipe": recipe.model_dump(mode="json"),
+         "runs": [str(r) for r in runs], "per_fold": per_fold, "summary": result.summary},
+        indent=2) + "\n")
+    return result

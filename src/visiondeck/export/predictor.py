@@ -1,0 +1,241 @@
+"""`Predictor`: a Bundle on ONNX Runtime, for notebooks, scripts and `visiondeck predict`.
+
+Torch-free by design (numpy, Pillow, ONNX Runtime: `pip install visiondeck[serve]`), so the
+same code runs in a slim serving image. Inputs are prepared by `Bundle.prepare` (the
+training preparation), outputs are calibrated by the Bundle's `Calibration` (temperature,
+"unknown" rejection, binary decision threshold), so every consumer answers alike.
+
+Many files: `predict_files` streams them through a pool of worker processes, each decoding
+a chunk and running it through its own single-threaded ORT session as one batch. On small
+images decoding is Python-bound (threads would serialise on the GIL), and ORT's own thread
+pool scales poorly on tiny batches, so "one process per core, each doing decode + batched
+inference" is what keeps every core busy. Results come back in input order; a bad file
+becomes a `PredictFailure` and never stops the stream.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from visiondeck.export.bundle import Bundle, ImageInput, load_bundle
+from visiondeck.imaging import ImageDecodeError
+
+__all__ = ["PredictFailure", "Prediction", "Predictor"]
+
+# what a single input can be; a list/tuple (or a 4-D uint8 array) is several inputs
+_SINGLE = (bytes, bytearray, memoryview, str, os.PathLike, Image.Image)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's answer; `topk` holds (label, calibrated probability), best first."""
+
+    label: str
+    index: int
+    probability: float
+    topk: list[tuple[str, float]]
+    unknown: bool = False
+    source: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "label": self.label, "index": self.index,
+                "probability": self.probability, "unknown": self.unknown,
+                "topk": [{"label": label, "probability": p} for label, p in self.topk]}
+
+
+@dataclass(frozen=True)
+class PredictFailure:
+    """An input that could not be predicted: `problem` is the decoder's kind (or "unreadable")."""
+
+    source: str | None
+    problem: str
+    message: str = field(default="")
+
+    @property
+    def ok(self) -> bool:
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "error": self.problem, "message": self.message}
+
+
+class Predictor:
+    """Run a Bundle (folder or `models:/` URI) on ONNX Runtime.
+
+    variant: "fp32" or "int8"; providers: ORT execution providers (CPU by default);
+    threads: ORT intra-op threads (None: ORT's default, one per physical core).
+    """
+
+    def __init__(self, bundle_or_uri: Bundle | str | os.PathLike[str], variant: str = "fp32",
+                 providers: Sequence[str] | None = None, threads: int | None = None,
+                 top_k: int = 5) -> None:
+        self.bundle = load_bundle(bundle_or_uri)
+        self.variant = variant
+        self.model_path = self.bundle.onnx_path(variant)
+        self.providers = list(providers) if providers else ["CPUExecutionProvider"]
+        self.threads = threads
+        self.top_k = top_k
+        self._session: Any = None
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    @property
+    def session(self) -> Any:
+        """The ORT session, created on first use (so constructing a Predictor is cheap)."""
+        if self._session is None:
+            import onnxruntime as ort
+
+            options = ort.SessionOptions()
+            options.log_severity_level = 3
+            if self.threads is not None:
+                options.intra_op_num_threads = self.threads
+                options.inter_op_num_threads = 1
+            self._session = ort.InferenceSession(str(self.model_path), options,
+                                                 providers=self.providers)
+        return self._session
+
+    # ------------------------------------------------------------------------ in memory
+
+    def logits(self, batch: np.ndarray) -> np.ndarray:
+        """Raw logits of an already prepared float32 (N, C, H, W) batch."""
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        return self.session.run(["logits"], {"input": batch})[0]
+
+    def predict_prepared(self, batch: np.ndarray, *, top_k: int | None = None,
+                         sources: Sequence[str | None] | None = None) -> list[Prediction]:
+        """Predictions for a prepared batch (what `Bundle.prepare` returns, stacked)."""
+        if len(batch) == 0:
+            return []
+        return self._answers(self.logits(batch), top_k, sources)
+
+    def predict(self, images: ImageInput | Iterable[ImageInput], *, top_k: int | None = None,
+                batch_size: int = 64, errors: str = "raise"
+                ) -> list[Prediction | PredictFailure]:
+        """Predict paths, encoded bytes, PIL images or uint8 arrays (one or a list).
+
+        errors="raise": a bad input raises its `ImageDecodeError` (or TypeError/ValueError
+        for an unusable array); errors="report": it becomes a `PredictFailure` in place.
+        """
+        if errors not in ("raise", "report"):
+            raise ValueError("errors must be 'raise' or 'report'")
+        items = self._as_list(images)
+        out: list[Prediction | PredictFailure] = []
+        for start in range(0, len(items), batch_size):
+            out.extend(self._run_chunk(items[start:start + batch_size], top_k, errors))
+        return out
+
+    def predict_files(self, paths: Iterable[str | os.PathLike[str]], *, top_k: int | None = None,
+                      batch_size: int = 64, workers: int | None = None
+                      ) -> Iterator[Prediction | PredictFailure]:
+        """Stream many files: results in input order, bad files as `PredictFailure`.
+
+        workers: processes (None: one per core; 0 or 1: in this process). Small jobs (under
+        two batches) always run here, where no pool start-up has to be paid.
+        """
+        files = [os.fspath(p) for p in paths]
+        chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+        count = (os.cpu_count() or 1) if workers is None else workers
+        count = min(count, len(chunks))
+        if count <= 1 or len(files) < 2 * batch_size:
+            for chunk in chunks:
+                yield from self._run_chunk(chunk, top_k, "report")
+            return
+        fork = self._session is None and _can_fork()  # no ORT threads of ours to fork over
+        context = multiprocessing.get_context("fork" if fork else "spawn")
+        init = (str(self.bundle.path), self.variant, self.providers, top_k or self.top_k)
+        with context.Pool(count, initializer=_worker_init, initargs=init) as pool:
+            for results in pool.imap(_worker_run, chunks):
+                yield from results
+
+    # ------------------------------------------------------------------------ internals
+
+    def _as_list(self, images: Any) -> list[Any]:
+        if isinstance(images, _SINGLE):
+            return [images]
+        if isinstance(images, np.ndarray):
+            return list(images) if images.ndim == 4 else [images]
+        return list(images)
+
+    def _run_chunk(self, items: Sequence[Any], top_k: int | None, errors: str
+                   ) -> list[Prediction | PredictFailure]:
+        prepared: list[np.ndarray] = []
+        slots: list[Prediction | PredictFailure | None] = []
+        names: list[str | None] = []
+        for item in items:
+            name = os.fspath(item) if isinstance(item, str | os.PathLike) else None
+            try:
+                prepared.append(self.bundle.prepare(item))
+                slots.append(None)
+                names.append(name)
+            except (ImageDecodeError, OSError, TypeError, ValueError) as exc:
+                if errors == "raise":
+                    raise
+                slots.append(_failure(name, exc))
+        answers = iter(self.predict_prepared(np.stack(prepared), top_k=top_k, sources=names)
+                       if prepared else [])
+        return [slot if slot is not None else next(answers) for slot in slots]
+
+    def _answers(self, logits: np.ndarray, top_k: int | None,
+                 sources: Sequence[str | None] | None) -> list[Prediction]:
+        calibration = self.bundle.calibration
+        classes = self.bundle.classes
+        probs = calibration.probabilities(logits)
+        unknown = calibration.unknown(logits, probs)
+        chosen = calibration.decide(probs, classes)
+        k = max(1, min(top_k or self.top_k, len(classes)))
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        out = []
+        for row, index in enumerate(chosen):
+            topk = [(classes[j], round(float(probs[row, j]), 6)) for j in order[row]]
+            out.append(Prediction(classes[int(index)], int(index),
+                                  round(float(probs[row, index]), 6), topk,
+                                  bool(unknown[row]), sources[row] if sources else None))
+        return out
+
+
+def _failure(name: str | None, exc: BaseException) -> PredictFailure:
+    if isinstance(exc, ImageDecodeError):
+        return PredictFailure(name, str(exc.problem), exc.message)
+    if isinstance(exc, FileNotFoundError):
+        return PredictFailure(name, "missing", f"{name}: no such file")
+    if isinstance(exc, OSError):
+        return PredictFailure(name, "unreadable", f"{name}: {exc.strerror or exc}")
+    return PredictFailure(name, "invalid_input", str(exc))
+
+
+def _can_fork() -> bool:
+    """fork is the cheap start method; unsafe once threads run here (their locks are copied)."""
+    import threading
+
+    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+
+# worker-process side of predict_files (module level so it pickles under spawn too)
+_WORKER: Predictor | None = None
+
+
+def _worker_init(bundle: str, variant: str, providers: list[str], top_k: int) -> None:
+    global _WORKER
+    _WORKER = Predictor(Path(bundle), variant, providers, threads=1, top_k=top_k)
+
+
+def _worker_run(chunk: list[str]) -> list[Prediction | PredictFailure]:
+    assert _WORKER is not None, "worker used before its initialiser ran"
+    try:
+        return _WORKER._run_chunk(chunk, None, "report")
+    except Exception as exc:  # never lose a whole chunk silently: name every file of it
+        return [PredictFailure(path, "error", f"{type(exc).__name__}: {exc}") for path in chunk]

@@ -1,0 +1,182 @@
+"""`create_app(settings)`: the FastAPI application, built per call (no import-time state).
+
+Layers, outermost first: CORS (when origins are configured) → request metrics →
+body-size limit (413 before a body is read) → FastAPI routing with one exception handler
+per error family, so every refusal is a JSON `{"error", "detail", "hint"}` with a 4xx/503
+status and nothing a client sends produces a 500.
+
+Seams for later work:
+- web pages: Jinja2 templates in `serve/templates/` (available as
+  `app.state.templates`) and files in `serve/static/` (mounted at `/static` when the folder
+  has files); add a router (e.g. `serve/routes/pages.py`) through `routers=` or
+  `routes.DEFAULT_ROUTERS`;
+- monitoring: `observers=[...]` (see serve/observers.py) receive every prediction.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from visiondeck import __version__
+from visiondeck.errors import VisionDeckError
+from visiondeck.export.errors import BundleError
+from visiondeck.imaging import ImageDecodeError
+from visiondeck.serve.errors import ServeError, decode_error_status
+from visiondeck.serve.observers import PredictionObserver
+from visiondeck.serve.services import STATIC_DIR, TEMPLATES_DIR, Services
+from visiondeck.serve.settings import ServeSettings
+from visiondeck.serve.uploads import BodyLimitMiddleware
+
+__all__ = ["create_app", "create_app_from_env"]
+
+log = logging.getLogger("visiondeck.serve")
+
+_DESCRIPTION = """Image classification with a VisionDeck Bundle on ONNX Runtime.
+
+Send an image to `POST /predict` as multipart (`file` or `image`), as the raw body, or as
+JSON `{"image": "<base64>"}`: `curl -F "image=@cat.jpg" http://localhost:8000/predict`.
+Errors are JSON `{"error", "detail", "hint"}`."""
+
+
+def create_app(settings: ServeSettings | None = None, *,
+               observers: Iterable[PredictionObserver] = (),
+               routers: Iterable[APIRouter] | None = None) -> FastAPI:
+    """Build the service for `settings` (default: from `VISIONDECK_*` environment variables)."""
+    from visiondeck.serve.routes import DEFAULT_ROUTERS
+
+    settings = settings or ServeSettings()
+    services = Services.build(settings, list(observers))
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await services.start()
+        try:
+            yield
+        finally:
+            await services.stop()
+
+    app = FastAPI(
+        title="VisionDeck", version=__version__, description=_DESCRIPTION, lifespan=lifespan,
+        docs_url="/docs" if settings.docs else None, redoc_url=None,
+        openapi_url="/openapi.json" if settings.docs else None,
+    )
+    app.state.services = services
+    _add_exception_handlers(app, services)
+    for router in routers if routers is not None else DEFAULT_ROUTERS:
+        app.include_router(router)
+    _add_web_seams(app)
+
+    limits = {"/predict": settings.body_limit(1), "/explain": settings.body_limit(1),
+              "/predict/batch": settings.body_limit(settings.max_batch_files)}
+    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: limits.get(path, 1 << 20),
+                       on_refuse=lambda: services.metrics.errors.labels("too_large").inc())
+    app.add_middleware(_MetricsMiddleware, services=services)
+    if settings.cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST", "PUT"],
+                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+    return app
+
+
+def create_app_from_env() -> FastAPI:
+    """uvicorn factory for `visiondeck serve --workers N` (settings from the environment)."""
+    return create_app(ServeSettings())
+
+
+def _add_web_seams(app: FastAPI) -> None:
+    from fastapi.templating import Jinja2Templates
+
+    app.state.templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
+    if STATIC_DIR.is_dir() and any(p.name != "README.md" for p in STATIC_DIR.iterdir()):
+        from fastapi.staticfiles import StaticFiles
+
+        app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
+
+
+def _error(status: int, code: str, detail: Any, hint: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail, "hint": hint}, status_code=status,
+                        headers=headers)
+
+
+def _add_exception_handlers(app: FastAPI, services: Services) -> None:
+    count = services.metrics.errors
+
+    @app.exception_handler(ServeError)
+    async def serve_error(_request: Request, exc: ServeError) -> JSONResponse:
+        count.labels(exc.code).inc()
+        return _error(exc.status, exc.code, exc.message, exc.hint, exc.headers)
+
+    @app.exception_handler(ImageDecodeError)
+    async def decode_error(_request: Request, exc: ImageDecodeError) -> JSONResponse:
+        count.labels(exc.problem.value).inc()
+        return _error(decode_error_status(exc), exc.problem.value, exc.message, exc.hint)
+
+    @app.exception_handler(BundleError)
+    async def bundle_error(_request: Request, exc: BundleError) -> JSONResponse:
+        count.labels("model_unavailable").inc()
+        return _error(503, "model_unavailable", exc.message, exc.hint)
+
+    @app.exception_handler(VisionDeckError)
+    async def domain_error(_request: Request, exc: VisionDeckError) -> JSONResponse:
+        count.labels("invalid").inc()
+        return _error(422, "invalid", exc.message, exc.hint)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        count.labels("invalid_request").inc()
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        return _error(422, "invalid_request", errors, "check the parameters against /docs")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        count.labels(f"http_{exc.status_code}").inc()
+        return _error(exc.status_code, f"http_{exc.status_code}", exc.detail, None,
+                      dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        count.labels("internal").inc()
+        log.exception("unexpected error", exc_info=exc)
+        return _error(500, "internal", "internal error; it has been logged")
+
+
+class _MetricsMiddleware:
+    """Request count and latency per route template (bounded label values)."""
+
+    def __init__(self, app: ASGIApp, services: Services) -> None:
+        self.app = app
+        self.metrics = services.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            self.metrics.requests.labels(scope.get("method", ""), path, str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - start)

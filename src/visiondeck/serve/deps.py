@@ -1,0 +1,47 @@
+"""Dependencies shared by the routers, declared once as `Annotated` aliases."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from visiondeck.serve.auth import Principal
+from visiondeck.serve.errors import RateLimited
+from visiondeck.serve.services import Services
+
+__all__ = ["AdminCaller", "PredictCaller", "ServicesDep", "client_id"]
+
+
+def get_services(request: Request) -> Services:
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Services, Depends(get_services)]
+
+
+def client_id(request: Request, principal: Principal) -> str:
+    """Who a rate limit applies to: the credential, else the peer address."""
+    if not principal.anonymous:
+        return principal.id
+    return f"ip:{request.client.host if request.client else 'unknown'}"
+
+
+async def _caller(request: Request, services: Services, scope: str, cost: float) -> Principal:
+    principal = services.auth.authorize(services.auth.identify(request.headers), scope)
+    allowed, wait = await services.limiter.check(client_id(request, principal), cost)
+    if not allowed:
+        raise RateLimited(wait)  # counted in errors{kind="rate_limited"} by its handler
+    return principal
+
+
+async def predict_caller(request: Request, services: ServicesDep) -> Principal:
+    return await _caller(request, services, "predict", 1.0)
+
+
+async def admin_caller(request: Request, services: ServicesDep) -> Principal:
+    return await _caller(request, services, "admin", 1.0)
+
+
+PredictCaller = Annotated[Principal, Depends(predict_caller)]
+AdminCaller = Annotated[Principal, Depends(admin_caller)]

@@ -1,0 +1,115 @@
+"""GET /predictions (filters, paging, CSV/JSON export), one prediction, its thumbnail,
+and PUT of the true label (which monitoring uses for live accuracy)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from visiondeck.serve.auth import Principal
+from visiondeck.serve.deps import PredictCaller, ServicesDep
+from visiondeck.serve.errors import ServeError
+from visiondeck.serve.schemas import ErrorBody, LabelRequest, PredictionPage
+from visiondeck.serve.services import Services
+from visiondeck.serve.store import PredictionQuery, PredictionStore, StoreUnavailable, to_csv
+
+__all__ = ["router"]
+
+router = APIRouter(tags=["history"])
+PredictionId = Annotated[str, Path(pattern=r"^[0-9a-f]{32}$", description="prediction id")]
+_ERRORS = {404: {"model": ErrorBody}, 503: {"model": ErrorBody}}
+
+
+def _store(services: Services) -> PredictionStore:
+    if services.store is None:
+        raise ServeError("this server does not record predictions", code="store_off",
+                         status=404, hint="start it without --no-store")
+    return services.store
+
+
+async def _call(fn, *args):
+    try:
+        return await asyncio.to_thread(fn, *args)
+    except ServeError:
+        raise
+    except Exception as exc:
+        raise StoreUnavailable(f"the prediction database is unavailable "
+                               f"({type(exc).__name__})",
+                               hint="predictions are still answered and queued; retry later"
+                               ) from None
+
+
+@router.get("/predictions", response_model=PredictionPage, responses=_ERRORS)
+async def list_predictions(
+    services: ServicesDep, caller: PredictCaller,
+    predicted: Annotated[str | None, Query(alias="class", max_length=200)] = None,
+    model_version: Annotated[str | None, Query(max_length=64)] = None,
+    min_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    max_confidence: Annotated[float | None, Query(ge=0, le=1)] = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    unknown: bool | None = None,
+    labelled: bool | None = None,
+    limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
+    order: Literal["newest", "oldest"] = "newest",
+    format: Literal["json", "csv"] = "json",
+    thumbnails: bool = False,
+) -> Response:
+    """Stored predictions, newest first; `format=csv` downloads them."""
+    query = PredictionQuery(predicted=predicted, model_version=model_version,
+                            min_confidence=min_confidence, max_confidence=max_confidence,
+                            since=since, until=until, unknown=unknown, labelled=labelled,
+                            limit=limit, offset=offset, newest_first=order == "newest")
+    rows, total = await _call(_store(services).query, query)
+    if format == "csv":
+        return Response(to_csv(rows), media_type="text/csv", headers={
+            "Content-Disposition": 'attachment; filename="predictions.csv"',
+            "X-Total-Count": str(total)})
+    page = PredictionPage(total=total, limit=limit, offset=offset,
+                          items=[r.to_json(thumbnail=thumbnails) for r in rows])
+    return JSONResponse(page.model_dump(), headers={"X-Total-Count": str(total)})
+
+
+@router.get("/predictions/{prediction_id}", responses=_ERRORS)
+async def get_prediction(prediction_id: PredictionId, services: ServicesDep,
+                         caller: PredictCaller) -> dict:
+    record = await _call(_store(services).get, prediction_id)
+    if record is None:
+        raise ServeError("no such prediction (or not written yet)", code="not_found",
+                         status=404)
+    return record.to_json()
+
+
+@router.get("/predictions/{prediction_id}/thumbnail", response_class=Response,
+            responses={200: {"content": {"image/png": {}}}, **_ERRORS})
+async def get_thumbnail(prediction_id: PredictionId, services: ServicesDep,
+                        caller: PredictCaller) -> Response:
+    record = await _call(_store(services).get, prediction_id)
+    if record is None or record.thumbnail is None:
+        raise ServeError("no thumbnail for this prediction", code="not_found", status=404)
+    return Response(record.thumbnail, media_type="image/png",
+                    headers={"Cache-Control": "private, max-age=86400"})
+
+
+@router.put("/predictions/{prediction_id}/label", responses={403: {"model": ErrorBody},
+                                                             **_ERRORS})
+async def set_label(prediction_id: PredictionId, body: LabelRequest, request: Request,
+                    services: ServicesDep) -> dict:
+    """Attach the true label: with the prediction's `label_token`, or an admin credential."""
+    allowed = body.token is not None and services.check_label_token(prediction_id, body.token)
+    if not allowed:
+        principal: Principal | None = services.auth.identify(request.headers)
+        services.auth.authorize(principal, "admin")
+    label = body.label.strip() if body.label else None
+    store = _store(services)
+    if services.writer is not None and services.writer.update_pending(prediction_id, label):
+        return {"id": prediction_id, "label": label}
+    if not await _call(store.set_label, prediction_id, label):
+        raise ServeError("no such prediction", code="not_found", status=404)
+    return {"id": prediction_id, "label": label}
+

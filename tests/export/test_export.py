@@ -1,0 +1,154 @@
+"""`export_run` and `visiondeck export`: parity, INT8, pruning, evaluation files, safety."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from visiondeck.cli import app
+from visiondeck.export.bundle import load_bundle
+from visiondeck.export.errors import ExportError
+from visiondeck.export.onnx_export import export_run
+from visiondeck.export.torch_model import load_torch_model
+
+CONTRACT_KEYS = {"format", "format_version", "name", "created_at", "architecture", "model",
+                 "classes", "input", "calibration", "metrics", "data", "parity", "variants",
+                 "source_run", "versions"}
+
+
+def test_bundle_json_follows_the_contract(exported, trained_run: Path) -> None:
+    info = json.loads((exported.path / "bundle.json").read_text())
+    assert set(info) >= CONTRACT_KEYS
+    assert info["classes"] == ["left", "middle", "right"]
+    assert info["input"] | {"max_bytes": 0} == {
+        "image_size": 16, "channels": 3, "resize": "stretch", "mean": [0.5], "std": [0.5],
+        "layout": "NCHW", "dtype": "float32", "max_bytes": 0, "max_pixels": 64_000_000}
+    assert info["architecture"] == "simple_cnn" and info["model"]["name"] == "simple_cnn"
+    assert info["source_run"] == str(trained_run.resolve())
+    assert sum(info["data"]["train_counts"].values()) > 0 and info["data"]["fingerprint"]
+    assert {"torch", "onnx", "onnxruntime", "visiondeck"} <= set(info["versions"])
+    assert info["calibration"] == {"temperature": 1.0, "reject": None,
+                                   "decision_threshold": None}  # the run was not evaluated
+    # nothing half-written is left beside the Bundle
+    assert [p.name for p in exported.path.parent.iterdir()] == ["bundle"]
+
+
+def test_parity_is_measured_on_validation_images(exported) -> None:
+    parity = exported.bundle.info["parity"]
+    assert parity["source"] == "val" and 0 < parity["n_images"] <= 16
+    assert parity["max_abs_diff"] < 1e-4 and parity["top1_agreement"] == 1.0
+    assert parity == exported.parity
+
+
+def test_onnx_model_is_valid_has_a_dynamic_batch_and_matches_the_weights(exported) -> None:
+    path = exported.bundle.onnx_path()
+    onnx.checker.check_model(str(path), full_check=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["input"]
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic: any batch size
+    import torch
+
+    model = load_torch_model(exported.bundle)
+    for n in (1, 5):
+        x = np.random.default_rng(n).standard_normal((n, 3, 16, 16)).astype(np.float32)
+        logits = session.run(["logits"], {"input": x})[0]
+        assert logits.shape == (n, 3)
+        with torch.no_grad():
+            np.testing.assert_allclose(logits, model(torch.from_numpy(x)).numpy(), atol=1e-4)
+
+
+def test_int8_variant_is_static_and_within_one_point_of_float(exported) -> None:
+    variants = exported.bundle.variants
+    fp32, int8 = variants["fp32"], variants["int8"]
+    assert int8["file"] == "model.int8.onnx" and int8["method"] == "static"
+    assert fp32["n_test"] > 0 and fp32["accuracy"] is not None
+    assert abs(fp32["accuracy"] - int8["accuracy"]) <= 0.01
+    assert int8["bytes"] < fp32["bytes"] / 2  # int8 weights: about a quarter of the size
+    assert int8["bytes"] == exported.bundle.onnx_path("int8").stat().st_size
+    graph = onnx.load(str(exported.bundle.onnx_path("int8"))).graph
+    assert any(node.op_type == "QuantizeLinear" for node in graph.node)
+
+
+def test_evaluation_calibration_and_metrics_are_copied(trained_run: Path, tmp_path: Path) -> None:
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    (run / "evaluation").mkdir()
+    calibration = {"temperature": 1.7, "reject": {"method": "max_prob", "threshold": 0.6},
+                   "decision_threshold": None}
+    (run / "evaluation" / "calibration.json").write_text(json.dumps(calibration))
+    (run / "evaluation" / "metrics.json").write_text(json.dumps(
+        {"headline": {"accuracy": 0.97, "macro_f1": 0.96}, "per_class": {"left": {}}}))
+    result = export_run(run, parity_images=4)
+    assert result.path == run / "bundle"
+    bundle = load_bundle(run / "bundle")
+    assert bundle.info["calibration"] == calibration
+    assert bundle.calibration.temperature == 1.7 and bundle.calibration.reject is not None
+    assert bundle.info["metrics"] == {"accuracy": 0.97, "macro_f1": 0.96}
+    assert "int8" not in bundle.variants
+
+
+def test_parity_failure_is_loud_and_leaves_nothing(trained_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "bundle"
+    out.parent.mkdir()
+    with pytest.raises(ExportError, match="disagrees with PyTorch") as info:
+        export_run(trained_run, out, parity_images=4, tolerance=-1.0)
+    assert info.value.hint and "exporter" in info.value.hint
+    assert list(out.parent.iterdir()) == []
+
+
+def test_refuses_to_replace_a_folder_that_is_not_a_bundle(trained_run: Path,
+                                                          tmp_path: Path) -> None:
+    out = tmp_path / "precious"
+    out.mkdir()
+    (out / "thesis.txt").write_text("do not delete")
+    with pytest.raises(ExportError, match="not a Bundle"):
+        export_run(trained_run, out, parity_images=4)
+    assert (out / "thesis.txt").read_text() == "do not delete"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
+
+
+@pytest.mark.parametrize("method", ["unstructured", "structured"])
+def test_prune_records_sparsity_and_accuracy(trained_run: Path, tmp_path: Path,
+                                             method: str) -> None:
+    from safetensors.numpy import load_file
+
+    result = export_run(trained_run, tmp_path / "b", prune=0.5, prune_method=method,
+                        prune_steps=4, parity_images=4)
+    pruning = load_bundle(result.path).info["pruning"]
+    assert pruning["method"] == method and pruning["steps"] == 4
+    assert pruning["val_accuracy_before"] is not None and pruning["val_accuracy_after"] is not None
+    weights = load_file(str(result.path / "weights.safetensors"))
+    convs = [w for name, w in weights.items() if name.endswith("weight") and w.ndim == 4]
+    if method == "unstructured":
+        assert pruning["sparsity"] == pytest.approx(0.5, abs=0.01)
+    else:  # whole output channels are zero, half of each conv layer's filters
+        for w in convs:
+            dead = np.all(w.reshape(w.shape[0], -1) == 0, axis=1)
+            assert dead.sum() == round(w.shape[0] * 0.5)
+        assert 0 < pruning["sparsity"] < 0.5  # linear layers are left dense
+    matrices = [w for w in weights.values() if w.ndim >= 2]
+    share = sum(int((w == 0).sum()) for w in matrices) / sum(w.size for w in matrices)
+    assert share > (0.4 if method == "unstructured" else 0.02)  # baked in, not masks
+    assert not any(name.endswith(("_orig", "_mask")) for name in weights)
+
+
+def test_export_command_prints_parity_and_the_variants(trained_run: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["export", str(trained_run), "--out", str(tmp_path / "b"),
+                                      "--int8", "--parity-images", "4"])
+    assert result.exit_code == 0, result.output
+    assert "parity vs PyTorch on 4 val images" in result.output
+    assert "model.int8.onnx" in result.output and "static" in result.output
+    assert (tmp_path / "b" / "model.int8.onnx").is_file()
+
+
+def test_export_command_reports_a_missing_run(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "nope")])
+    assert result.exit_code != 0
+    assert "holds no trained model" in result.output

@@ -1,0 +1,82 @@
+"""Fixtures of the service tests: one Bundle exported from the shared tiny run, and apps.
+
+The Bundle is exported once per session with `export_run` (the real exporter); tests that
+change a Bundle copy it first. Each test builds its own app with `create_app(settings)`,
+with its SQLite file and key file under the test's tmp_path.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.factories import png_bytes
+
+
+@pytest.fixture(scope="session")
+def serve_bundle(trained_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Bundle (16 px RGB, classes left/middle/right) exported from the shared run."""
+    from visiondeck.export.onnx_export import export_run
+
+    out = tmp_path_factory.mktemp("serve-bundle") / "bundle"
+    return export_run(trained_run, out, parity_images=8).path
+
+
+@pytest.fixture
+def bundle_copy(serve_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the Bundle that a test may change."""
+    return Path(shutil.copytree(serve_bundle, tmp_path / "bundle"))
+
+
+@pytest.fixture
+def make_settings(serve_bundle: Path, tmp_path: Path) -> Callable[..., object]:
+    from visiondeck.serve.settings import ServeSettings
+
+    def make(**changes):
+        values = {"bundle": str(serve_bundle), "data_dir": tmp_path / "data",
+                  "watch_interval_s": 0, "preprocess_threads": 2, "intra_op_threads": 1}
+        values.update(changes)
+        return ServeSettings(**values)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
+    """Factory: a started app (lifespan run) behind a TestClient; closed after the test."""
+    from visiondeck.serve.app import create_app
+
+    clients: list[TestClient] = []
+
+    def make(settings=None, **changes) -> TestClient:
+        app = create_app(settings or make_settings(**changes))
+        client = TestClient(app, raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def client(make_client) -> TestClient:
+    return make_client()
+
+
+def learnable_png(cls: str, size: int = 16, seed: int = 0) -> bytes:
+    """An image of one class of `write_learnable` (the bright quadrant says which)."""
+    rng = np.random.default_rng(seed)
+    array = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+    half = size // 2
+    region = {"left": (slice(0, half), slice(0, half)),
+              "middle": (slice(half // 2, half // 2 + half), slice(half // 2, half // 2 + half)),
+              "right": (slice(half, size), slice(half, size))}[cls]
+    array[region] = 230
+    return png_bytes(array)

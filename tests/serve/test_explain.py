@@ -1,0 +1,44 @@
+"""POST /explain: Grad-CAM overlay as PNG or base64 JSON, from the Bundle's weights."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+from PIL import Image
+
+from tests.serve.conftest import learnable_png
+
+
+def test_explain_png_and_json(client) -> None:
+    image = {"file": learnable_png("right")}
+    png = client.post("/explain?format=png&scale=4", files=image)
+    assert png.status_code == 200, png.text
+    assert png.headers["content-type"] == "image/png"
+    overlay = np.asarray(Image.open(io.BytesIO(png.content)))
+    assert overlay.shape == (64, 64, 3)
+    body = client.post("/explain", files=image).json()
+    assert body["method"] == "gradcam" and body["class"] == png.headers["x-explained-class"]
+    assert body["top_k"][0]["class"] in ("left", "middle", "right")
+    heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
+    assert heat.size == (224, 224)  # 16 px input, enlarged for display by default
+    other = client.post("/explain?class=left", files=image).json()
+    assert other["class"] == "left" and other["class_index"] == 0
+    assert other["overlay_png_base64"] != body["overlay_png_base64"] or body["class"] == "left"
+
+
+def test_explain_errors(client) -> None:
+    image = {"file": learnable_png("right")}
+    bad_class = client.post("/explain?class=giraffe", files=image)
+    assert bad_class.status_code == 422 and bad_class.json()["error"] == "bad_class"
+    bad_method = client.post("/explain?method=magic", files=image)
+    assert bad_method.status_code == 422 and bad_method.json()["error"] == "bad_method"
+    not_image = client.post("/explain", files={"file": b"plain text"})
+    assert not_image.status_code == 415
+
+
+def test_explain_can_be_turned_off(make_client) -> None:
+    client = make_client(explain=False)
+    response = client.post("/explain", files={"file": learnable_png("left")})
+    assert response.status_code == 404 and response.json()["error"] == "explain_disabled"
