@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-scan system-deps clean
+.PHONY: demo test lint bench-scan system-deps services clean
 
 # torch/torchvision are pinned to the CUDA wheels that lie on this machine's disk, so pip
 # takes them without a download; the package's own ranges admit them.
@@ -19,10 +19,14 @@ $(STAMP): pyproject.toml
 system-deps:
 	bash scripts/install-system-deps.sh
 
+# PostgreSQL and Redis for the integration tests: started when installed and down.
+services:
+	bash scripts/start-services.sh
+
 demo: $(STAMP)
 	$(BIN)/visiondeck demo
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps services
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

@@ -144,7 +144,7 @@ def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 12
     start = time.perf_counter()
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stdout.read().decode()[-2000:]}")
+            raise RuntimeError(f"server exited with {proc.returncode}; see its log")
         try:
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
             conn.request("GET", path)
@@ -163,16 +163,22 @@ def _start_visiondeck(bundle: Path, port: int, data_dir: Path, extra: list[str]
     started = time.perf_counter()
     proc = subprocess.Popen([PYTHON, "-m", "visiondeck", "serve", str(bundle), "--port",
                              str(port), "--data-dir", str(data_dir), "--log-level", "warning",
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=env, cwd=data_dir)
+                             *extra], stdout=_log(data_dir / "server.log"),
+                            stderr=subprocess.STDOUT, env=env, cwd=data_dir)
     _wait_http(port, "/ready", proc)
     return proc, time.perf_counter() - started
 
 
-def _start_naive(bundle: Path, port: int) -> tuple[subprocess.Popen, float]:
+def _log(path: Path):
+    """Server output goes to a file: a pipe nobody reads would block a chatty server."""
+    return open(path, "ab")
+
+
+def _start_naive(bundle: Path, port: int, log_dir: Path) -> tuple[subprocess.Popen, float]:
     started = time.perf_counter()
     proc = subprocess.Popen([PYTHON, __file__, "--naive-server", str(bundle), "--port",
-                             str(port)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                             str(port)], stdout=_log(log_dir / "naive.log"),
+                            stderr=subprocess.STDOUT)
     _wait_http(port, "/health", proc)
     return proc, time.perf_counter() - started
 
@@ -321,7 +327,7 @@ def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: a
             proc, cold = _start_visiondeck(bundle, port, _fresh(work / f"data-{i}"),
                                            args.serve_args)
         else:
-            proc, cold = _start_naive(bundle, port)
+            proc, cold = _start_naive(bundle, port, _fresh(work / f"naive-{i}"))
         colds.append(cold)
         if i < args.cold_runs - 1:
             _stop(proc)

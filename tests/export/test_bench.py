@@ -34,9 +34,9 @@ def test_bench_command_prints_one_table_and_saves_it(bundle_copy) -> None:
     result = CliRunner().invoke(app, ["bench", str(folder), "--seconds", "0.02",
                                       "--batch-sizes", "1,2", "--no-torch"])
     assert result.exit_code == 0, result.output
-    for text in ("onnxruntime-fp32", "onnxruntime-int8", "p99 ms", "images/s"):
+    for text in ("ORT FP32", "ORT INT8", "p99 ms", "images/s"):
         assert text in result.output
-    assert "pytorch" not in result.output
+    assert "PyTorch" not in result.output
     data = json.loads((folder / "bench.json").read_text())
     assert [row["engine"] for row in data["rows"]] == ["onnxruntime-fp32", "onnxruntime-int8"]
 

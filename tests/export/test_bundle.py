@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +98,16 @@ def test_prepare_refuses_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="above the limit"):  # the bundle's max_bytes
         bundle.prepare(png_bytes(np.random.default_rng(0).integers(0, 256, (400, 400, 3),
                                                                     dtype=np.uint8)))
+    big = tmp_path / "big.png"  # the cap holds for paths too (they are read with a tight one)
+    big.write_bytes(png_bytes(np.random.default_rng(1).integers(0, 256, (400, 400, 3),
+                                                                 dtype=np.uint8)))
+    with pytest.raises(ImageDecodeError, match="above the limit"):
+        bundle.prepare(big)
+    os.mkfifo(tmp_path / "pipe.png")  # never read (it would block): refused as not a file
+    with pytest.raises(ImageDecodeError, match="not a regular file"):
+        bundle.prepare(tmp_path / "pipe.png")
+    with pytest.raises(FileNotFoundError):
+        bundle.prepare(tmp_path / "missing.png")
     with pytest.raises(TypeError):
         bundle.prepare(np.zeros((4, 4, 3), np.float32))
     with pytest.raises(ValueError):

@@ -151,4 +151,17 @@ def test_export_command_prints_parity_and_the_variants(trained_run: Path, tmp_pa
 def test_export_command_reports_a_missing_run(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["export", str(tmp_path / "nope")])
     assert result.exit_code != 0
-    assert "holds no trained model" in result.output
+    assert "holds no trained model" in " ".join(result.output.split())
+
+
+def test_poor_static_int8_is_compared_with_dynamic(trained_run: Path, tmp_path: Path) -> None:
+    # a negative allowance makes any static result "poor", so the dynamic path always runs
+    result = export_run(trained_run, tmp_path / "b", int8=True, parity_images=4,
+                        max_int8_drop=-1.0)
+    int8 = result.variants["int8"]
+    assert int8["method"] in ("static", "dynamic")
+    assert any("dynamic:" in note and note.endswith(f"kept {int8['method']}")
+               for note in result.notes)
+    assert sorted(p.name for p in result.path.glob("*.onnx")) == ["model.int8.onnx",
+                                                                  "model.onnx"]
+    assert load_bundle(result.path).info["export"]["notes"] == result.notes

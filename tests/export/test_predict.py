@@ -113,6 +113,12 @@ def test_streaming_keeps_order_and_survives_bad_files(exported, images: Path) ->
     assert failed == {"gone.png": "missing", "broken.png": "truncated"}
     assert [getattr(r, "label", None) for r in pooled] == [getattr(r, "label", None)
                                                          for r in inline]
+    # a non-image met while walking a folder is dropped; named explicitly, it is reported
+    text, picture = str(images / "notes.txt"), files[0]
+    walked = list(predictor.predict_files([text, picture], skip_non_images={text}))
+    assert [r.source for r in walked] == [picture]
+    named = list(predictor.predict_files([text, picture]))
+    assert [r.ok for r in named] == [False, True] and named[0].problem == "not_an_image"
 
 
 def _run(*args: str):

@@ -88,6 +88,13 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Tracked:
     return Tracked(base / "runs", alpha_dir, beta_dir, link.run_id, status)
 
 
+@pytest.fixture(scope="session")
+def scratch_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """One embedded store for the tests that need a store but no trained run (creating a
+    SQLite store runs MLflow's migrations, a few seconds each time)."""
+    return f"sqlite:///{tmp_path_factory.mktemp('scratch') / 'mlflow.db'}"
+
+
 @dataclass
 class Bundles:
     alpha: Path  # the exported Bundle of the alpha run (alpha/bundle)

@@ -17,6 +17,15 @@ def _run(*args: str):
     return runner.invoke(app, list(args), env=WIDE)
 
 
+def _row(output: str, key: str) -> list[str]:
+    """The cells of the table row whose first cell is `key`."""
+    for line in output.splitlines():
+        cells = [c.strip() for c in line.strip().strip("│┃").split("│")]
+        if cells and cells[0] == key:
+            return cells[1:]
+    raise AssertionError(f"no row {key!r} in:\n{output}")
+
+
 def test_runs_list_shows_every_run_with_verdict_and_metrics(tracked) -> None:
     result = _run("runs", "list", "--runs-dir", str(tracked.runs_root))
     assert result.exit_code == 0, result.output
@@ -49,15 +58,12 @@ def test_runs_diff_puts_metrics_side_by_side_and_lists_recipe_differences(tracke
                   str(tracked.runs_root))
     assert result.exit_code == 0, result.output
     out = result.output
-    lr = next(line for line in out.splitlines() if "train.lr" in line)
-    assert "0.01" in lr and "0.003" in lr
-    name = next(line for line in out.splitlines() if line.strip().startswith("name"))
-    assert "alpha" in name and "beta" in name
+    assert _row(out, "train.lr") == ["0.01", "0.003"]
+    assert _row(out, "name") == ["alpha", "beta"]
     assert "train.min_val_accuracy" in out  # alpha had a gate, beta none
     assert "train.epochs" not in out  # identical keys are counted, not listed
     assert "keys identical" in out
-    val_acc = next(line for line in out.splitlines() if line.strip().startswith("val_acc "))
-    assert val_acc.count(".") >= 2  # one value per run
+    assert all(float(v) >= 0 for v in _row(out, "val_acc"))  # one value per run
     one = _run("runs", "diff", "alpha", "--runs-dir", str(tracked.runs_root))
     assert one.exit_code == 9 and "at least two" in one.output
 
@@ -80,23 +86,23 @@ def test_ui_serves_the_embedded_store(tracked) -> None:
     assert server.exit_code == 0 and "open it in your browser" in server.output
 
 
-def test_train_command_tracks_by_default(tmp_path, monkeypatch) -> None:
+def test_train_command_tracks_by_default(tracked, tmp_path, monkeypatch) -> None:
     from tests.factories import write_learnable
+
+    from visiondeck.config import load_recipe
+    from visiondeck.registry.tracking import tracker_for
 
     monkeypatch.chdir(tmp_path)
     data = write_learnable(tmp_path / "images", per_class=12)
-    result = _run("train", f"data.source={data}", "data.image_size=16", "data.augment=none",
-                  "data.cache=memory", "data.num_workers=1", "data.val_fraction=0.25",
-                  "data.test_fraction=0.25", "train.epochs=1", "train.batch_size=16",
-                  "name=cli", f"output_dir={tmp_path / 'runs'}")
+    args = [f"data.source={data}", "data.image_size=16", "data.augment=none",
+            "data.cache=memory", "data.num_workers=1", "data.val_fraction=0.25",
+            "data.test_fraction=0.25", "train.epochs=1", "train.batch_size=16",
+            f"output_dir={tracked.runs_root}"]
+    result = _run("train", *args, "name=cli")
     assert result.exit_code == 0, result.output
-    link = read_link(tmp_path / "runs" / "cli")
+    link = read_link(tracked.runs_root / "cli")
     assert link is not None and link.experiment == "cli"
-    listed = _run("runs", "list", "--runs-dir", str(tmp_path / "runs"))
+    assert link.tracking_uri == tracked.uri
+    listed = _run("runs", "list", "--runs-dir", str(tracked.runs_root), "--experiment", "cli")
     assert link.run_id[:8] in listed.output
-    off = _run("train", f"data.source={data}", "data.image_size=16", "data.augment=none",
-               "data.cache=memory", "data.num_workers=1", "data.val_fraction=0.25",
-               "data.test_fraction=0.25", "train.epochs=1", "train.batch_size=16",
-               "name=quiet", f"output_dir={tmp_path / 'runs'}", "tracking.enabled=false")
-    assert off.exit_code == 0, off.output
-    assert read_link(tmp_path / "runs" / "quiet") is None
+    assert tracker_for(load_recipe(None, [*args, "tracking.enabled=false"])) is None

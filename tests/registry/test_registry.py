@@ -76,7 +76,9 @@ def test_register_needs_a_bundle(tracked, tmp_path, model_name) -> None:
         register(tmp_path, model_name)
 
 
-def test_promote_refuses_a_worse_model_on_the_same_split(tracked, bundles, model_name) -> None:
+def test_promote_refuses_a_worse_model_on_the_same_split(tracked, bundles, model_name,
+                                                        monkeypatch) -> None:
+    monkeypatch.chdir(tracked.runs_root.parent)  # the project folder: runs/ is the store
     good, worse = bundles.make(0.9), bundles.make(0.7)
     elsewhere = bundles.make(0.95, fingerprint="another-split")
     for bundle in (good, worse, elsewhere):
@@ -91,12 +93,12 @@ def test_promote_refuses_a_worse_model_on_the_same_split(tracked, bundles, model
     with pytest.raises(RegistryRefusal, match="not comparable"):
         promote(model_name, 3)
     client = _client(tracked)
-    assert client.get_model_version_by_alias(model_name, "champion").version == "1"
+    assert str(client.get_model_version_by_alias(model_name, "champion").version) == "1"
     # a challenger is not compared; a forced champion is recorded
     assert promote(model_name, 2, alias="challenger").previous is None
     forced = runner.invoke(app, ["promote", model_name, "2", "--force"])
     assert forced.exit_code == 0, forced.output
-    assert client.get_model_version_by_alias(model_name, "champion").version == "2"
+    assert str(client.get_model_version_by_alias(model_name, "champion").version) == "2"
     tags = client.get_model_version(model_name, "2").tags
     assert "worse than the champion" in tags["visiondeck.promote_forced.champion"]
     assert tags["visiondeck.previous.champion"] == "1"
@@ -112,17 +114,18 @@ def test_resolve_by_alias_and_by_version_with_a_cache(tracked, bundles, model_na
     from visiondeck.export.bundle import load_bundle
     from visiondeck.registry import resolve
 
+    monkeypatch.chdir(tracked.runs_root.parent)  # the project folder: runs/ is the store
     good, other = bundles.make(0.9), bundles.make(0.91)
     register(good, model_name)
     register(other, model_name)
     promote(model_name, 1)
     uri = f"models:/{model_name}@champion"
-    champion = resolve_bundle(uri, runs_root=tracked.runs_root)
+    champion = resolve_bundle(uri)
     assert bundle_digest(champion) == bundle_digest(good)
     assert champion.is_relative_to(tmp_path / "model-cache")
-    second = resolve_bundle(f"models:/{model_name}/2", runs_root=tracked.runs_root)
+    second = resolve_bundle(f"models:/{model_name}/2")
     assert bundle_digest(second) == bundle_digest(other) and second != champion
-    latest = resolve_bundle(f"models:/{model_name}/latest", runs_root=tracked.runs_root)
+    latest = resolve_bundle(f"models:/{model_name}/latest")
     assert latest == second
 
     def offline(*args, **kwargs):
@@ -135,9 +138,8 @@ def test_resolve_by_alias_and_by_version_with_a_cache(tracked, bundles, model_na
         with pytest.raises(RegistryError, match="offline"):  # an alias is asked every time
             resolve_bundle(uri, runs_root=tracked.runs_root)
     promote(model_name, 2)
-    assert resolve_bundle(uri, runs_root=tracked.runs_root) == second  # the alias moved
+    assert resolve_bundle(uri) == second  # the alias moved
     # every consumer accepts a models:/ URI through the Bundle reader
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracked.uri)
     assert load_bundle(uri).info["metrics"]["macro_f1"] == 0.91
     assert resolve_bundle(good) == good  # a path comes back as it is
     with pytest.raises(RegistryError, match="cannot resolve"):

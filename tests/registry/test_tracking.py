@@ -84,11 +84,11 @@ def test_the_tracking_uri_follows_recipe_then_environment_then_embedded(
     assert resolve_tracking_uri("sqlite:///rel/x.db") == f"sqlite:///{tmp_path / 'rel/x.db'}"
 
 
-def test_nested_runs_and_folder_logging(tmp_path: Path) -> None:
+def test_nested_runs_and_folder_logging(tmp_path: Path, scratch_uri: str) -> None:
     from visiondeck.registry.runlog import close_run, log_artifacts, log_metrics, open_run
     from visiondeck.registry.tracking import MlflowTracker
 
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    uri = scratch_uri
     tracking = TrackingConfig(uri=uri)
     parent = tmp_path / "ablation"
     parent_id = open_run(parent, name="ablation-lr", tracking=tracking, kind="ablation",
@@ -119,11 +119,11 @@ def test_nested_runs_and_folder_logging(tmp_path: Path) -> None:
     assert not (tmp_path / "off").exists()
 
 
-def test_a_failing_store_warns_and_the_run_goes_on(tmp_path: Path,
+def test_a_failing_store_warns_and_the_run_goes_on(tmp_path: Path, scratch_uri: str,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from visiondeck.registry.tracking import MlflowTracker
 
-    tracker = MlflowTracker(TrackingConfig(uri=f"sqlite:///{tmp_path / 's.db'}"), tmp_path)
+    tracker = MlflowTracker(TrackingConfig(uri=scratch_uri), tmp_path)
     run_id = tracker.begin(tmp_path / "run", experiment="e")
     tracker.log_epoch(0, {"val_acc": 0.5})
 

@@ -80,8 +80,9 @@ def evaluate(
                   f"{calib['nll_after']:.3f}")
     rates = ", ".join(f"{k} {v:.0%}" for k, v in metrics["reject"]["fire_rate"].items()
                       if v is not None)
-    console.print(f"reject ({metrics['reject']['method']} < {metrics['reject']['threshold']:.4g}"
-                  f"): {rates}")
+    rule = metrics["reject"]
+    test = "top probability <" if rule["method"] == "max_prob" else "energy >"
+    console.print(f"unknown when {test} {rule['threshold']:.4g}; answered unknown: {rates}")
     if result.skipped:
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable files[/]")
     console.print(f"report: {result.report}\nmetrics: {result.out_dir / 'metrics.json'}")

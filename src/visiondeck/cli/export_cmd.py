@@ -91,15 +91,22 @@ def bench(
     saved = save_bench(report, out)
     table = Table(title=f"{report.bundle} — {report.machine['processor']}, "
                   f"{report.threads} thread(s)", title_justify="left")
-    for column in ("engine", "file", "size", "accuracy", "p50 ms", "p95 ms", "p99 ms",
-                   "best batch", "images/s"):
-        table.add_column(column, justify="left" if column in ("engine", "file") else "right")
+    for column in ("engine", "size", "accuracy", "p50 ms", "p95 ms", "p99 ms", "batch",
+                   "images/s"):
+        table.add_column(column, justify="left" if column == "engine" else "right",
+                         no_wrap=True)
     for row in report.rows:
-        table.add_row(row.engine, row.file, _size(row.bytes), _pct(row.accuracy),
-                      f"{row.p50_ms:.3f}", f"{row.p95_ms:.3f}", f"{row.p99_ms:.3f}",
-                      str(row.best_batch), f"{row.images_per_s:,.0f}")
+        table.add_row(_ENGINES.get(row.engine, row.engine), _size(row.bytes),
+                      _pct(row.accuracy), f"{row.p50_ms:.2f}", f"{row.p95_ms:.2f}",
+                      f"{row.p99_ms:.2f}", str(row.best_batch), f"{row.images_per_s:,.0f}")
+    console.print("latency: batch 1; images/s: at the best batch size; accuracy: test split "
+                  "(measured at export)", style="dim")
     console.print(table)
     console.print(f"saved {saved}")
+
+
+_ENGINES = {"pytorch": "PyTorch", "onnxruntime-fp32": "ORT FP32",
+            "onnxruntime-int8": "ORT INT8"}
 
 
 def _size(n: int) -> str:

@@ -24,29 +24,31 @@ __all__ = ["collect_files", "predict"]
 FORMATS = ("table", "jsonl", "csv")
 
 
-def collect_files(inputs: list[str]) -> tuple[list[str], list[str]]:
-    """(files to predict, inputs that matched nothing), in the order given.
+def collect_files(inputs: list[str]) -> tuple[list[str], set[str], list[str]]:
+    """(files to predict, those found by walking a folder, inputs that matched nothing).
 
-    Folders are walked recursively (hidden entries skipped) and keep the files whose first
-    bytes are an image format, so a README beside the pictures is not a failure; a file
-    named explicitly is always tried. Globs (`*`, `?`, `[`, `**`) are expanded when no file
-    has that literal name.
+    Folders are walked recursively (hidden entries skipped); what they hold that is not an
+    image at all (a README beside the pictures) is skipped by the predictor, not reported,
+    while a file named explicitly is always reported. Globs (`*`, `?`, `[`, `**`) are
+    expanded when no file has that literal name. Order is kept, duplicates dropped.
     """
     files: list[str] = []
+    walked: set[str] = set()
     missing: list[str] = []
     seen: set[str] = set()
 
-    def add(path: str) -> None:
+    def add(path: str, *, from_walk: bool = False) -> None:
         if path not in seen:
             seen.add(path)
             files.append(path)
+            if from_walk:
+                walked.add(path)
 
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
             for found in _walk(path):
-                if _looks_like_image(found):
-                    add(found)
+                add(found, from_walk=True)
         elif path.exists() or not glob.has_magic(raw):
             add(str(path))  # a missing plain path is reported by the predictor
         else:
@@ -56,21 +58,10 @@ def collect_files(inputs: list[str]) -> tuple[list[str], list[str]]:
             for match in matches:
                 if Path(match).is_dir():
                     for found in _walk(Path(match)):
-                        if _looks_like_image(found):
-                            add(found)
+                        add(found, from_walk=True)
                 else:
                     add(match)
-    return files, missing
-
-
-def _looks_like_image(path: str) -> bool:
-    from visiondeck.imaging import sniff_format
-
-    try:
-        with open(path, "rb") as handle:
-            return sniff_format(handle.read(32)) is not None
-    except OSError:
-        return False
+    return files, walked, missing
 
 
 def _walk(root: Path) -> Iterator[str]:
@@ -105,7 +96,7 @@ def predict(
     if top_k < 1 or batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be at least 1")
     predictor = Predictor(bundle, variant=variant, top_k=top_k)
-    files, unmatched = collect_files(paths)
+    files, walked, unmatched = collect_files(paths)
     started = time.perf_counter()
     results: list[Any] = [PredictFailure(raw, "no_match", f"{raw}: matched no file")
                           for raw in unmatched]
@@ -114,9 +105,10 @@ def predict(
     for result in results:
         writer.write(result)
     for result in predictor.predict_files(files, top_k=top_k, batch_size=batch_size,
-                                          workers=workers):
+                                          workers=workers, skip_non_images=walked):
         results.append(result)
         writer.write(result)
+    writer.flush()
     elapsed = time.perf_counter() - started
     if output_format == "table":
         console.print(_table(results, top_k, predictor.bundle.name))
@@ -137,6 +129,7 @@ class _Writer:
         self.fmt = fmt
         self.top_k = top_k
         self.csv = csv.writer(sys.stdout) if fmt == "csv" else None
+        self.count = 0
 
     def start(self) -> None:
         if self.csv is not None:
@@ -161,6 +154,11 @@ class _Writer:
             self.csv.writerow(row)
         else:
             return
+        self.count += 1
+        if self.count % 64 == 0:  # a batch at a time: a pipe sees results as they come
+            self.flush()
+
+    def flush(self) -> None:
         sys.stdout.flush()
 
 

@@ -105,6 +105,7 @@ def compare_models(sources: list[str | os.PathLike[str]], *,
                    out_dir: str | os.PathLike[str] | None = None, n_boot: int = 500,
                    report: bool = True, seed: int = 0) -> CompareResult:
     """Score every model on the first model's test split; write compare.json (+ report)."""
+    from visiondeck.config import load_recipe
     from visiondeck.data.catalog import decode_limits
     from visiondeck.explain.loading import load_explainable
     from visiondeck.train.artifacts import load_run_splits
@@ -129,10 +130,15 @@ def compare_models(sources: list[str | os.PathLike[str]], *,
     records = source.subset("test")
     if not records:
         raise EvaluationError("the split has no test files")
+    # decode with the first run's limits and reuse its decode cache (same files, same keys)
+    first = json.loads((runs[0] / "run.json").read_text())["split"].get("prepared")
+    cache = Path(first) / "cache" if first else None
+    recipe_file = runs[0] / "recipe.yaml"
+    limits = decode_limits(load_recipe(recipe_file).data if recipe_file.is_file() else None)
     scores, labels_ref, paths_ref = [], None, None
     for loaded, run in zip(models, runs, strict=True):
         arrays = decode_subset(Path(source.root), records, classes, loaded.spec,
-                               limits=decode_limits(), cache_dir=None)
+                               limits=limits, cache_dir=cache)
         keep = {p: i for i, p in enumerate(arrays.relpaths)}
         paths_ref = [p for p in (paths_ref or arrays.relpaths) if p in keep]
         logits = predict_arrays(loaded.model, arrays.images, loaded.spec)

@@ -125,8 +125,8 @@ def reliability_figure(panels: Sequence[tuple[str, Any]]) -> bytes:
         filled = rel.counts > 0
         ax.bar(centres[filled], rel.accuracy[filled], width=width * 0.9, color=_BLUE,
                alpha=0.8, label="accuracy")
-        ax.bar(centres[filled], (rel.confidence - rel.accuracy)[filled], width=width * 0.9,
-               bottom=rel.accuracy[filled], color=_ORANGE, alpha=0.35, label="gap")
+        ax.plot(centres[filled], rel.confidence[filled], "o", color=_ORANGE, ms=4,
+                label="mean confidence")  # above the bar: over-confident, below: under
         ax.plot([0, 1], [0, 1], ls="--", color=_GREY, lw=1)
         ax.set_title(f"{title}  ECE {rel.ece:.3f}")
         ax.set_xlabel("confidence")

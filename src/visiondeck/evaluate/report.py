@@ -128,6 +128,25 @@ def _gradcam(trained: Any, scored: Any, probs: np.ndarray, pred: np.ndarray,
     return thumbs, f"{method} on layer {explained[0].target_layer_name}" if explained else None
 
 
+def _montage(thumbs: list[Thumb], columns: int = 6) -> bytes:
+    """The Grad-CAM gallery as one PNG for slides (green frame: right, red: wrong)."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    tiles = [ImageOps.expand(Image.open(io.BytesIO(t.png)).convert("RGB"), 3,
+                             fill=(60, 157, 93) if t.css == "right" else (217, 83, 79))
+             for t in thumbs]
+    width, height = max(t.width for t in tiles), max(t.height for t in tiles)
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (columns * (width + 6), rows * (height + 6)), "white")
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % columns) * (width + 6), (i // columns) * (height + 6)))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def _figures(result: Any, history: list[dict[str, str]], scored: Any, probs: np.ndarray,
              reliabilities: tuple[Any, Any], reject_scores: dict[str, np.ndarray]
              ) -> tuple[list[Figure], list[tuple[str, np.ndarray, np.ndarray, float | None]]]:
@@ -170,6 +189,16 @@ def write_report(result: Any, *, trained: Any, scored: Any, probs: np.ndarray,
                  reject_scores: dict[str, np.ndarray], gradcam_samples: int,
                  gradcam_method: str, seed: int) -> tuple[Path, Path]:
     """Write plots/*.png, summary.png and report.html into `result.out_dir`."""
+    try:
+        import jinja2  # noqa: F401
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        from visiondeck.evaluate.predict import EvaluationError
+
+        raise EvaluationError(f"the report needs matplotlib and Jinja2 ({exc})",
+                              hint="pip install 'visiondeck[report]', or pass report=False "
+                                   "(metrics.json and calibration.json are already written)"
+                              ) from None
     out = Path(result.out_dir)
     (out / "plots").mkdir(parents=True, exist_ok=True)
     metrics, classes = result.metrics, result.metrics["classes"]
@@ -184,6 +213,8 @@ def write_report(result: Any, *, trained: Any, scored: Any, probs: np.ndarray,
     (out / "summary.png").write_bytes(summary)
     gradcam, gradcam_note = _gradcam(trained, scored, probs, pred, classes, gradcam_samples,
                                      gradcam_method, seed)
+    if gradcam:
+        (out / "plots" / "gradcam.png").write_bytes(_montage(gradcam))
     html = render_template(
         "report.html.j2", title=title, metrics=metrics, classes=classes,
         generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),

@@ -23,10 +23,6 @@ class ExplainedFile:
     explanation: Explanation | None
     error: str | None = None
 
-    @property
-    def label(self) -> str | None:
-        return None if self.explanation is None else str(self.explanation.class_index)
-
 
 def load_model_image(path: str | os.PathLike[str], spec) -> np.ndarray:
     """Decode a file with the safe decoder and resize it as training did: uint8 (S, S, C)."""

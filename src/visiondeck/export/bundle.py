@@ -15,6 +15,7 @@ crafted bundle.json cannot point a server at files outside its Bundle.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -190,7 +191,24 @@ def to_array(image: ImageInput, mode: str, limits: DecodeLimits) -> np.ndarray:
             return decode_image(buffer.getvalue(), mode=mode, limits=limits).array  # type: ignore[arg-type]
         return _array_to_mode(np.asarray(image.convert("RGBA") if image.mode == "LA" else image),
                               mode)
+    if isinstance(image, str | os.PathLike) and limits.max_bytes is not None:
+        limits = _fitted(image, limits)
     return decode_image(image, mode=mode, limits=limits).array  # type: ignore[arg-type]
+
+
+def _fitted(path: str | os.PathLike[str], limits: DecodeLimits) -> DecodeLimits:
+    """The byte cap lowered to the file's size, so the decoder reads with a small buffer.
+
+    `decode_image` reads at most `max_bytes + 1` bytes, and Python allocates that buffer up
+    front: a 32 MiB cap costs ~0.15 ms per file, half the decode time of a 28 px PNG. The
+    decoder still enforces the cap (a file larger than it keeps the cap and fails as
+    TOO_LARGE; one that grows after the stat reads size + 1 bytes and fails too), and still
+    refuses missing and non-regular files itself.
+    """
+    size = os.stat(path).st_size
+    if limits.max_bytes is None or size >= limits.max_bytes:
+        return limits
+    return dataclasses.replace(limits, max_bytes=size)
 
 
 def _array_to_mode(array: np.ndarray, mode: str) -> np.ndarray:

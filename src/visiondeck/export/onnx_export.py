@@ -35,9 +35,9 @@ from visiondeck.export.bundle import (
     Calibration,
     InputSpec,
     load_bundle,
-    softmax,
     write_bundle_json,
 )
+from visiondeck.export.checks import measure_accuracy, ort_session, parity_check, torch_logits
 from visiondeck.export.errors import BundleError, ExportError
 from visiondeck.export.samples import iter_batches, load_samples
 
@@ -45,6 +45,7 @@ __all__ = ["DEFAULT_TOLERANCE", "ExportResult", "export_run"]
 
 DEFAULT_TOLERANCE = 1e-3  # max |Δ probability| allowed between PyTorch and ONNX Runtime
 MIN_AGREEMENT = 0.99  # top-1 agreement required on the parity images
+MIN_INT8_AGREEMENT = 0.95  # below this, dynamic INT8 is tried as well
 EXPORTERS = ("torchscript", "dynamo")
 Log = Callable[[str], None]
 
@@ -123,7 +124,7 @@ def export_run(
         if len(samples.labels) == 0:
             raise ExportError("no readable image to check the export against",
                               hint="the run's split files are missing; re-run data checks")
-        parity = _parity(model, work / MODEL_FILE, samples.images, parity_source)
+        parity = parity_check(model, work / MODEL_FILE, samples.images, parity_source)
         say(f"parity on {parity['n_images']} {parity_source} images: max |Δp| "
             f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}")
         if parity["max_abs_diff"] > tolerance or parity["top1_agreement"] < MIN_AGREEMENT:
@@ -135,25 +136,17 @@ def export_run(
                      "if both fail",
             )
 
-        sessions = {"fp32": _session(work / MODEL_FILE)}
+        sessions = {"fp32": ort_session(work / MODEL_FILE)}
         int8_info: dict[str, Any] = {}
         if int8:
             say("quantising to INT8")
             int8_info = _quantize(work, split, classes, spec, calibration_images, notes)
-            sessions["int8"] = _session(work / INT8_FILE)
+            sessions["int8"] = ort_session(work / INT8_FILE)
         say(f"measuring accuracy on {len(test_records)} test images")
-        scores = _accuracies(model, sessions, test_root, test_records, classes, spec)
-        if int8 and int8_info["method"] == "static" and _dropped(scores, max_int8_drop):
-            notes.append(f"static INT8 lost more than {max_int8_drop:.0%} accuracy "
-                         f"({scores['int8']['accuracy']:.4f} vs {scores['fp32']['accuracy']:.4f});"
-                         " fell back to dynamic quantisation")
-            from visiondeck.export.quantize import quantize_dynamic_int8
-
-            redone = quantize_dynamic_int8(work / MODEL_FILE, work / INT8_FILE)
-            int8_info = {"method": redone.method, "detail": redone.detail}
-            sessions["int8"] = _session(work / INT8_FILE)
-            again = _accuracies(None, sessions, test_root, test_records, classes, spec)
-            scores["int8"] = again["int8"]
+        scores = measure_accuracy(model, sessions, test_root, test_records, classes, spec)
+        if int8 and int8_info["method"] == "static" and _poor(scores, max_int8_drop):
+            int8_info = _try_dynamic(work, scores, int8_info, test_root, test_records, classes,
+                                     spec, notes)
         parity["pytorch_accuracy"] = scores.get("pytorch", {}).get("accuracy")
 
         variants = {"fp32": _variant(work, MODEL_FILE, scores["fp32"])}
@@ -234,32 +227,6 @@ def _save_weights(model: Any, path: Path) -> None:
     save_file(state, str(path), metadata={"format": "visiondeck.bundle"})
 
 
-def _session(path: Path) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _torch_logits(model: Any, images: np.ndarray) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        return model(torch.from_numpy(images)).float().numpy()
-
-
-def _parity(model: Any, onnx_path: Path, images: np.ndarray, source: str) -> dict[str, Any]:
-    reference = softmax(_torch_logits(model, images))
-    candidate = softmax(_session(onnx_path).run(["logits"], {"input": images})[0])
-    return {
-        "max_abs_diff": float(np.abs(reference - candidate).max()),
-        "top1_agreement": float((reference.argmax(1) == candidate.argmax(1)).mean()),
-        "n_images": len(images),
-        "source": source,
-    }
-
-
 def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit: int,
               notes: list[str]) -> dict[str, Any]:
     from visiondeck.export.quantize import quantize_dynamic_int8, quantize_static_int8
@@ -279,34 +246,40 @@ def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit
     return {"method": done.method, "detail": done.detail}
 
 
-def _accuracies(model: Any, sessions: dict[str, Any], root: Path, records: list,
-                classes: list[str], spec: InputSpec) -> dict[str, dict[str, Any]]:
-    """Test accuracy of PyTorch (when `model` is given) and each ONNX session, one decode pass."""
-    correct = dict.fromkeys([*(["pytorch"] if model is not None else []), *sessions], 0)
-    agree = dict.fromkeys(sessions, 0)
-    seen = 0
-    for batch in iter_batches(root, records, classes, spec, batch_size=64):
-        seen += len(batch.labels)
-        outputs = {name: s.run(["logits"], {"input": batch.images})[0].argmax(1)
-                   for name, s in sessions.items()}
-        if model is not None:
-            outputs["pytorch"] = _torch_logits(model, batch.images).argmax(1)
-        for name, predicted in outputs.items():
-            correct[name] += int((predicted == batch.labels).sum())
-        if "fp32" in outputs:
-            for name in sessions:
-                agree[name] += int((outputs[name] == outputs["fp32"]).sum())
-    out: dict[str, dict[str, Any]] = {}
-    for name, hits in correct.items():
-        out[name] = {"accuracy": round(hits / seen, 6) if seen else None, "n_test": seen}
-        if name in sessions and name != "fp32" and "fp32" in sessions and seen:
-            out[name]["agreement_with_fp32"] = round(agree[name] / seen, 6)
-    return out
-
-
-def _dropped(scores: dict[str, dict[str, Any]], limit: float) -> bool:
+def _poor(scores: dict[str, dict[str, Any]], limit: float) -> bool:
+    """INT8 lost more than `limit` accuracy, or disagrees with FP32 on over 5% of images."""
     fp32, int8 = scores["fp32"]["accuracy"], scores["int8"]["accuracy"]
-    return fp32 is not None and int8 is not None and fp32 - int8 > limit
+    agreement = scores["int8"].get("agreement_with_fp32")
+    dropped = fp32 is not None and int8 is not None and fp32 - int8 > limit
+    return dropped or (agreement is not None and agreement < MIN_INT8_AGREEMENT)
+
+
+def _try_dynamic(work: Path, scores: dict[str, dict[str, Any]], static: dict[str, Any],
+                 root: Path, records: list, classes: list[str], spec: InputSpec,
+                 notes: list[str]) -> dict[str, Any]:
+    """Quantise dynamically too and keep whichever INT8 model is closer to FP32."""
+    from visiondeck.export.quantize import quantize_dynamic_int8
+
+    candidate = work / "model.int8-dynamic.onnx"
+    done = quantize_dynamic_int8(work / MODEL_FILE, candidate)
+    sessions = {"fp32": ort_session(work / MODEL_FILE), "int8": ort_session(candidate)}
+    dynamic = measure_accuracy(None, sessions, root, records, classes, spec)["int8"]
+    old = scores["int8"]
+    summary = (f"static INT8: accuracy {old['accuracy']}, agreement with FP32 "
+               f"{old.get('agreement_with_fp32')}; dynamic: {dynamic['accuracy']}, "
+               f"{dynamic.get('agreement_with_fp32')}")
+
+    def rank(score: dict[str, Any]) -> tuple[float, float]:
+        return (score.get("accuracy") or 0.0, score.get("agreement_with_fp32") or 0.0)
+
+    if rank(dynamic) > rank(old):
+        os.replace(candidate, work / INT8_FILE)
+        scores["int8"] = dynamic
+        notes.append(f"{summary}: kept dynamic")
+        return {"method": done.method, "detail": done.detail}
+    candidate.unlink()
+    notes.append(f"{summary}: kept static")
+    return static
 
 
 def _variant(work: Path, file: str, score: dict[str, Any]) -> dict[str, Any]:
@@ -332,7 +305,7 @@ def _prune(model: Any, split: Any, classes: list[str], spec: InputSpec, trained:
                             batch_size=batch_size)
 
     def evaluate(net: Any) -> float | None:
-        return accuracy(_torch_logits(net, val.images), val.labels) if len(val.labels) else None
+        return accuracy(torch_logits(net, val.images), val.labels) if len(val.labels) else None
 
     say(f"pruning {amount:.0%} ({method}) and fine-tuning for {steps} steps")
     return prune_and_finetune(model, amount=amount, method=method, train_batches=batches,

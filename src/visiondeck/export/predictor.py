@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterable, Iterator, Sequence
+import sys
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ import numpy as np
 from PIL import Image
 
 from visiondeck.export.bundle import Bundle, ImageInput, load_bundle
-from visiondeck.imaging import ImageDecodeError
+from visiondeck.imaging import ImageDecodeError, Problem
 
 __all__ = ["PredictFailure", "Prediction", "Predictor"]
 
+_NOT_IMAGES = (Problem.NOT_AN_IMAGE, Problem.UNSUPPORTED_FORMAT)
 # what a single input can be; a list/tuple (or a 4-D uint8 array) is several inputs
 _SINGLE = (bytes, bytearray, memoryview, str, os.PathLike, Image.Image)
 
@@ -139,26 +141,35 @@ class Predictor:
         return out
 
     def predict_files(self, paths: Iterable[str | os.PathLike[str]], *, top_k: int | None = None,
-                      batch_size: int = 64, workers: int | None = None
+                      batch_size: int = 64, workers: int | None = None,
+                      skip_non_images: Collection[str] = ()
                       ) -> Iterator[Prediction | PredictFailure]:
         """Stream many files: results in input order, bad files as `PredictFailure`.
+
+        skip_non_images: paths (e.g. met while walking a folder) that are dropped silently
+        when their bytes are no image format at all (a README beside the pictures), instead
+        of being reported; the check is the decoder's own, made in the workers.
 
         workers: processes (None: one per core; 0 or 1: in this process). Small jobs (under
         two batches) always run here, where no pool start-up has to be paid.
         """
         files = [os.fspath(p) for p in paths]
+        skip = skip_non_images if isinstance(skip_non_images, set | frozenset) else set(
+            map(os.fspath, skip_non_images))
         chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
         count = (os.cpu_count() or 1) if workers is None else workers
         count = min(count, len(chunks))
         if count <= 1 or len(files) < 2 * batch_size:
             for chunk in chunks:
-                yield from self._run_chunk(chunk, top_k, "report")
+                yield from self._run_chunk(chunk, top_k, "report", _skippable(chunk, skip))
             return
-        fork = self._session is None and _can_fork()  # no ORT threads of ours to fork over
-        context = multiprocessing.get_context("fork" if fork else "spawn")
+        context = _pool_context()
+        if context.get_start_method() == "fork":
+            self._session = None  # no ORT thread pool of ours is copied into the workers
         init = (str(self.bundle.path), self.variant, self.providers, top_k or self.top_k)
         with context.Pool(count, initializer=_worker_init, initargs=init) as pool:
-            for results in pool.imap(_worker_run, chunks):
+            tasks = ((chunk, _skippable(chunk, skip)) for chunk in chunks)
+            for results in pool.imap(_worker_run, tasks):
                 yield from results
 
     # ------------------------------------------------------------------------ internals
@@ -170,8 +181,8 @@ class Predictor:
             return list(images) if images.ndim == 4 else [images]
         return list(images)
 
-    def _run_chunk(self, items: Sequence[Any], top_k: int | None, errors: str
-                   ) -> list[Prediction | PredictFailure]:
+    def _run_chunk(self, items: Sequence[Any], top_k: int | None, errors: str,
+                   skippable: Collection[str] = ()) -> list[Prediction | PredictFailure]:
         prepared: list[np.ndarray] = []
         slots: list[Prediction | PredictFailure | None] = []
         names: list[str | None] = []
@@ -184,6 +195,8 @@ class Predictor:
             except (ImageDecodeError, OSError, TypeError, ValueError) as exc:
                 if errors == "raise":
                     raise
+                if name in skippable and getattr(exc, "problem", None) in _NOT_IMAGES:
+                    continue
                 slots.append(_failure(name, exc))
         answers = iter(self.predict_prepared(np.stack(prepared), top_k=top_k, sources=names)
                        if prepared else [])
@@ -217,11 +230,14 @@ def _failure(name: str | None, exc: BaseException) -> PredictFailure:
     return PredictFailure(name, "invalid_input", str(exc))
 
 
-def _can_fork() -> bool:
-    """fork is the cheap start method; unsafe once threads run here (their locks are copied)."""
-    import threading
+def _skippable(chunk: list[str], skip: Collection[str]) -> frozenset[str]:
+    return frozenset(path for path in chunk if path in skip) if skip else frozenset()
 
-    return "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+
+def _pool_context() -> Any:
+    """fork on Linux: cheap, and it needs no `if __name__ == "__main__"` guard in the
+    caller's script (spawn re-imports the main module in every worker); spawn elsewhere."""
+    return multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
 
 
 # worker-process side of predict_files (module level so it pickles under spawn too)
@@ -233,9 +249,10 @@ def _worker_init(bundle: str, variant: str, providers: list[str], top_k: int) ->
     _WORKER = Predictor(Path(bundle), variant, providers, threads=1, top_k=top_k)
 
 
-def _worker_run(chunk: list[str]) -> list[Prediction | PredictFailure]:
+def _worker_run(task: tuple[list[str], frozenset[str]]) -> list[Prediction | PredictFailure]:
     assert _WORKER is not None, "worker used before its initialiser ran"
+    chunk, skippable = task
     try:
-        return _WORKER._run_chunk(chunk, None, "report")
+        return _WORKER._run_chunk(chunk, None, "report", skippable)
     except Exception as exc:  # never lose a whole chunk silently: name every file of it
         return [PredictFailure(path, "error", f"{type(exc).__name__}: {exc}") for path in chunk]

@@ -36,13 +36,14 @@ class StoreWriter:
     def __init__(self, store: PredictionStore, *, spool_path: Path | None = None,
                  batch_size: int = 256, max_pending: int = 50_000,
                  retry_initial_s: float = 0.25, retry_max_s: float = 5.0,
-                 metrics: Any = None) -> None:
+                 linger_s: float = 0.2, metrics: Any = None) -> None:
         self.store = store
         self.spool_path = spool_path
         self.batch_size = batch_size
         self.max_pending = max_pending
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
+        self.linger_s = linger_s
         self.metrics = metrics
         self._queue: deque[PredictionRecord] = deque()
         self._lock = threading.Lock()
@@ -65,8 +66,8 @@ class StoreWriter:
                 overflow.append(self._queue.popleft())
         if overflow:
             self._spool(overflow)
-        self._gauge()
-        self._wake.set()
+        if len(self._queue) >= self.batch_size:
+            self._wake.set()
 
     def update_pending(self, record_id: str, label: str | None) -> bool:
         """Set the label of a row still waiting in memory (a label sent right after the
@@ -137,17 +138,21 @@ class StoreWriter:
     def _run(self) -> None:
         delay = self.retry_initial_s
         while not self._stop.is_set():
+            # linger: rows arriving together are written together (one transaction, and
+            # far less time holding the GIL than a write per prediction)
+            self._wake.wait(self.linger_s)
+            self._wake.clear()
             if not self._queue:
-                self._wake.wait(0.5)
-                self._wake.clear()
-                if not self._queue and self.healthy:
+                if self.healthy:
                     self._replay_spool()
                 continue
-            if self._write_batch():
-                delay = self.retry_initial_s
-            else:
-                self._stop.wait(delay)  # back off, but wake at once for shutdown
-                delay = min(self.retry_max_s, delay * 2)
+            while self._queue and not self._stop.is_set():
+                if self._write_batch():
+                    delay = self.retry_initial_s
+                else:
+                    self._stop.wait(delay)  # back off, but wake at once for shutdown
+                    delay = min(self.retry_max_s, delay * 2)
+                    break
 
     def _write_batch(self) -> bool:
         with self._lock:
@@ -163,6 +168,7 @@ class StoreWriter:
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
             if self.metrics is not None:
                 self.metrics.store_failures.inc()
+            self._gauge()
             log.warning("prediction store write failed (%s); %d rows queued, will retry",
                         self.last_error, len(self._queue))
             return False

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import Response
+from fastapi.responses import JSONResponse, Response
 
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image
 from visiondeck.serve.deps import PredictCaller, ServicesDep
@@ -69,7 +69,7 @@ TopK = Annotated[int | None, Query(ge=1, le=100, description="classes to return"
 @router.post("/predict", response_model=PredictionResponse, responses=_ERRORS,
              openapi_extra=_body_doc(False))
 async def predict(request: Request, services: ServicesDep, caller: PredictCaller,
-                  top_k: TopK = None) -> PredictionResponse:
+                  top_k: TopK = None) -> JSONResponse:
     """Classify one image: top-k calibrated probabilities, unknown flag, model version."""
     started = time.perf_counter()
     s = services.settings
@@ -78,8 +78,10 @@ async def predict(request: Request, services: ServicesDep, caller: PredictCaller
         if len(uploads) != 1:
             raise ServeError(f"{len(uploads)} images sent; /predict takes one",
                              code="too_many_files", status=422, hint="use /predict/batch")
-        return await _predict(services, uploads[0], label, caller.id, "predict", started,
-                              top_k or s.top_k)
+        prediction = await _predict(services, uploads[0], label, caller.id, "predict",
+                                    started, top_k or s.top_k)
+    # built and checked as a PredictionResponse already: skip FastAPI's second validation
+    return JSONResponse(prediction.model_dump(by_alias=True))
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS,
