@@ -256,11 +256,11 @@ class MlflowServer:
     log: Path
 
     def stop(self) -> None:
-        stop_process(self.process)
+        stop_process(self.process, grace=1.0)  # a throw-away server: no graceful drain
 
 
 def start_mlflow_server(workdir: Path, backend_uri: str, artifacts_destination: str, *,
-                        env: dict[str, str] | None = None, timeout: float = 120.0
+                        env: dict[str, str] | None = None, timeout: float = 180.0
                         ) -> MlflowServer:
     """`mlflow server` on loopback: one worker, artifacts proxied to `artifacts_destination`."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -268,7 +268,8 @@ def start_mlflow_server(workdir: Path, backend_uri: str, artifacts_destination: 
     command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_uri,
                "--artifacts-destination", artifacts_destination, "--host", "127.0.0.1",
                "--port", str(port), "--workers", "1"]
-    full_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    full_env = {**os.environ, **(env or {}), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+                "PYTHONUNBUFFERED": "1"}
     full_env.pop("MLFLOW_TRACKING_URI", None)
     log = workdir / "mlflow-server.log"
     with log.open("wb") as out:

@@ -62,16 +62,23 @@ def list_runs(
         console.print(f"no runs tracked in {store.display} yet")
         return
     columns = [m for m in _PREFERRED if any(m in r.metrics for r in runs)][:4]
+    kinds = len({r.kind for r in runs}) > 1  # a kind column only when runs differ
     table = Table(title=f"runs in {store.display}", title_justify="left")
-    for name in ("run", "id", "experiment", "kind", "verdict", "started"):
-        table.add_column(name)
+    table.add_column("run", no_wrap=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("experiment")
+    if kinds:
+        table.add_column("kind")
+    table.add_column("verdict")
+    table.add_column("started", no_wrap=True)
     for name in columns:
         table.add_column(name, justify="right")
     for run in runs:
-        started = run.start_time.strftime("%Y-%m-%d %H:%M") if run.start_time else ""
-        label = f"  ↳ {run.name}" if run.parent_id else run.name
-        table.add_row(label, run.short_id, run.experiment, run.kind, _verdict(run.verdict),
-                      started, *(_fmt(run.metrics.get(m)) for m in columns))
+        started = run.start_time.astimezone().strftime("%m-%d %H:%M") if run.start_time else ""
+        label = f"↳ {run.name}" if run.parent_id else run.name
+        cells = [label, run.short_id, run.experiment, *([run.kind] if kinds else []),
+                 _verdict(run.verdict), started]
+        table.add_row(*cells, *(_fmt(run.metrics.get(m)) for m in columns))
     console.print(table)
 
 
