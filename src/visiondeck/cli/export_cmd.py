@@ -57,7 +57,23 @@ def export(
                       f"{_pct(p['val_accuracy_after'])} after {p['steps']} fine-tuning steps")
     for note in result.notes:
         console.print(f"[yellow]note:[/] {note}")
+    _track(run, result.path)
     console.print(f"done in {result.duration_s:.1f} s")
+
+
+def _track(run_dir: Path, bundle_dir: Path) -> None:
+    """Attach the Bundle to the run's MLflow run when training linked one (mlflow.json)."""
+    if not (Path(run_dir) / "mlflow.json").is_file():
+        return
+    try:
+        from visiondeck.registry.runlog import log_bundle
+    except ImportError:  # the track extra is not installed: the Bundle stays local
+        return
+    artifact = log_bundle(run_dir, bundle_dir)
+    if artifact is not None:
+        from visiondeck.cli._ui import console
+
+        console.print(f"logged on the MLflow run as {artifact.source}")
 
 
 def bench(
