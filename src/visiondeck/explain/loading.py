@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visiondeck.explain.cam import ExplainError, SpecLike
+from visiondeck.explain.cam import SpecLike
 
 __all__ = ["ExplainableModel", "is_bundle", "load_explainable", "load_model_from_bundle"]
 
@@ -47,32 +47,16 @@ def is_bundle(path: str | os.PathLike[str]) -> bool:
 
 def load_model_from_bundle(path: str | os.PathLike[str], *, device: str = "cpu"
                            ) -> ExplainableModel:
-    """Rebuild a Bundle's network from bundle.json + weights.safetensors (no pickle)."""
-    from safetensors.torch import load_file
+    """Rebuild a Bundle's network from bundle.json + weights.safetensors (no pickle).
 
-    from visiondeck.config import ModelConfig
+    The rebuilding is export's (`load_torch_model`); Grad-CAM only needs the weights, so the
+    Bundle's ONNX files are not required here.
+    """
     from visiondeck.export.bundle import load_bundle
-    from visiondeck.models import from_config
+    from visiondeck.export.torch_model import load_torch_model
 
     bundle = load_bundle(path, check_files=False)
-    weights = bundle.weights_path
-    if not weights.is_file():
-        raise ExplainError(f"{bundle.path} has no {weights.name}",
-                           hint="re-export the run; Grad-CAM needs the network's weights")
-    raw = bundle.info.get("model")
-    if not isinstance(raw, dict):
-        raise ExplainError(f"{bundle.path}/bundle.json has no \"model\" section",
-                           hint="re-export the run with this version of visiondeck")
-    config = ModelConfig.model_validate(raw)
-    model = from_config(config.model_copy(update={"pretrained": False, "weights": None}),
-                        num_classes=len(bundle.classes), in_chans=bundle.input.channels)
-    state = load_file(str(weights), device=device)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise ExplainError(f"{weights} does not fit {config.name}: missing {list(missing)[:5]}, "
-                           f"unexpected {list(unexpected)[:5]}",
-                           hint="bundle.json and weights.safetensors come from different runs")
-    model.to(device).eval()
+    model = load_torch_model(bundle, device=device)
     return ExplainableModel(model, list(bundle.classes), bundle.input, bundle.path, "bundle",
                             bundle.name, dict(bundle.info))
 
