@@ -24,6 +24,7 @@ SEED_PARAMS = 620_810
 # Documented sizes of the resnet_small variants (10 classes, 3 channels).
 RESNET_SMALL_PARAMS = {
     "resnet_small_t": (0.35e6, 0.45e6),
+    "resnet_small_m": (0.85e6, 1.0e6),
     "resnet_small": (1.55e6, 1.75e6),
     "resnet_small_w": (6.4e6, 6.7e6),
 }

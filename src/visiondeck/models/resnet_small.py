@@ -20,6 +20,7 @@ for 1.6x the time.
 Variants (name → widths prep/stage1/stage2/stage3, parameters with 10 classes):
 
 - `resnet_small_t`: 16/32/64/128, 0.41 M — tests and very quick baselines;
+- `resnet_small_m`: 24/48/96/192, 0.93 M — between the two;
 - `resnet_small`:   32/64/128/256, 1.65 M — the default;
 - `resnet_small_w`: 64/128/256/512, 6.57 M — the original ResNet-9 widths.
 """

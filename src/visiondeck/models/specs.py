@@ -81,6 +81,7 @@ class ResolvedName:
 #: resnet_small variants -> channel widths (prep, stage1, stage2, stage3); see resnet_small.py
 RESNET_SMALL_WIDTHS: dict[str, tuple[int, int, int, int]] = {
     "resnet_small_t": (16, 32, 64, 128),
+    "resnet_small_m": (24, 48, 96, 192),
     "resnet_small": (32, 64, 128, 256),
     "resnet_small_w": (64, 128, 256, 512),
 }
@@ -88,6 +89,7 @@ RESNET_SMALL_WIDTHS: dict[str, tuple[int, int, int, int]] = {
 _OURS: dict[str, tuple[int, str]] = {
     "simple_cnn": (32, "3 conv blocks + 2 FC layers (0.62 M params), the CIFAR-10 seed model"),
     "resnet_small_t": (32, "ResNet-9-style net at width 16 (0.41 M), the quickest on CPU"),
+    "resnet_small_m": (32, "ResNet-9-style net at width 24 (0.93 M), between _t and the default"),
     "resnet_small": (32, "ResNet-9-style net at width 32 (1.65 M), fast on CPU, 28-64 px"),
     "resnet_small_w": (32, "ResNet-9 at full width 64 (6.57 M), most accurate of ours, slow"),
 }
