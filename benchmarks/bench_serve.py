@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import socket
 import statistics
 import subprocess
@@ -125,6 +126,40 @@ async def _load(host: str, port: int, request: bytes, concurrency: int, total: i
         "p50_ms": round(float(np.percentile(ms, 50)), 2) if len(ms) else None,
         "p99_ms": round(float(np.percentile(ms, 99)), 2) if len(ms) else None,
         "mean_ms": round(float(ms.mean()), 2) if len(ms) else None,
+    }
+
+
+def _wrk_seconds(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()
+    return float(value) * {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}[unit]
+
+
+def _load_wrk(host: str, port: int, body: bytes, content_type: str, concurrency: int,
+              seconds: float, work: Path) -> dict[str, Any]:
+    """The same closed loop with wrk (C, one thread): far less client CPU than Python."""
+    body_file = work / "wrk-body.bin"
+    body_file.write_bytes(body)
+    script = work / "wrk-post.lua"
+    script.write_text(
+        f'local f = io.open("{body_file}", "rb"); wrk.body = f:read("*all"); f:close()\n'
+        f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{content_type}"\n')
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency",
+         "-s", str(script), f"http://{host}:{port}/predict"],
+        check=True, capture_output=True, text=True).stdout
+    requests = int(re.search(r"(\d+) requests in ([\d.]+\w+)", out).group(1))
+    wall = _wrk_seconds(re.search(r"requests in ([\d.]+\w+)", out).group(1))
+    percentile = {m.group(1): _wrk_seconds(m.group(2)) * 1000
+                  for m in re.finditer(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
+    errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors += int(non2xx.group(1)) if non2xx else 0
+    mean = re.search(r"Latency\s+(\S+)", out)
+    return {
+        "concurrency": concurrency, "requests": requests, "errors": errors,
+        "seconds": round(wall, 3), "throughput_rps": round(requests / wall, 1),
+        "p50_ms": round(percentile["50"], 2), "p99_ms": round(percentile["99"], 2),
+        "mean_ms": round(_wrk_seconds(mean.group(1)) * 1000, 2) if mean else None,
     }
 
 
@@ -334,13 +369,20 @@ def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: a
     data, filename, content_type = image
     request = multipart_request("127.0.0.1", port, "/predict", "image", filename, data,
                                 content_type)
+    head, _, body = request.partition(b"\r\n\r\n")
+    multipart_type = re.search(rb"Content-Type: (multipart/form-data; boundary=\S+)",
+                               head).group(1).decode()
     levels = []
     try:
         asyncio.run(_load("127.0.0.1", port, request, 8, args.warmup, 60))
         for concurrency in args.concurrency:
             before = _batch_stats(port) if kind == "visiondeck" else (0.0, 0.0)
-            result = asyncio.run(_load("127.0.0.1", port, request, concurrency,
-                                       args.requests, args.max_seconds))
+            if args.client == "wrk":
+                result = _load_wrk("127.0.0.1", port, body, multipart_type, concurrency,
+                                   args.max_seconds, work)
+            else:
+                result = asyncio.run(_load("127.0.0.1", port, request, concurrency,
+                                           args.requests, args.max_seconds))
             if kind == "visiondeck":
                 after = _batch_stats(port)
                 runs = after[1] - before[1]
@@ -373,6 +415,10 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--client", choices=["wrk", "python"],
+                        default="wrk" if shutil.which("wrk") else "python",
+                        help="load generator: wrk (Debian package, default when installed) or "
+                             "the bounded asyncio client in this file")
     parser.add_argument("--only", choices=["fashion_mnist", "efficientnet_lite0"])
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
                         help="extra `visiondeck serve` options (last on the line)")
@@ -400,8 +446,10 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
                     "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
                     "load_average_at_start": list(os.getloadavg())},
-        "method": "closed loop on loopback, client and server on the same machine; "
-                  "visiondeck serve with its defaults (SQLite history on, thumbnails on)",
+        "method": f"closed loop on loopback ({args.client}), client and server on the same "
+                  "machine; visiondeck serve with its defaults (SQLite history on, thumbnails "
+                  "on) plus --serve-args",
+        "serve_args": args.serve_args,
         "models": {},
     }
     for name, bundle in models.items():

@@ -31,7 +31,7 @@ import numpy as np
 from visiondeck.export.bundle import Bundle, load_bundle
 from visiondeck.serve.batching import MicroBatcher, RowResult
 from visiondeck.serve.errors import ModelUnavailable, Overloaded
-from visiondeck.serve.preprocess import PreparedImage, prepare_image
+from visiondeck.serve.preprocess import PreparedImage, is_small_image, prepare_image
 from visiondeck.serve.settings import ServeSettings
 
 __all__ = ["Engine", "LoadedModel", "load_model", "source_fingerprint"]
@@ -249,19 +249,31 @@ class Engine:
     # -------------------------------------------------------------------- the work
 
     async def prepare(self, data: bytes) -> tuple[LoadedModel, PreparedImage]:
-        """Decode + prepare in the pool for the model being served now."""
+        """Decode + prepare for the model being served now: small images inline, others in
+        the pool.
+
+        A thumbnail-sized upload (a 28×28 PNG decodes in ~50 µs) costs less to decode on the
+        event loop than the two thread hand-overs of the pool; anything larger, or whose
+        header does not prove it small, goes to the pool so the loop never blocks on it.
+        """
         model = self.model
         s = self.settings
-        loop = asyncio.get_running_loop()
-        self.batcher.incoming += 1
+
+        def work() -> PreparedImage:
+            return prepare_image(
+                data, model.bundle, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels,
+                thumbnail_size=s.thumbnail_size if s.store and s.store_thumbnails else None)
+
         start = time.perf_counter()
-        try:
-            prepared = await loop.run_in_executor(
-                self._decode_pool, lambda: prepare_image(
-                    data, model.bundle, max_bytes=s.max_upload_bytes, max_pixels=s.max_pixels,
-                    thumbnail_size=s.thumbnail_size if s.store and s.store_thumbnails else None))
-        finally:
-            self.batcher.incoming -= 1
+        if is_small_image(data):
+            prepared = work()
+        else:
+            self.batcher.incoming += 1
+            try:
+                prepared = await asyncio.get_running_loop().run_in_executor(
+                    self._decode_pool, work)
+            finally:
+                self.batcher.incoming -= 1
         if self.metrics is not None:
             self.metrics.preprocess.observe(time.perf_counter() - start)
         return model, prepared

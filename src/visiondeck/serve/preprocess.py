@@ -20,7 +20,13 @@ from visiondeck.export.bundle import Bundle
 from visiondeck.imaging import DecodeLimits, decode_image
 from visiondeck.serve.observers import ImageStats
 
-__all__ = ["PreparedImage", "make_thumbnail", "prepare_image"]
+__all__ = ["INLINE_MAX_BYTES", "INLINE_MAX_PIXELS", "PreparedImage", "is_small_image",
+           "make_thumbnail", "prepare_image"]
+
+#: uploads at most this large whose header declares at most this many pixels are decoded on
+#: the event loop (see `Engine.prepare`): well under a millisecond of work
+INLINE_MAX_BYTES = 32 * 1024
+INLINE_MAX_PIXELS = 128 * 128
 
 
 @dataclass(frozen=True)
@@ -52,6 +58,24 @@ def prepare_image(data: bytes, bundle: Bundle, *, max_bytes: int, max_pixels: in
     )
     thumb = make_thumbnail(array, thumbnail_size) if thumbnail_size else None
     return PreparedImage(tensor, hashlib.sha256(data).hexdigest(), stats, thumb)
+
+
+def is_small_image(data: bytes, *, max_bytes: int = INLINE_MAX_BYTES,
+                   max_pixels: int = INLINE_MAX_PIXELS) -> bool:
+    """True when the bytes are few and the header declares a small image (header only).
+
+    Anything unusual (not an image, a header Pillow cannot read) answers False, so the full
+    decoder reports the problem from the pool.
+    """
+    if len(data) > max_bytes:
+        return False
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size
+            frames = getattr(image, "n_frames", 1)
+    except Exception:
+        return False
+    return width * height <= max_pixels and frames == 1
 
 
 def make_thumbnail(array: np.ndarray, size: int) -> bytes:
