@@ -1,12 +1,18 @@
 """`visiondeck predict BUNDLE PATH...`: files, folders and globs through a Bundle.
 
-Results stream as they come (JSON lines and CSV are written per batch, so a pipe sees them
-at once); the table is printed at the end. Bad files are listed with their problem, the
-others are still predicted, and the exit code is 3 when any file failed.
+Results stream as they come (JSON lines and CSV are written per batch, to stdout or to
+`--output`, so a pipe or a file sees them at once); the table is printed at the end. Bad
+files are listed with their problem, the others are still predicted, and the exit code is
+3 when any file failed.
+
+Memory stays flat however many files there are: folders are walked as the predictor asks
+for more paths, only a few batches are in flight, and with `--format jsonl|csv` no result
+is kept once written (the table, and `--gradcam`, keep what they must show).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import glob
 import json
@@ -15,53 +21,65 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TextIO
 
 import typer
 
-__all__ = ["collect_files", "predict"]
+__all__ = ["iter_files", "predict", "unmatched_inputs"]
 
 FORMATS = ("table", "jsonl", "csv")
 
 
-def collect_files(inputs: list[str]) -> tuple[list[str], set[str], list[str]]:
-    """(files to predict, those found by walking a folder, inputs that matched nothing).
+def iter_files(inputs: list[str]) -> Iterator[tuple[str, bool]]:
+    """(path, found by walking a folder) for every file the inputs name, lazily.
 
-    Folders are walked recursively (hidden entries skipped); what they hold that is not an
-    image at all (a README beside the pictures) is skipped by the predictor, not reported,
-    while a file named explicitly is always reported. Globs (`*`, `?`, `[`, `**`) are
-    expanded when no file has that literal name. Order is kept, duplicates dropped.
+    Folders are walked recursively (hidden entries skipped; each folder's listing sorted);
+    what they hold that is not an image at all (a README beside the pictures) is skipped
+    by the predictor, not reported, while a file named explicitly is always reported.
+    Globs (`*`, `?`, `[`, `**`) are expanded when no file has that literal name (their
+    matches sorted). Order is kept. With several inputs, duplicates are dropped (the paths
+    seen are remembered, ~100 bytes each); a single input needs no memory per file.
     """
-    files: list[str] = []
-    walked: set[str] = set()
-    missing: list[str] = []
-    seen: set[str] = set()
+    seen: set[str] | None = set() if len(inputs) > 1 else None
 
-    def add(path: str, *, from_walk: bool = False) -> None:
-        if path not in seen:
-            seen.add(path)
-            files.append(path)
-            if from_walk:
-                walked.add(path)
+    def fresh(path: str) -> bool:
+        if seen is None:
+            return True
+        if path in seen:
+            return False
+        seen.add(path)
+        return True
 
     for raw in inputs:
         path = Path(raw).expanduser()
         if path.is_dir():
-            for found in _walk(path):
-                add(found, from_walk=True)
+            found: Iterator[tuple[str, bool]] = ((f, True) for f in _walk(path))
         elif path.exists() or not glob.has_magic(raw):
-            add(str(path))  # a missing plain path is reported by the predictor
+            found = iter([(str(path), False)])  # a missing plain path is reported later
         else:
-            matches = sorted(glob.glob(os.path.expanduser(raw), recursive=True))
-            if not matches:
-                missing.append(raw)
-            for match in matches:
-                if Path(match).is_dir():
-                    for found in _walk(Path(match)):
-                        add(found, from_walk=True)
-                else:
-                    add(match)
-    return files, walked, missing
+            found = _expand(raw)
+        for item in found:
+            if fresh(item[0]):
+                yield item
+
+
+def unmatched_inputs(inputs: list[str]) -> list[str]:
+    """The globs among `inputs` that match nothing (each checked up to its first match)."""
+    missing = []
+    for raw in inputs:
+        if (not Path(raw).expanduser().exists() and glob.has_magic(raw)
+                and next(glob.iglob(os.path.expanduser(raw), recursive=True), None) is None):
+            missing.append(raw)
+    return missing
+
+
+def _expand(pattern: str) -> Iterator[tuple[str, bool]]:
+    for match in sorted(glob.iglob(os.path.expanduser(pattern), recursive=True)):
+        if Path(match).is_dir():
+            for found in _walk(Path(match)):
+                yield found, True
+        else:
+            yield match, False
 
 
 def _walk(root: Path) -> Iterator[str]:
@@ -79,6 +97,9 @@ def predict(
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="classes to show per image")] = 3,
     output_format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl or csv")
                              ] = "table",
+    output: Annotated[Path | None, typer.Option(
+        "--output", "-o", help="write the JSON lines or CSV to this file, as they come "
+        "(format from its suffix unless --format says)")] = None,
     variant: Annotated[str, typer.Option(help="fp32 or int8")] = "fp32",
     batch_size: Annotated[int, typer.Option(help="images per ONNX Runtime call")] = 64,
     workers: Annotated[int | None, typer.Option(help="processes (default: one per core)")
@@ -91,44 +112,82 @@ def predict(
     from visiondeck.errors import ConfigError
     from visiondeck.export.predictor import PredictFailure, Predictor
 
+    if output is not None and output_format == "table":
+        output_format = "csv" if output.suffix.lower() == ".csv" else "jsonl"
     if output_format not in FORMATS:
         raise ConfigError(f"unknown format {output_format!r}", hint=f"use one of {FORMATS}")
     if top_k < 1 or batch_size < 1:
         raise ConfigError("--top-k and --batch-size must be at least 1")
     predictor = Predictor(bundle, variant=variant, top_k=top_k)
-    files, walked, unmatched = collect_files(paths)
+    kept: list[Any] = []  # what the table or Grad-CAM needs at the end; nothing otherwise
+    done = failed = 0
+    walked: set[str] = set()  # walked paths taken but not yet batched: at most one batch
+
+    def files() -> Iterator[str]:
+        for path, from_walk in iter_files(paths):
+            if from_walk:
+                walked.add(path)
+            yield path
+
+    def skippable(path: str) -> bool:  # asked once per path, as the predictor batches it
+        if path in walked:
+            walked.discard(path)
+            return True
+        return False
+
     started = time.perf_counter()
-    results: list[Any] = [PredictFailure(raw, "no_match", f"{raw}: matched no file")
-                          for raw in unmatched]
-    writer = _Writer(output_format, top_k)
-    writer.start()
-    for result in results:
-        writer.write(result)
-    for result in predictor.predict_files(files, top_k=top_k, batch_size=batch_size,
-                                          workers=workers, skip_non_images=walked):
-        results.append(result)
-        writer.write(result)
-    writer.flush()
+    with _open_output(output) as stream:
+        writer = _Writer(output_format, top_k, stream)
+        writer.start()
+        unmatched = [PredictFailure(raw, "no_match", f"{raw}: matched no file")
+                     for raw in unmatched_inputs(paths)]
+        results = predictor.predict_files(files(), top_k=top_k, batch_size=batch_size,
+                                          workers=workers, skip_non_images=skippable)
+        for result in _chain(unmatched, results):
+            writer.write(result)
+            if result.ok:
+                done += 1
+            else:
+                failed += 1
+            if output_format == "table" or (gradcam is not None and result.ok):
+                kept.append(result)
+        writer.flush()
     elapsed = time.perf_counter() - started
     if output_format == "table":
-        console.print(_table(results, top_k, predictor.bundle.name))
-    failures = [r for r in results if not r.ok]
-    done = len(results) - len(failures)
+        console.print(_table(kept, top_k, predictor.bundle.name))
     rate = f", {done / elapsed:,.0f} images/s" if elapsed > 0 and done else ""
-    err_console.print(f"{done} predicted, {len(failures)} failed{rate}", highlight=False)
+    where = f" → {output}" if output is not None else ""
+    err_console.print(f"{done} predicted, {failed} failed{rate}{where}", highlight=False)
     if gradcam is not None:
-        _write_gradcam(predictor, [r.source for r in results if r.ok], gradcam)
-    if failures:
+        _write_gradcam(predictor, [r.source for r in kept if r.ok], gradcam)
+    if failed:
         raise typer.Exit(EXIT_ISSUES)
 
 
-class _Writer:
-    """Streams JSON lines or CSV rows to stdout as results arrive (the table waits)."""
+def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
+    yield from first
+    yield from rest
 
-    def __init__(self, fmt: str, top_k: int) -> None:
+
+@contextlib.contextmanager
+def _open_output(path: Path | None) -> Iterator[TextIO]:
+    """stdout, or `path` opened for writing (kept on failure: partial results are results)."""
+    if path is None:
+        yield sys.stdout
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        yield handle
+
+
+class _Writer:
+    """Streams JSON lines or CSV rows as results arrive (the table waits)."""
+
+    def __init__(self, fmt: str, top_k: int, stream: TextIO) -> None:
         self.fmt = fmt
         self.top_k = top_k
-        self.csv = csv.writer(sys.stdout) if fmt == "csv" else None
+        self.stream = stream
+        self.csv = csv.writer(stream) if fmt == "csv" else None
         self.count = 0
 
     def start(self) -> None:
@@ -140,7 +199,7 @@ class _Writer:
 
     def write(self, result: Any) -> None:
         if self.fmt == "jsonl":
-            sys.stdout.write(json.dumps(result.to_dict()) + "\n")
+            self.stream.write(json.dumps(result.to_dict()) + "\n")
         elif self.csv is not None:
             if result.ok:
                 row = [result.source, result.label, f"{result.probability:.6f}",
@@ -159,7 +218,7 @@ class _Writer:
             self.flush()
 
     def flush(self) -> None:
-        sys.stdout.flush()
+        self.stream.flush()
 
 
 def _table(results: list[Any], top_k: int, title: str) -> Any:

@@ -10,15 +10,18 @@ a chunk and running it through its own single-threaded ORT session as one batch.
 images decoding is Python-bound (threads would serialise on the GIL), and ORT's own thread
 pool scales poorly on tiny batches, so "one process per core, each doing decode + batched
 inference" is what keeps every core busy. Results come back in input order; a bad file
-becomes a `PredictFailure` and never stops the stream.
+becomes a `PredictFailure` and never stops the stream. Paths are read lazily and only a
+few chunks are in flight, so memory does not grow with the number of files.
 """
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
 import sys
-from collections.abc import Collection, Iterable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,34 +145,48 @@ class Predictor:
 
     def predict_files(self, paths: Iterable[str | os.PathLike[str]], *, top_k: int | None = None,
                       batch_size: int = 64, workers: int | None = None,
-                      skip_non_images: Collection[str] = ()
+                      skip_non_images: Collection[str] | Callable[[str], bool] = ()
                       ) -> Iterator[Prediction | PredictFailure]:
         """Stream many files: results in input order, bad files as `PredictFailure`.
 
+        `paths` is consumed lazily and at most a few batches are in flight at once, so a
+        folder of millions of files is predicted in constant memory: pass a generator (the
+        CLI walks folders as it goes) and consume the results as they come.
+
         skip_non_images: paths (e.g. met while walking a folder) that are dropped silently
         when their bytes are no image format at all (a README beside the pictures), instead
-        of being reported; the check is the decoder's own, made in the workers.
+        of being reported; the check is the decoder's own, made in the workers. A callable
+        is asked once per path, as the path is taken from `paths`.
 
         workers: processes (None: one per core; 0 or 1: in this process). Small jobs (under
         two batches) always run here, where no pool start-up has to be paid.
         """
-        files = [os.fspath(p) for p in paths]
-        skip = skip_non_images if isinstance(skip_non_images, set | frozenset) else set(
-            map(os.fspath, skip_non_images))
-        chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        skip = _skip_test(skip_non_images)
+        tasks = _tasks(paths, batch_size, skip)
         count = (os.cpu_count() or 1) if workers is None else workers
-        count = min(count, len(chunks))
-        if count <= 1 or len(files) < 2 * batch_size:
-            for chunk in chunks:
-                yield from self._run_chunk(chunk, top_k, "report", _skippable(chunk, skip))
+        head = list(itertools.islice(tasks, max(count, 2)))
+        if count <= 1 or sum(len(chunk) for chunk, _ in head) < 2 * batch_size:
+            for chunk, skippable in itertools.chain(head, tasks):
+                yield from self._run_chunk(chunk, top_k, "report", skippable)
             return
+        count = min(count, len(head))
         context = _pool_context()
         if context.get_start_method() == "fork":
             self._session = None  # no ORT thread pool of ours is copied into the workers
         init = (str(self.bundle.path), self.variant, self.providers, top_k or self.top_k)
+        queue = itertools.chain(head, tasks)
         with context.Pool(count, initializer=_worker_init, initargs=init) as pool:
-            tasks = ((chunk, _skippable(chunk, skip)) for chunk in chunks)
-            for results in pool.imap(_worker_run, tasks):
+            # two chunks per worker in flight: every worker stays busy, memory stays bounded
+            # (Pool.imap would read the whole input ahead and queue every result)
+            pending = deque(pool.apply_async(_worker_run, (task,))
+                            for task in itertools.islice(queue, 2 * count))
+            while pending:
+                results = pending.popleft().get()
+                following = next(queue, None)
+                if following is not None:
+                    pending.append(pool.apply_async(_worker_run, (following,)))
                 yield from results
 
     # ------------------------------------------------------------------------ internals
@@ -230,8 +247,21 @@ def _failure(name: str | None, exc: BaseException) -> PredictFailure:
     return PredictFailure(name, "invalid_input", str(exc))
 
 
-def _skippable(chunk: list[str], skip: Collection[str]) -> frozenset[str]:
-    return frozenset(path for path in chunk if path in skip) if skip else frozenset()
+def _skip_test(skip: Collection[str] | Callable[[str], bool]) -> Callable[[str], bool] | None:
+    if callable(skip):
+        return skip
+    if not skip:
+        return None
+    names = skip if isinstance(skip, set | frozenset) else set(map(os.fspath, skip))
+    return names.__contains__
+
+
+def _tasks(paths: Iterable[str | os.PathLike[str]], batch_size: int,
+           skip: Callable[[str], bool] | None) -> Iterator[tuple[list[str], frozenset[str]]]:
+    """(chunk of paths, those of it whose non-images are skipped), read lazily from `paths`."""
+    source = iter(paths)
+    while chunk := [os.fspath(p) for p in itertools.islice(source, batch_size)]:
+        yield chunk, frozenset(p for p in chunk if skip(p)) if skip else frozenset()
 
 
 def _pool_context() -> Any:

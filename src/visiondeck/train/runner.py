@@ -10,6 +10,7 @@ loop and RNG state.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -74,7 +75,38 @@ _RUN_DIR_ENV = "VISIONDECK_RUN_DIR"
 
 
 def _rank_zero() -> bool:
+    """Global rank zero: torchrun sets RANK on every process; Lightning's launcher does not."""
+    if "RANK" in os.environ:
+        return os.environ["RANK"] == "0"
     return os.environ.get("LOCAL_RANK", "0") == "0" and os.environ.get("NODE_RANK", "0") == "0"
+
+
+def _torchrun_marker(recipe: Recipe) -> Path | None:
+    """Where rank zero names the run folder for ranks torchrun started beside it.
+
+    The name holds what identifies one launch (rendezvous id, restart count, master
+    address), so a marker left by an earlier launch is never taken for this one.
+    """
+    env = os.environ
+    if "TORCHELASTIC_RUN_ID" not in env or "RANK" not in env:
+        return None
+    launch = "|".join(env.get(k, "") for k in ("TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT",
+                                               "MASTER_ADDR", "MASTER_PORT"))
+    digest = hashlib.sha256(launch.encode()).hexdigest()[:16]
+    return Path(recipe.output_dir) / f".{recipe.name}.{digest}.run-dir"
+
+
+def _await_marker(marker: Path, timeout_s: float = 300.0) -> Path:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if marker.exists():
+            text = marker.read_text().strip()
+            if text:
+                return Path(text)
+        time.sleep(0.05)
+    raise TrainingError(f"rank zero did not name a run folder within {timeout_s:.0f} s "
+                        f"(waited for {marker})",
+                        hint="every node must see the same output_dir (a shared file system)")
 
 
 def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None) -> Path:
@@ -82,14 +114,23 @@ def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None) -> P
 
     Lightning's DDP launcher starts the other ranks by re-running the command, so each would
     pick its own fresh `runs/NAME-k`; rank zero publishes its choice in the environment the
-    children inherit.
+    children inherit. torchrun starts all ranks itself, side by side: there rank zero writes
+    its choice to a marker file in `output_dir` (shared by the nodes) and the others wait
+    for it.
     """
+    marker = _torchrun_marker(recipe) if run_dir is None else None
     if run_dir is not None:
         folder = Path(run_dir)
     elif not _rank_zero() and os.environ.get(_RUN_DIR_ENV):
         folder = Path(os.environ[_RUN_DIR_ENV])
+    elif not _rank_zero() and marker is not None:
+        folder = _await_marker(marker)
     else:
         folder = new_run_dir(recipe)
+        if marker is not None:
+            tmp = marker.with_name(marker.name + ".tmp")
+            tmp.write_text(str(folder.resolve()))
+            os.replace(tmp, marker)  # the waiting ranks never read half a path
     folder.mkdir(parents=True, exist_ok=True)
     if _rank_zero():
         os.environ[_RUN_DIR_ENV] = str(folder.resolve())
@@ -105,10 +146,15 @@ def train(recipe: Recipe, *, run_dir: str | os.PathLike[str] | None = None,
     the verdict at the end; the CLI passes the MLflow tracker of `visiondeck.registry`.
     """
     folder = _shared_run_dir(recipe, run_dir)
+    marker = _torchrun_marker(recipe) if run_dir is None else None
     if _rank_zero():
         save_recipe(recipe, folder / "recipe.yaml")
-    return _fit(recipe, folder, ckpt_path=None, progress=progress, callbacks=callbacks,
-                max_steps=max_steps, tracker=tracker)
+    try:
+        return _fit(recipe, folder, ckpt_path=None, progress=progress, callbacks=callbacks,
+                    max_steps=max_steps, tracker=tracker)
+    finally:
+        if marker is not None and _rank_zero():  # every rank has read it by now
+            marker.unlink(missing_ok=True)
 
 
 def resume(run_dir: str | os.PathLike[str], *, progress: bool = True,
