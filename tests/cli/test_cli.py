@@ -93,7 +93,7 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
 
 
 def test_demo_trains_on_the_bundled_sample(tmp_path) -> None:
-    """The README's demo command: sample → check → split → a trained model (2 epochs here)."""
+    """The README's demo command: the pipeline on the bundled sample (2 epochs here)."""
     import json
     import subprocess
     import sys
@@ -109,3 +109,14 @@ def test_demo_trains_on_the_bundled_sample(tmp_path) -> None:
     assert info["status"] in ("passed", "failed_gate")
     assert info["epochs_run"] == 2 and (run / "model" / "weights.safetensors").exists()
     assert "demo finished" in done.stdout or done.returncode == 5
+    # the whole pipeline ran: an evaluated, exported model, every step in the state file
+    assert (run / "evaluation" / "metrics.json").is_file()
+    assert (run / "bundle" / "model.onnx").is_file()
+    state = json.loads((tmp_path / "demo" / "runs" / "pipeline" / "demo" / "state.json")
+                       .read_text())
+    steps = ("check", "split", "train", "evaluate", "export", "register", "promote")
+    assert tuple(state["steps"]) == steps
+    assert all(state["steps"][s]["status"] == "ran" for s in steps[:5])
+    # a gate failure (exit 5) is a refusal to register, never a crash
+    assert state["steps"]["register"]["status"] == ("ran" if done.returncode == 0
+                                                     else "refused")

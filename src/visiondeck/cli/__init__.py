@@ -16,6 +16,7 @@ from visiondeck.cli import (
     data_cmd,
     demo_cmd,
     export_cmd,
+    pipeline_cmd,
     predict_cmd,
     registry_cmd,
     serve_cmd,
@@ -52,6 +53,7 @@ app.add_typer(config_cmd.app, name="config")
 app.add_typer(train_cmd.models_app, name="models")
 app.command("train")(train_cmd.train)
 app.command("demo")(demo_cmd.demo)
+app.command("pipeline")(pipeline_cmd.pipeline)
 app.command("export")(export_cmd.export)
 app.command("bench")(export_cmd.bench)
 app.command("predict")(predict_cmd.predict)
@@ -68,6 +70,11 @@ app.command("evaluate")(evaluate_cmd.evaluate)
 app.command("compare")(evaluate_cmd.compare)
 app.command("ablate")(evaluate_cmd.ablate)
 app.command("explain")(explain_cmd.explain)
+
+from visiondeck.cli import monitor_cmd  # noqa: E402  (issue 9: drift monitoring)
+
+app.add_typer(monitor_cmd.monitor_app, name="monitor")
+app.command("retrain")(monitor_cmd.retrain)
 
 
 @app.command()

@@ -1,4 +1,4 @@
-"""`visiondeck demo`: the main job on the embedded default, end to end as far as it exists."""
+"""`visiondeck demo`: the whole pipeline on the bundled sample, with nothing to set up."""
 
 from __future__ import annotations
 
@@ -22,39 +22,33 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="where the demo writes everything")]
     = Path("demo"),
     epochs: Annotated[int, typer.Option(help="training epochs")] = 6,
+    serve: Annotated[bool, typer.Option("--serve", help="then serve the Bundle on "
+                                        "http://127.0.0.1:PORT until Ctrl-C")] = False,
+    port: Annotated[int, typer.Option(help="port for --serve")] = 8000,
 ) -> None:
-    """Materialise the bundled sample, check and split it, and train a model on it."""
+    """Materialise the bundled sample, then run the pipeline on it: check → split → train →
+    evaluate → export (+int8) → register → promote. Run it again: unchanged steps are
+    skipped."""
     from visiondeck.cli._ui import console
-    from visiondeck.cli.data_cmd import _print_report
-    from visiondeck.cli.train_cmd import _report
-    from visiondeck.config import load_recipe
+    from visiondeck.cli.pipeline_cmd import run_and_report
     from visiondeck.data.materialize import materialize
-    from visiondeck.data.prepare import prepare_split
 
     images = workdir / "data" / "sample"
-    console.rule("1/4 data: the bundled Fashion-MNIST sample as class folders")
+    console.rule("data: the bundled Fashion-MNIST sample as class folders", align="left")
     result = materialize("sample", images, progress=True)
     console.print(f"{result.files_written + result.skipped_existing} images in {images}")
 
-    recipe = load_recipe(None, [
-        *DEMO_OVERRIDES, f"data.source={images}", f"data.prepared={workdir / 'prepared'}",
-        f"output_dir={workdir / 'runs'}", f"train.epochs={epochs}",
-    ])
-    console.rule("2/4 check: decode and validate every file")
-    outcome = prepare_split(recipe.data, progress=True, force=True)
-    _print_report(outcome.check.report, reused=outcome.check.reused)
+    overrides = [*DEMO_OVERRIDES, f"data.source={images}",
+                 f"data.prepared={workdir / 'prepared'}", f"output_dir={workdir / 'runs'}",
+                 f"train.epochs={epochs}"]
+    done = run_and_report(None, overrides)
+    bundle = done.bundle
+    console.print(f"[green]demo finished[/]: the model is in {done.run_dir / 'model'}, its "
+                  f"Bundle in {bundle}, the report in {done.run_dir / 'evaluation'}")
+    if not serve:
+        console.print(f"serve it: [bold]visiondeck serve {bundle}[/] (or `visiondeck demo "
+                      "--serve`)", highlight=False)
+        return
+    from visiondeck.cli.serve_cmd import serve as serve_bundle
 
-    console.rule("3/4 split: stratified train/val/test, saved with content hashes")
-    counts = outcome.split.counts()
-    console.print(
-        f"split {outcome.split.id}: "
-        + ", ".join(f"{s} {sum(counts[s].values())}" for s in ("train", "val", "test"))
-        + f" → {outcome.check.prepared / 'split.csv'}"
-    )
-
-    console.rule(f"4/4 train: {recipe.model.name}, {recipe.train.epochs} epochs")
-    from visiondeck.train.runner import train
-
-    run = train(recipe, progress=True)
-    _report(run)
-    console.print(f"[green]demo finished[/]: the trained model is in {run.run_dir / 'model'}")
+    serve_bundle(str(bundle), port=port)
