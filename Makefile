@@ -24,7 +24,7 @@ services:
 	bash scripts/start-services.sh
 
 demo: $(STAMP)
-	$(BIN)/visiondeck demo
+	$(BIN)/visiondeck demo --serve
 
 # the dependency audit fails the build on a known vulnerability, and only warns (loudly)
 # when the vulnerability service cannot be reached: see scripts/audit_deps.py
