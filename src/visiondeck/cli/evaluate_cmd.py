@@ -113,7 +113,9 @@ def _cross_validate(target: Path, overrides: list[str] | None, folds: int, out: 
     def report(fold: int, headline: dict) -> None:
         console.print(f"fold {fold + 1}/{folds}: accuracy {headline.get('accuracy', 0):.4f}")
 
-    result = cross_validate(recipe, folds, out_dir=out, evaluate=options, on_fold=report)
+    tracker = _study_tracker(recipe)
+    result = cross_validate(recipe, folds, out_dir=out, evaluate=options, on_fold=report,
+                            tracker=tracker)
     table = Table(title=f"{folds}-fold cross-validation ({result.out_dir})", title_justify="left")
     for column in ("metric", "mean", "± std", "min", "max"):
         table.add_column(column, justify="left" if column == "metric" else "right")
@@ -121,6 +123,22 @@ def _cross_validate(target: Path, overrides: list[str] | None, folds: int, out: 
         table.add_row(key, f"{row['mean']:.4f}", f"{row['std']:.4f}", f"{row['min']:.4f}",
                       f"{row['max']:.4f}")
     console.print(table)
+    _say_tracked(tracker)
+
+
+def _study_tracker(recipe):
+    """MLflow's study tracker when the recipe tracks (one parent run, nested children)."""
+    from visiondeck.registry.study import study_tracker_for
+
+    return study_tracker_for(recipe)
+
+
+def _say_tracked(tracker) -> None:
+    if tracker is not None and tracker.run_id is not None:
+        from visiondeck.cli._ui import console
+
+        console.print(f"tracked as MLflow run {tracker.run_id} (children nested; "
+                      "`visiondeck runs list` shows them)")
 
 
 def compare(
@@ -177,6 +195,7 @@ def ablate(
     base = _recipe(recipe, overrides)
     factors = parse_vary(vary or [])
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    tracker = _study_tracker(base)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("ablation", total=None)
 
@@ -185,7 +204,7 @@ def ablate(
                             description=f"{cell.run_dir.name}{' (reused)' if cell.reused else ''}")
 
         result = run_ablation(base, factors, seeds=seed_list, design=design, out_dir=out,
-                              metric=metric, on_cell=step)
+                              metric=metric, on_cell=step, tracker=tracker)
     table = Table(title=f"ablation ({result.out_dir})", title_justify="left")
     for factor in result.factors:
         table.add_column(factor)
@@ -199,3 +218,4 @@ def ablate(
         text = ", ".join(f"{level}: {delta:+.4f}" for level, delta in levels.items())
         console.print(f"effect of {factor} (vs {next(iter(levels))}): {text}")
     console.print(f"results: {result.out_dir / 'results.json'}  chart: {result.chart}")
+    _say_tracked(tracker)

@@ -49,15 +49,19 @@ def list_runs(
     runs_dir: RunsDir = Path("runs"),
     experiment: Annotated[str | None, typer.Option(help="only this experiment")] = None,
     limit: Annotated[int, typer.Option(help="newest N runs")] = 30,
+    nested: Annotated[bool, typer.Option("--nested/--no-nested", help="show the cells and "
+                                         "folds of ablations and CVs under their parent")
+                      ] = True,
 ) -> None:
-    """Tracked runs, newest first, with their verdict and key metrics."""
+    """Tracked runs, newest first, with their verdict and key metrics; an ablation's cells
+    and a cross-validation's folds are listed indented under their parent run."""
     from rich.table import Table
 
     from visiondeck.cli._ui import console
     from visiondeck.registry.runs import list_runs as query
 
     store = _store(tracking_uri, runs_dir)
-    runs = query(store, experiment=experiment, limit=limit)
+    runs = query(store, experiment=experiment, limit=limit, nested=nested)
     if not runs:
         console.print(f"no runs tracked in {store.display} yet")
         return
@@ -75,7 +79,9 @@ def list_runs(
         table.add_column(name, justify="right")
     for run in runs:
         started = run.start_time.astimezone().strftime("%m-%d %H:%M") if run.start_time else ""
-        label = f"↳ {run.name}" if run.parent_id else run.name
+        label = f"{'  ' * max(0, run.depth - 1)}↳ {run.name}" if run.parent_id else run.name
+        if not nested and run.children:
+            label += f" [dim](+{run.children} nested)[/]"
         cells = [label, run.short_id, run.experiment, *([run.kind] if kinds else []),
                  _verdict(run.verdict), started]
         table.add_row(*cells, *(_fmt(run.metrics.get(m)) for m in columns))

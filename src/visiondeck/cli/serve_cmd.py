@@ -30,7 +30,8 @@ def serve(
                      ] = True,
     require_key: Annotated[bool, typer.Option("--require-key", help="predictions need an "
                                               "API key too (admin always does)")] = False,
-    rate_limit: Annotated[str | None, typer.Option(help="per client, e.g. 600/minute")] = None,
+    rate_limit: Annotated[str | None, typer.Option(help="per API key (anonymous: per client "
+                                                   "address), e.g. 600/minute")] = None,
     redis_url: Annotated[str | None, typer.Option(help="share rate limits via Redis")] = None,
     max_batch: Annotated[int | None, typer.Option(help="largest micro-batch")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="batching wait")] = None,
@@ -76,14 +77,17 @@ def _ring(file: Path | None):
 def create(
     name: Annotated[str, typer.Argument(help="who or what the key is for")],
     admin: Annotated[bool, typer.Option("--admin", help="also allow /admin endpoints")] = False,
+    rate: Annotated[str | None, typer.Option(help="this key's own rate limit, e.g. 10/s or "
+                                             "600/minute (default: the server's)")] = None,
     file: Annotated[Path | None, _KEYS_FILE] = None,
 ) -> None:
     """Create a key; it is printed once (only its hash is stored)."""
     from visiondeck.cli._ui import console, err_console
 
     ring = _ring(file)
-    entry, key = ring.add(name, ("predict", "admin") if admin else ("predict",))
-    err_console.print(f"created key [bold]{entry.id}[/] ({', '.join(entry.scopes)}) in "
+    entry, key = ring.add(name, ("predict", "admin") if admin else ("predict",), rate)
+    limit = f", {entry.rate}" if entry.rate else ""
+    err_console.print(f"created key [bold]{entry.id}[/] ({', '.join(entry.scopes)}{limit}) in "
                       f"{ring.path}; store it now, it is not shown again", highlight=False)
     console.print(key, highlight=False, soft_wrap=True)
 
@@ -95,10 +99,10 @@ def list_keys(file: Annotated[Path | None, _KEYS_FILE] = None) -> None:
 
     from visiondeck.cli._ui import console
 
-    table = Table("id", "name", "scopes", "created", "revoked")
+    table = Table("id", "name", "scopes", "rate", "created", "revoked")
     for entry in _ring(file).list():
-        table.add_row(entry.id, entry.name, ", ".join(entry.scopes), entry.created_at,
-                      "yes" if entry.revoked else "")
+        table.add_row(entry.id, entry.name, ", ".join(entry.scopes), entry.rate or "server's",
+                      entry.created_at, "yes" if entry.revoked else "")
     console.print(table)
 
 

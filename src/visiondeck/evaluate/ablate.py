@@ -6,6 +6,11 @@ the same test images. The main effect of a factor level is the mean metric of th
 at that level minus the mean at the factor's first (baseline) level. Cells are written
 under OUT/cells/; a cell already evaluated is not run again, and a killed one resumes from
 its last checkpoint, so an interrupted ablation continues where it stopped.
+
+With a `tracker` (a `evaluate.tracking.StudyTracker`; the CLI passes MLflow's), the
+ablation is one parent run (params: factors, design, seeds, base recipe; metrics: each
+row's mean and std and each level's main effect; artifacts: results.json, table.csv,
+effects.png) and every cell a nested child run with its overrides as `cell.*` params.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ from pydantic import ValidationError
 
 from visiondeck.config import Recipe, apply_overrides, parse_overrides
 from visiondeck.errors import ConfigError
+from visiondeck.evaluate.tracking import StudyTracker, metric_key
 
-__all__ = ["AblationCell", "AblationResult", "ablate", "parse_vary", "plan_cells"]
+__all__ = ["AblationCell", "AblationResult", "ablate", "parse_vary", "plan_cells",
+           "summary_metrics"]
 
 _SECTIONS = ("train", "model", "data")
 
@@ -111,24 +118,35 @@ class AblationResult:
     chart: Path | None = None
 
 
-def _run_cell(recipe: Recipe, run_dir: Path, evaluate_options: dict[str, Any]
+CELL_KIND = "ablation-cell"
+
+
+def _run_cell(recipe: Recipe, run_dir: Path, evaluate_options: dict[str, Any],
+              tracker: StudyTracker | None = None, params: dict[str, str] | None = None
               ) -> tuple[dict[str, float], bool]:
     from visiondeck.evaluate.core import evaluate_run
     from visiondeck.train.runner import resume, train
 
     metrics_file = run_dir / "evaluation" / "metrics.json"
     if metrics_file.is_file():
-        return json.loads(metrics_file.read_text())["headline"], True
-    status = None
-    if (run_dir / "run.json").is_file():
-        status = json.loads((run_dir / "run.json").read_text()).get("status")
-    if status in ("completed", "passed", "failed_gate"):
-        pass
-    elif status is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
-        resume(run_dir, progress=False)
+        headline, reused = json.loads(metrics_file.read_text())["headline"], True
     else:
-        train(recipe, run_dir=run_dir, progress=False)
-    return evaluate_run(run_dir, **evaluate_options).headline, False
+        status = None
+        if (run_dir / "run.json").is_file():
+            status = json.loads((run_dir / "run.json").read_text()).get("status")
+        child = tracker.child(run_dir, recipe, kind=CELL_KIND, params=params or {}) \
+            if tracker is not None and status not in ("completed", "passed", "failed_gate") \
+            else None
+        if status in ("completed", "passed", "failed_gate"):
+            pass
+        elif status is not None and (run_dir / "checkpoints" / "last.ckpt").is_file():
+            resume(run_dir, progress=False, tracker=child)
+        else:
+            train(recipe, run_dir=run_dir, progress=False, tracker=child)
+        headline, reused = evaluate_run(run_dir, **evaluate_options).headline, False
+    if tracker is not None:
+        tracker.child_done(run_dir, metrics_file, kind=CELL_KIND, params=params or {})
+    return headline, reused
 
 
 def _mean(values: list[float]) -> float:
@@ -158,37 +176,85 @@ def _summarize(cells: list[AblationCell], factors: dict[str, list[str]], metric:
 def ablate(recipe: Recipe, vary: Mapping[str, Sequence[str]], *, seeds: Sequence[int] = (0,),
            design: str = "grid", out_dir: str | os.PathLike[str] | None = None,
            metric: str = "accuracy", evaluate: dict[str, Any] | None = None,
-           on_cell: Callable[[int, int, AblationCell], None] | None = None) -> AblationResult:
-    """Run (or resume) every cell × seed; write OUT/results.json and OUT/effects.png."""
+           on_cell: Callable[[int, int, AblationCell], None] | None = None,
+           tracker: StudyTracker | None = None) -> AblationResult:
+    """Run (or resume) every cell × seed; write OUT/results.json, table.csv, effects.png.
+
+    `tracker` records the study as a parent run with one nested run per cell (see the
+    module's docstring); None tracks nothing.
+    """
     factors = {k: list(v) for k, v in vary.items()}
     cells_plan = plan_cells(factors, design)
     root = Path(out_dir) if out_dir else Path(recipe.output_dir) / f"{recipe.name}-ablation"
     root.mkdir(parents=True, exist_ok=True)
     options = {"gradcam_samples": 0, "n_boot": 200, "report": False, **(evaluate or {})}
     total = len(cells_plan) * len(seeds)
-    done: list[AblationCell] = []
-    for cell in cells_plan:
-        for seed in seeds:
-            slug = _slug(cell, seed)
-            run_dir = root / "cells" / slug
-            cell_recipe = _cell_recipe(recipe, cell, seed, f"{recipe.name}-{slug}")
-            headline, reused = _run_cell(cell_recipe, run_dir, options)
-            result = AblationCell(dict(cell), seed, run_dir, headline, reused)
-            done.append(result)
-            if on_cell is not None:
-                on_cell(len(done), total, result)
+    if tracker is not None:
+        tracker.start(root, kind="ablation", name=recipe.name, params={
+            "design": design, "metric": metric, "seeds": list(seeds), "cells": total,
+            "vary": factors, "recipe": recipe.model_dump(mode="json")})
+    try:
+        done: list[AblationCell] = []
+        for cell in cells_plan:
+            for seed in seeds:
+                slug = _slug(cell, seed)
+                run_dir = root / "cells" / slug
+                cell_recipe = _cell_recipe(recipe, cell, seed, f"{recipe.name}-{slug}")
+                params = {**{f"cell.{k}": v for k, v in cell.items()}, "cell.seed": str(seed)}
+                headline, reused = _run_cell(cell_recipe, run_dir, options, tracker, params)
+                outcome = AblationCell(dict(cell), seed, run_dir, headline, reused)
+                done.append(outcome)
+                if on_cell is not None:
+                    on_cell(len(done), total, outcome)
+        result = _write_results(recipe, root, factors, metric, design, seeds, done)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.finish(metrics={}, artifacts=[], status="KILLED"
+                           if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(metrics=summary_metrics(result), artifacts=[
+            root / "results.json", root / "table.csv", *([result.chart] if result.chart
+                                                          else [])])
+    return result
+
+
+def _write_results(recipe: Recipe, root: Path, factors: dict[str, list[str]], metric: str,
+                   design: str, seeds: Sequence[int], done: list[AblationCell]
+                   ) -> AblationResult:
+    import csv
+
+    from visiondeck.evaluate.scores import clean_json
+
     table, effects = _summarize(done, factors, metric)
     result = AblationResult(root, factors, metric, done, table, effects)
     result.chart = _chart(result)
-    from visiondeck.evaluate.scores import clean_json
-
     (root / "results.json").write_text(json.dumps(clean_json({
         "design": design, "metric": metric, "factors": factors, "seeds": list(seeds),
         "recipe": recipe.model_dump(mode="json"), "table": table, "effects": effects,
         "cells": [{"factors": c.factors, "seed": c.seed, "run": str(c.run_dir),
                    "headline": c.headline} for c in done],
     }), indent=2, allow_nan=False) + "\n")
+    with (root / "table.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, [*factors, "mean", "std", "seeds"])
+        writer.writeheader()
+        writer.writerows(table)
     return result
+
+
+def summary_metrics(result: AblationResult) -> dict[str, float]:
+    """The ablation as flat metrics: `<metric>_mean.<cell>` (and `_std` with several seeds)
+    per row, and `effect.<factor>.<level>` per factor level (0 at the baseline level)."""
+    out: dict[str, float] = {}
+    for row in result.table:
+        cell = "_".join(f"{k.split('.')[-1]}-{row[k]}" for k in result.factors)
+        out[metric_key(f"{result.metric}_mean", cell)] = row["mean"]
+        if row["seeds"] > 1:
+            out[metric_key(f"{result.metric}_std", cell)] = row["std"]
+    for factor, levels in result.effects.items():
+        for level, delta in levels.items():
+            out[metric_key("effect", factor, level)] = delta
+    return out
 
 
 def _chart(result: AblationResult) -> Path:

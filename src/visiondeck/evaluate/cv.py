@@ -7,6 +7,11 @@ same pieces the runner does — `runner.build_system` (split, spec, seeded model
 writes a run folder `evaluate_run` reads like any other (run.json records `"fold": k`, so
 evaluation calibrates on that fold's validation files). The folds share the held-out test
 subset, so every fold is scored on the same test images.
+
+With a `tracker` (a `evaluate.tracking.StudyTracker`; the CLI passes MLflow's), the
+cross-validation is one parent run (params: folds and the recipe; metrics: mean, std, min
+and max of every test metric; artifacts: cv.json and folds.csv) and each fold a nested child
+run (`cv.fold` param) that receives its per-epoch metrics while it trains.
 """
 
 from __future__ import annotations
@@ -18,12 +23,18 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from visiondeck.config import Recipe, save_recipe
 from visiondeck.evaluate.predict import EvaluationError
+from visiondeck.evaluate.tracking import StudyTracker, metric_key
 
-__all__ = ["CVResult", "cross_validate", "summarize_folds", "train_fold"]
+if TYPE_CHECKING:
+    from visiondeck.train.tracking import Tracker
+
+__all__ = ["CVResult", "cross_validate", "summarize_folds", "summary_metrics", "train_fold"]
+
+FOLD_KIND = "cv-fold"
 
 
 def _with_folds(recipe: Recipe, folds: int) -> Recipe:
@@ -38,8 +49,12 @@ def _with_folds(recipe: Recipe, folds: int) -> Recipe:
 
 
 def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
-               progress: bool = False) -> Path:
-    """Train on every fold but `fold`, validate on `fold`; returns the run folder."""
+               progress: bool = False, tracker: Tracker | None = None) -> Path:
+    """Train on every fold but `fold`, validate on `fold`; returns the run folder.
+
+    `tracker` (see `train.tracking`) gets the params, every epoch's metrics and the end,
+    as in `train`.
+    """
     import torch
 
     from visiondeck.train.artifacts import save_trained
@@ -47,6 +62,7 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
     from visiondeck.train.losses import class_weights
     from visiondeck.train.module import Classifier
     from visiondeck.train.runner import build_system
+    from visiondeck.train.tracking import TrackerCallback
     from visiondeck.train.trainer import build_trainer
 
     folder = Path(run_dir)
@@ -64,8 +80,24 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
     system = Classifier(built.system.model, len(split.classes), recipe.train,
                         class_weights=weights, train_transform=data.device_transform(True),
                         eval_transform=data.device_transform(False))
-    trainer = build_trainer(recipe.train, folder, progress=progress)
-    trainer.fit(system, datamodule=data)
+    trainer = build_trainer(recipe.train, folder, progress=progress,
+                            extra_callbacks=[TrackerCallback(tracker)] if tracker else None)
+    info: dict[str, Any] = {
+        "name": recipe.name, "status": "running", "fold": fold, "folds": split.folds,
+        "split": {"id": split.id, "root": str(split.root), "classes": split.classes,
+                  "prepared": str(built.prepared) if built.prepared else None,
+                  "test_prepared": None},
+        "prepare": asdict(built.spec), "class_weights": weights,
+    }
+    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")  # tags read it
+    if tracker is not None:
+        tracker.start(folder, recipe, resumed=False)
+    try:
+        trainer.fit(system, datamodule=data)
+    except BaseException:
+        if tracker is not None:
+            tracker.finish(folder, "interrupted", {})
+        raise
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     if best and Path(best).exists():
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
@@ -75,17 +107,14 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
                  classes=list(split.classes))
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
                if torch.as_tensor(v).numel() == 1}
-    info = {
-        "name": recipe.name, "status": "completed", "fold": fold, "folds": split.folds,
-        "updated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "split": {"id": split.id, "root": str(split.root), "classes": split.classes,
-                  "prepared": str(built.prepared) if built.prepared else None,
-                  "test_prepared": None},
-        "prepare": asdict(built.spec), "class_weights": weights, "metrics": metrics,
-        "epochs_run": trainer.current_epoch,
+    info.update({
+        "status": "completed", "updated": datetime.now(UTC).isoformat(timespec="seconds"),
+        "metrics": metrics, "epochs_run": trainer.current_epoch,
         "duration_s": round(time.perf_counter() - started, 2),
-    }
+    })
     (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    if tracker is not None:
+        tracker.finish(folder, "completed", metrics)
     return folder
 
 
@@ -114,12 +143,13 @@ def summarize_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, flo
 
 def cross_validate(recipe: Recipe, folds: int = 5, *, out_dir: str | os.PathLike[str] | None
                    = None, progress: bool = False, evaluate: dict[str, Any] | None = None,
-                   on_fold: Any = None) -> CVResult:
-    """Train and evaluate one run per fold under OUT/fold-K; write OUT/cv.json.
+                   on_fold: Any = None, tracker: StudyTracker | None = None) -> CVResult:
+    """Train and evaluate one run per fold under OUT/fold-K; write OUT/cv.json, folds.csv.
 
     A fold whose run already holds `evaluation/metrics.json` is not trained again, so a
     killed cross-validation resumes where it stopped. `evaluate` holds keyword arguments
-    for `evaluate_run` (e.g. {"tta": True}); `on_fold(k, headline)` reports progress.
+    for `evaluate_run` (e.g. {"tta": True}); `on_fold(k, headline)` reports progress;
+    `tracker` records a parent run with one nested run per fold (None tracks nothing).
     """
     from visiondeck.evaluate.core import evaluate_run
 
@@ -129,23 +159,61 @@ def cross_validate(recipe: Recipe, folds: int = 5, *, out_dir: str | os.PathLike
     root = Path(out_dir) if out_dir else Path(recipe.output_dir) / f"{recipe.name}-cv{folds}"
     root.mkdir(parents=True, exist_ok=True)
     options = {"gradcam_samples": 0, "n_boot": 200, **(evaluate or {})}
+    if tracker is not None:
+        tracker.start(root, kind="cv", name=recipe.name,
+                      params={"folds": folds, "recipe": recipe.model_dump(mode="json")})
     runs, per_fold = [], []
-    for fold in range(folds):
-        run = root / f"fold-{fold}"
-        metrics_file = run / "evaluation" / "metrics.json"
-        if metrics_file.is_file():
-            headline = json.loads(metrics_file.read_text())["headline"]
-        else:
-            train_fold(recipe.model_copy(update={"name": f"{recipe.name}-fold{fold}"}), fold,
-                       run, progress=progress)
-            headline = evaluate_run(run, **options).headline
-        runs.append(run)
-        per_fold.append(headline)
-        if on_fold is not None:
-            on_fold(fold, headline)
-    result = CVResult(root, folds, runs, per_fold, summarize_folds(per_fold))
-    (root / "cv.json").write_text(json.dumps(
-        {"folds": folds, "recipe": recipe.model_dump(mode="json"),
-         "runs": [str(r) for r in runs], "per_fold": per_fold, "summary": result.summary},
-        indent=2) + "\n")
+    try:
+        for fold in range(folds):
+            run = root / f"fold-{fold}"
+            metrics_file = run / "evaluation" / "metrics.json"
+            fold_recipe = recipe.model_copy(update={"name": f"{recipe.name}-fold{fold}"})
+            params = {"cv.fold": str(fold), "cv.folds": str(folds)}
+            if metrics_file.is_file():
+                headline = json.loads(metrics_file.read_text())["headline"]
+            else:
+                child = tracker.child(run, fold_recipe, kind=FOLD_KIND, params=params) \
+                    if tracker is not None else None
+                train_fold(fold_recipe, fold, run, progress=progress, tracker=child)
+                headline = evaluate_run(run, **options).headline
+            if tracker is not None:
+                tracker.child_done(run, metrics_file, kind=FOLD_KIND, params=params)
+            runs.append(run)
+            per_fold.append(headline)
+            if on_fold is not None:
+                on_fold(fold, headline)
+        result = CVResult(root, folds, runs, per_fold, summarize_folds(per_fold))
+        _write_results(result, recipe)
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.finish(metrics={}, artifacts=[], status="KILLED"
+                           if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
+    if tracker is not None:
+        tracker.finish(metrics=summary_metrics(result.summary),
+                       artifacts=[root / "cv.json", root / "folds.csv"])
     return result
+
+
+def _write_results(result: CVResult, recipe: Recipe) -> None:
+    import csv
+
+    root = result.out_dir
+    (root / "cv.json").write_text(json.dumps(
+        {"folds": result.folds, "recipe": recipe.model_dump(mode="json"),
+         "runs": [str(r) for r in result.runs], "per_fold": result.per_fold,
+         "summary": result.summary}, indent=2) + "\n")
+    keys = list(result.summary)
+    with (root / "folds.csv").open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["fold", *keys])
+        for fold, headline in enumerate(result.per_fold):
+            writer.writerow([fold, *(headline.get(k) for k in keys)])
+        for stat in ("mean", "std"):
+            writer.writerow([stat, *(result.summary[k][stat] for k in keys)])
+
+
+def summary_metrics(summary: dict[str, dict[str, float]]) -> dict[str, float]:
+    """`summarize_folds`' table as flat metrics: `accuracy_mean`, `accuracy_std`, ..."""
+    return {metric_key(f"{name}_{stat}"): value for name, row in summary.items()
+            for stat, value in row.items()}

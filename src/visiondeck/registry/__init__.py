@@ -3,6 +3,7 @@
 - `store`: which store (embedded SQLite under `runs/mlruns/`, or a server), run-folder links;
 - `tracking`: `MlflowTracker`, the trainer's tracker; `tracker_for(recipe)`;
 - `runlog`: `log_evaluation`, `log_bundle`, `open_run` / `log_metrics` / `close_run`;
+- `study`: `MlflowStudy`, an ablation or a CV as a parent run with nested cells/folds;
 - `models`: `register`, `promote`; `resolve`: `resolve_bundle` (`models:/NAME@ALIAS` → folder);
 - `runs`: reading runs back (`list_runs`, `find_run`, `diff_runs`).
 
@@ -17,6 +18,7 @@ from typing import Any
 
 _LAZY: dict[str, str] = {
     "BundleArtifact": "visiondeck.registry.runlog",
+    "MlflowStudy": "visiondeck.registry.study",
     "MlflowTracker": "visiondeck.registry.tracking",
     "ModelRef": "visiondeck.registry.resolve",
     "Promotion": "visiondeck.registry.models",
@@ -43,6 +45,7 @@ _LAZY: dict[str, str] = {
     "read_link": "visiondeck.registry.store",
     "register": "visiondeck.registry.models",
     "resolve_bundle": "visiondeck.registry.resolve",
+    "study_tracker_for": "visiondeck.registry.study",
     "tracker_for": "visiondeck.registry.tracking",
     "tracker_for_run": "visiondeck.registry.tracking",
 }

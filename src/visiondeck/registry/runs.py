@@ -19,8 +19,10 @@ from visiondeck.registry.store import Store, read_link
 from visiondeck.registry.tracking import TAG
 
 __all__ = ["RunDiff", "RunSummary", "diff_runs", "find_run", "higher_is_better",
-           "list_artifacts", "list_runs", "metric_history"]
+           "list_artifacts", "list_runs", "metric_history", "nest_runs"]
 
+#: run kinds that hold nested runs (see `registry.study`)
+STUDY_KINDS = ("ablation", "cv")
 _LOWER_IS_BETTER = ("loss", "error", "ece", "brier", "nll", "time", "duration")
 
 
@@ -40,6 +42,9 @@ class RunSummary:
     store: str = ""  # where it lives, password redacted
     #: the store it was read from (for follow-up queries such as metric history)
     source: Store | None = field(default=None, repr=False, compare=False)
+    #: set by `list_runs`: nesting depth (0 = top level) and number of nested runs
+    depth: int = 0
+    children: int = 0
 
     @property
     def short_id(self) -> str:
@@ -83,9 +88,15 @@ def _summary(store: Store, run: Any, experiments: dict[str, str]) -> RunSummary:
                       dict(data.params), dict(data.tags), store.display, store)
 
 
-def list_runs(store: Store, *, experiment: str | None = None,
-              limit: int = 50) -> list[RunSummary]:
-    """Newest first, across all active experiments (or one)."""
+def list_runs(store: Store, *, experiment: str | None = None, limit: int = 50,
+              nested: bool = True) -> list[RunSummary]:
+    """Newest first, across all active experiments (or one), children after their parent.
+
+    An ablation or a cross-validation is a parent run with one nested run per cell or fold:
+    each child comes right after its parent (oldest child first, the order they ran), so
+    a table shows the study as a block. `nested=False` leaves the children out (the
+    parent's `children` count says how many there are).
+    """
     client = store.client
     if experiment is not None:
         found = client.get_experiment_by_name(experiment)
@@ -97,10 +108,60 @@ def list_runs(store: Store, *, experiment: str | None = None,
         ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
         return []
-    runs = client.search_runs(ids, order_by=["attributes.start_time DESC"],
-                              max_results=limit)
+    if nested:
+        found_runs = client.search_runs(ids, order_by=["attributes.start_time DESC"],
+                                        max_results=limit)
+    else:
+        found_runs = _top_level(client, ids, limit)
     names: dict[str, str] = {}
-    return [_summary(store, run, names) for run in runs]
+    runs = nest_runs([_summary(store, run, names) for run in found_runs], nested=nested)
+    if not nested:  # the children were not fetched: count them for the studies shown
+        for run in runs:
+            if run.kind in STUDY_KINDS:
+                quoted = run.run_id.replace("'", "")
+                run.children = len(client.search_runs(
+                    ids, f"tags.mlflow.parentRunId = '{quoted}'", max_results=1000))
+    return runs
+
+
+def _top_level(client: Any, ids: list[str], limit: int) -> list[Any]:
+    """The newest `limit` runs that have no parent (a server too old for `IS NULL` in its
+    search grammar is asked for more runs and filtered here)."""
+    from mlflow.exceptions import MlflowException
+
+    order = ["attributes.start_time DESC"]
+    try:
+        return list(client.search_runs(ids, "tags.mlflow.parentRunId IS NULL",
+                                       order_by=order, max_results=limit))
+    except MlflowException:
+        runs = client.search_runs(ids, order_by=order, max_results=max(limit * 20, 1000))
+        return [r for r in runs if "mlflow.parentRunId" not in r.data.tags][:limit]
+
+
+def nest_runs(runs: list[RunSummary], *, nested: bool = True) -> list[RunSummary]:
+    """Runs (newest first) reordered so each child follows its parent; a child whose
+    parent is not among them stays where it was. Sets each parent's `children`."""
+    present = {run.run_id for run in runs}
+    children: dict[str, list[RunSummary]] = {}
+    for run in runs:
+        if run.parent_id in present:
+            children.setdefault(run.parent_id, []).append(run)
+    out: list[RunSummary] = []
+
+    def place(run: RunSummary, depth: int) -> None:
+        run.depth = depth
+        kids = sorted(children.get(run.run_id, []),
+                      key=lambda r: r.start_time or datetime.min.replace(tzinfo=UTC))
+        run.children = len(kids)
+        out.append(run)
+        if nested:
+            for kid in kids:
+                place(kid, depth + 1)
+
+    for run in runs:
+        if run.parent_id not in present and (nested or run.parent_id is None):
+            place(run, 0)
+    return out
 
 
 def find_run(store: Store, ref: str) -> RunSummary:

@@ -128,17 +128,21 @@ class MlflowTracker:
 
     `tracking` is the recipe's tracking section, `runs_root` the recipe's output_dir (the
     embedded store lives in `runs_root/mlruns`). `parent` (a folder opened with `open_run`,
-    or an MLflow run id) makes this a nested run: an ablation cell or a CV fold.
+    or an MLflow run id) makes this a nested run: an ablation cell or a CV fold. `params`
+    are logged beside the recipe's (a cell's overrides, a fold's index), so a child run says
+    what sets it apart from its siblings without diffing whole recipes.
     """
 
     def __init__(self, tracking: TrackingConfig | None = None,
                  runs_root: str | os.PathLike[str] = "runs", *,
                  parent: str | os.PathLike[str] | None = None, kind: str = "train",
-                 tags: Mapping[str, str] | None = None) -> None:
+                 tags: Mapping[str, str] | None = None,
+                 params: Mapping[str, Any] | None = None) -> None:
         self.tracking = tracking or TrackingConfig()
         self.runs_root = Path(runs_root)
         self.kind = kind
         self.extra_tags = dict(tags or {})
+        self.extra_params = flatten(dict(params or {}))
         self.parent = _parent_run(parent)
         self.run_id: str | None = None
         self.store: Store | None = None
@@ -167,8 +171,8 @@ class MlflowTracker:
         folder = Path(run_dir)
         try:
             folder.mkdir(parents=True, exist_ok=True)
-            self._begin(folder, experiment or folder.name, flatten(dict(params or {})),
-                        resumed=resumed)
+            self._begin(folder, experiment or folder.name,
+                        {**flatten(dict(params or {})), **self.extra_params}, resumed=resumed)
         except RegistryError:
             raise
         except Exception as exc:

@@ -8,6 +8,8 @@ it changes, so a new or revoked key takes effect without a restart.
 
 Scopes: "predict" (predict, explain, history) and "admin" (reload, labels of any row).
 Admin endpoints always need a credential; predict ones only with `require_api_key`.
+A key may carry its own rate limit (`visiondeck keys create NAME --rate 10/s`), which
+replaces the server's `rate_limit` for that key (see `serve.limits`).
 JWTs (when `jwt_secret` is set) must be HS256, carry `exp` and `sub`, and list scopes in
 `scope` (space separated) or `scopes`.
 """
@@ -23,11 +25,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from visiondeck.errors import ConfigError
 from visiondeck.serve.errors import Forbidden, Unauthorized
+from visiondeck.serve.settings import RateLimit, parse_rate_limit
 
 __all__ = ["SCOPES", "ApiKey", "Authenticator", "KeyRing", "Principal", "create_key"]
 
@@ -42,6 +46,8 @@ class Principal:
     id: str
     scopes: frozenset[str] = field(default_factory=frozenset)
     kind: str = "anonymous"  # "key" | "jwt" | "anonymous"
+    #: the key's own rate limit; None = the server's `rate_limit`
+    rate: RateLimit | None = field(default=None, compare=False)
 
     @property
     def anonymous(self) -> bool:
@@ -56,6 +62,16 @@ class ApiKey:
     scopes: tuple[str, ...]
     created_at: str
     revoked: bool = False
+    rate: str | None = None  # e.g. "10/second"; None = the server's rate_limit
+
+
+@lru_cache(maxsize=1024)
+def _key_rate(text: str | None) -> RateLimit | None:
+    """A key's rate, parsed once per distinct text (keys are checked on every request)."""
+    try:
+        return parse_rate_limit(text)
+    except ConfigError:  # a hand-edited file: the server's limit applies, never none
+        return None
 
 
 def _digest(secret: str) -> str:
@@ -96,7 +112,8 @@ class KeyRing:
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
             return [ApiKey(e["id"], e.get("name", ""), e["hash"], tuple(e.get("scopes", [])),
-                           e.get("created_at", ""), bool(e.get("revoked", False)))
+                           e.get("created_at", ""), bool(e.get("revoked", False)),
+                           e.get("rate") or None)
                     for e in raw.get("keys", [])]
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cannot read the API key file {self.path}: {exc}",
@@ -113,15 +130,22 @@ class KeyRing:
 
     # ---------------------------------------------------------------- writing (CLI)
 
-    def add(self, name: str, scopes: tuple[str, ...]) -> tuple[ApiKey, str]:
-        """Create a key; returns the stored entry and the key (shown once, never stored)."""
+    def add(self, name: str, scopes: tuple[str, ...], rate: str | None = None
+            ) -> tuple[ApiKey, str]:
+        """Create a key; returns the stored entry and the key (shown once, never stored).
+
+        `rate` ("10/second", "600/minute") is this key's own limit.
+        """
         bad = [s for s in scopes if s not in SCOPES]
         if bad:
             raise ConfigError(f"unknown scope(s) {bad}", hint=f"use {', '.join(SCOPES)}")
+        if rate is not None and parse_rate_limit(rate) is None:
+            raise ConfigError(f"--rate {rate!r} would mean no limit at all",
+                              hint="give COUNT/PERIOD, e.g. 10/second, or leave it out")
         key_id = secrets.token_hex(4)
         key = f"{_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
         entry = ApiKey(key_id, name, _digest(key), tuple(scopes),
-                       datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+                       datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"), rate=rate)
         self._write([*self._read_existing(), entry])
         return entry, key
 
@@ -146,17 +170,19 @@ class KeyRing:
     def _write(self, entries: list[ApiKey]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        data = {"format": "visiondeck.api_keys", "keys": [e.__dict__ | {"scopes": list(e.scopes)}
-                                                          for e in entries]}
+        rows = [{k: v for k, v in e.__dict__.items() if k != "rate" or v is not None}
+                | {"scopes": list(e.scopes)} for e in entries]
+        data = {"format": "visiondeck.api_keys", "keys": rows}
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(json.dumps(data, indent=2) + "\n")
         os.replace(tmp, self.path)
 
 
-def create_key(path: Path, name: str, scopes: tuple[str, ...] = ("predict",)) -> tuple[ApiKey, str]:
+def create_key(path: Path, name: str, scopes: tuple[str, ...] = ("predict",),
+               rate: str | None = None) -> tuple[ApiKey, str]:
     """`visiondeck keys create`: add a key to the file at `path`."""
-    return KeyRing(path).add(name, scopes)
+    return KeyRing(path).add(name, scopes, rate)
 
 
 class Authenticator:
@@ -190,7 +216,8 @@ class Authenticator:
             if entry is None:
                 raise Unauthorized("unknown or revoked API key",
                                    hint="create one with `visiondeck keys create NAME`")
-            return Principal(f"key:{entry.id}", frozenset(entry.scopes), "key")
+            return Principal(f"key:{entry.id}", frozenset(entry.scopes), "key",
+                             _key_rate(entry.rate))
         if key.count(".") == 2 and self.jwt_secret:
             return self._from_jwt(key)
         raise Unauthorized("unrecognised credential",

@@ -62,11 +62,14 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Job] | None = None
         self._carry: list[_Job] = []
         self._task: asyncio.Task[None] | None = None
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="visiondeck-infer")
+        self._pool: ThreadPoolExecutor | None = None
         self.incoming = 0  # requests being decoded: more tensors are on their way
         self.batches = 0
 
     async def start(self) -> None:
+        # a fresh pool per start: `stop` shuts the pool down, and an app whose lifespan is
+        # run again (a second TestClient, an ASGI host that restarts it) must still infer
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="visiondeck-infer")
         self._queue = asyncio.Queue()
         self._task = asyncio.create_task(self._loop(), name="visiondeck-batcher")
 
@@ -80,7 +83,9 @@ class MicroBatcher:
         with contextlib.suppress(asyncio.CancelledError):
             await self._task
         self._task = None
-        self._pool.shutdown(wait=True)
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     @property
     def queued(self) -> int:

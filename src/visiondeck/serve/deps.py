@@ -13,7 +13,9 @@ from visiondeck.serve.services import Services
 __all__ = ["AdminCaller", "PredictCaller", "ServicesDep", "client_id"]
 
 
-def get_services(request: Request) -> Services:
+async def get_services(request: Request) -> Services:
+    # async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread
+    # hop on every request for what is one attribute read
     return request.app.state.services
 
 
@@ -29,7 +31,8 @@ def client_id(request: Request, principal: Principal) -> str:
 
 async def _caller(request: Request, services: Services, scope: str, cost: float) -> Principal:
     principal = services.auth.authorize(services.auth.identify(request.headers), scope)
-    allowed, wait = await services.limiter.check(client_id(request, principal), cost)
+    allowed, wait = await services.limiter.check(client_id(request, principal), cost,
+                                                 principal.rate)
     if not allowed:
         raise RateLimited(wait)  # counted in errors{kind="rate_limited"} by its handler
     return principal

@@ -1,10 +1,22 @@
-"""Per-client rate limiting: a token bucket, in-process or shared through Redis.
+"""Per-client rate limiting: a token bucket per caller, in-process or shared through Redis.
+
+The caller is the credential (`key:<id>` for an API key, `jwt:<sub>` for a token) and,
+for anonymous requests, the client address (`ip:<host>`; behind a proxy run uvicorn with
+`--proxy-headers` so that is the real client). Each has its own bucket, so one noisy key
+cannot spend another's budget. The rate is the key's own (`keys create --rate 10/s`) or
+else the server's `rate_limit`.
+
+Why a token bucket: it allows a burst up to the bucket's size and then a smooth rate, and
+the wait it reports is exact, so `Retry-After` tells a client the true time to its next
+token. A fixed window (INCR + EXPIRE) is simpler but lets a client send twice the limit
+across a window edge and can only say "wait until the window ends".
 
 In-process buckets are exact for one worker; with several workers or replicas give
-`redis_url`, and one Lua script per request updates the shared bucket atomically (Redis's
-own clock, so replicas with skewed clocks agree). If Redis cannot be reached the limiter
-falls back to the in-process bucket and says so in the log: a Redis outage degrades the
-limit's precision, never the availability of predictions.
+`redis_url`, and one Lua script per request reads, refills and takes from the shared
+bucket atomically (a hash per caller, on Redis's own clock, so replicas with skewed clocks
+agree and two replicas never both spend the last token). If Redis cannot be reached the
+limiter falls back to the in-process bucket and says so in the log: a Redis outage degrades
+the limit's precision, never the availability of predictions.
 """
 
 from __future__ import annotations
@@ -49,15 +61,19 @@ return {allowed, tostring(wait)}
 class LocalBuckets:
     """Token buckets in this process, at most `max_clients` remembered (LRU)."""
 
-    def __init__(self, limit: RateLimit, max_clients: int = 100_000) -> None:
+    def __init__(self, limit: RateLimit | None = None, max_clients: int = 100_000) -> None:
         self.limit = limit
         self.max_clients = max_clients
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def take(self, client: str, cost: float = 1.0) -> tuple[bool, float]:
-        """(allowed, seconds until it would be)."""
-        rate, burst = self.limit.per_second, float(self.limit.burst)
+    def take(self, client: str, cost: float = 1.0, limit: RateLimit | None = None
+             ) -> tuple[bool, float]:
+        """(allowed, seconds until it would be); `limit` overrides the default shape."""
+        shape = limit or self.limit
+        if shape is None:
+            return True, 0.0
+        rate, burst = shape.per_second, float(shape.burst)
         now = time.monotonic()
         with self._lock:
             tokens, stamp = self._buckets.pop(client, (burst, now))
@@ -75,7 +91,8 @@ class LocalBuckets:
 class RedisBuckets:
     """The same bucket, kept in Redis under `prefix + client`."""
 
-    def __init__(self, limit: RateLimit, url: str, prefix: str = "visiondeck:rate:") -> None:
+    def __init__(self, limit: RateLimit | None, url: str,
+                 prefix: str = "visiondeck:rate:") -> None:
         import redis.asyncio as aioredis
 
         self.limit = limit
@@ -83,9 +100,13 @@ class RedisBuckets:
         self.client: Any = aioredis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
         self._script = self.client.register_script(_LUA)
 
-    async def take(self, client: str, cost: float = 1.0) -> tuple[bool, float]:
+    async def take(self, client: str, cost: float = 1.0, limit: RateLimit | None = None
+                   ) -> tuple[bool, float]:
+        shape = limit or self.limit
+        if shape is None:
+            return True, 0.0
         allowed, wait = await self._script(keys=[self.prefix + client],
-                                           args=[self.limit.per_second, self.limit.burst, cost])
+                                           args=[shape.per_second, shape.burst, cost])
         return bool(int(allowed)), float(wait)
 
     async def close(self) -> None:
@@ -93,38 +114,46 @@ class RedisBuckets:
 
 
 class RateLimiter:
-    """`check(client, cost)` → (allowed, retry_after); Redis first when configured."""
+    """`check(client, cost, limit)` → (allowed, retry_after); Redis first when configured.
 
-    def __init__(self, limit: RateLimit | None, redis_url: str | None = None) -> None:
+    `limit` is the server's default (None: only keys with their own rate are limited);
+    `prefix` namespaces the Redis keys, so deployments can share one Redis.
+    """
+
+    def __init__(self, limit: RateLimit | None, redis_url: str | None = None, *,
+                 prefix: str = "visiondeck:rate:") -> None:
         self.limit = limit
-        self.local = LocalBuckets(limit) if limit else None
-        self.redis = RedisBuckets(limit, redis_url) if limit and redis_url else None
+        self.local = LocalBuckets(limit)
+        self.redis = RedisBuckets(limit, redis_url, prefix) if redis_url else None
         self._redis_down_since: float | None = None
 
     @property
     def enabled(self) -> bool:
+        """Whether callers without a rate of their own are limited."""
         return self.limit is not None
 
     @property
     def backend(self) -> str:
-        if self.limit is None:
-            return "off"
+        """Where the buckets live: "redis" (shared by replicas) or "memory" (this process)."""
         return "redis" if self.redis is not None else "memory"
 
-    async def check(self, client: str, cost: float = 1.0) -> tuple[bool, float]:
-        if self.limit is None:
+    async def check(self, client: str, cost: float = 1.0, limit: RateLimit | None = None
+                    ) -> tuple[bool, float]:
+        """Take `cost` tokens from `client`'s bucket, shaped by `limit` (the caller's own
+        rate) or the server's default; (True, 0) when neither limits it."""
+        shape = limit or self.limit
+        if shape is None:
             return True, 0.0
         if self.redis is not None and self._redis_usable():
             try:
-                result = await self.redis.take(client, cost)
+                result = await self.redis.take(client, cost, shape)
                 self._redis_down_since = None
                 return result
             except Exception as exc:
                 if self._redis_down_since is None:
                     log.warning("rate limiter: Redis unavailable (%s); limiting per process", exc)
                 self._redis_down_since = time.monotonic()
-        assert self.local is not None
-        return self.local.take(client, cost)
+        return self.local.take(client, cost, shape)
 
     def _redis_usable(self) -> bool:
         # after a failure, try Redis again every 5 s rather than on every request

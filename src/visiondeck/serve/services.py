@@ -67,7 +67,8 @@ class Services:
         hub = ObserverHub(observers)
         hub.bind_metrics(metrics.registry)
         services = cls(settings, metrics, Engine(settings, metrics), auth,
-                       RateLimiter(settings.rate, settings.redis_url), hub, store, writer)
+                       RateLimiter(settings.rate, settings.redis_url,
+                                   prefix=settings.redis_prefix), hub, store, writer)
         if settings.label_secret is not None:
             services._label_key = settings.label_secret.get_secret_value().encode()
         return services
@@ -92,6 +93,7 @@ class Services:
         await self.engine.stop()
         if self.explainer is not None:
             self.explainer.close()
+            self.explainer = None  # a restarted lifespan builds a fresh one on demand
         self.observers.close()
         await self.limiter.close()
         if self.writer is not None:
@@ -117,7 +119,10 @@ class Services:
         return hmac.new(self._label_key, prediction_id.encode(), hashlib.sha256).hexdigest()[:32]
 
     def check_label_token(self, prediction_id: str, token: str) -> bool:
-        return hmac.compare_digest(self.label_token(prediction_id), token)
+        # as bytes: compare_digest refuses str with non-ASCII characters (a TypeError, so a
+        # 500, for a token like "\x80" that any client can send)
+        return hmac.compare_digest(self.label_token(prediction_id).encode(),
+                                   token.encode("utf-8", "surrogatepass"))
 
     def get_explainer(self) -> Any:
         if self.explainer is None:

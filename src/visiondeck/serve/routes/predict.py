@@ -59,6 +59,7 @@ def _body_doc(batch: bool) -> dict[str, Any]:
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": text} for code, text in (
+        (400, "no image in the request, or a malformed body"),
         (401, "credential missing or wrong"), (413, "upload too large"),
         (415, "not a supported image"), (422, "image unreadable or request invalid"),
         (429, "rate limited"), (503, "overloaded or model not loaded"))
@@ -145,14 +146,16 @@ async def _predict(services: Services, upload: Upload, label: str | None, client
         label_token=services.label_token(prediction_id),
     )
     _record(services, model, prepared, response, row.embedding, probabilities, label, client,
-            endpoint)
+            endpoint, upload.data)
     return response
 
 
 def _record(services: Services, model: LoadedModel, prepared: PreparedImage,
             response: PredictionResponse, embedding: np.ndarray | None,
-            probabilities: np.ndarray, label: str | None, client: str, endpoint: str) -> None:
-    """Metrics, the history row (queued, never awaited) and the observers."""
+            probabilities: np.ndarray, label: str | None, client: str, endpoint: str,
+            data: bytes) -> None:
+    """Metrics, the history row (queued, never awaited) and the observers (which get the
+    upload's bytes in `extra["upload"]`, for VISIONDECK_KEEP_UPLOADS)."""
     m = services.metrics
     m.predictions.labels(model.name, response.predicted).inc()
     m.confidence.observe(response.confidence)
@@ -167,7 +170,8 @@ def _record(services: Services, model: LoadedModel, prepared: PreparedImage,
             top_k=[{"class": c.class_name, "probability": c.probability} for c in response.top_k],
             latency_ms=response.latency_ms, image_sha256=prepared.sha256,
             image_width=prepared.stats.width, image_height=prepared.stats.height,
-            endpoint=endpoint, label=label, client=client[:100], thumbnail=prepared.thumbnail))
+            endpoint=endpoint, label=label, client=client[:100], thumbnail=prepared.thumbnail,
+            brightness=prepared.stats.brightness, contrast=prepared.stats.contrast))
     if len(services.observers):
         services.observers.notify(PredictionEvent(
             id=response.id, created_at=now, model_name=model.name,
@@ -175,7 +179,8 @@ def _record(services: Services, model: LoadedModel, prepared: PreparedImage,
             probabilities=probabilities, predicted=response.predicted,
             confidence=response.confidence, unknown=response.unknown,
             latency_ms=response.latency_ms, image=prepared.stats,
-            image_sha256=prepared.sha256, label=label, embedding=embedding))
+            image_sha256=prepared.sha256, label=label, embedding=embedding,
+            extra={"upload": data}))
 
 
 # ------------------------------------------------------------------------------ explain
