@@ -17,17 +17,19 @@ _KEYS_FILE = typer.Option("--file", help="key file (default: .visiondeck/api_key
 
 def serve(
     model: Annotated[str, typer.Argument(help="Bundle folder, or models:/NAME@ALIAS")],
-    host: Annotated[str, typer.Option(help="bind address; 0.0.0.0 to accept other hosts")
-                    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
-    workers: Annotated[int, typer.Option(help="worker processes (each loads the model)")] = 1,
-    variant: Annotated[str, typer.Option(help="fp32 or int8 (when the Bundle has it)")] = "fp32",
+    host: Annotated[str | None, typer.Option(
+        help="bind address; 0.0.0.0 to accept other hosts [default: 127.0.0.1]")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [default: 8000]")] = None,
+    workers: Annotated[int | None, typer.Option(
+        help="worker processes, each loads the model [default: 1]")] = None,
+    variant: Annotated[str | None, typer.Option(
+        help="fp32 or int8 (when the Bundle has it) [default: fp32]")] = None,
     database_url: Annotated[str | None, typer.Option(
         help="SQLAlchemy URL for prediction history (default: SQLite in --data-dir)")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="SQLite file, spool and key file")
                         ] = None,
-    store: Annotated[bool, typer.Option("--store/--no-store", help="record predictions")
-                     ] = True,
+    store: Annotated[bool | None, typer.Option("--store/--no-store",
+                                               help="record predictions [default: on]")] = None,
     require_key: Annotated[bool, typer.Option("--require-key", help="predictions need an "
                                               "API key too (admin always does)")] = False,
     rate_limit: Annotated[str | None, typer.Option(help="per API key (anonymous: per client "
@@ -37,7 +39,11 @@ def serve(
     max_wait_ms: Annotated[float | None, typer.Option(help="batching wait")] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Serve a model over HTTP: /predict, /predict/batch, /explain, /docs, /metrics."""
+    """Serve a model over HTTP: /predict, /predict/batch, /explain, /docs, /metrics.
+
+    Options left out keep what the environment says (VISIONDECK_HOST, VISIONDECK_PORT, ...,
+    as in a container), then the built-in defaults.
+    """
     import uvicorn
 
     from visiondeck.cli._ui import console
