@@ -52,7 +52,8 @@ def test_onnx_model_is_valid_has_a_dynamic_batch_and_matches_the_weights(exporte
     onnx.checker.check_model(str(path), full_check=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == ["input"]
-    assert [o.name for o in session.get_outputs()] == ["logits"]
+    # "embedding" (penultimate features) feeds drift monitoring; see tests/monitor
+    assert [o.name for o in session.get_outputs()] == ["logits", "embedding"]
     assert isinstance(session.get_inputs()[0].shape[0], str)  # symbolic: any batch size
     import torch
 

@@ -77,6 +77,7 @@ def export_run(
     tolerance: float = DEFAULT_TOLERANCE,
     max_int8_drop: float = 0.01,
     exporter: str = "torchscript",
+    reference_images: int = 1000,
     log: Log | None = None,
 ) -> ExportResult:
     """Export a finished run's best network as a Bundle (default folder: RUN/bundle).
@@ -84,6 +85,8 @@ def export_run(
     int8: also write `model.int8.onnx` (static, calibrated on `calibration_images` training
     images; dynamic when static fails or loses more than `max_int8_drop` test accuracy).
     prune: share of weights to prune before export, with `prune_steps` fine-tuning steps.
+    reference_images: held-out images measured for drift monitoring's reference statistics
+    (`reference.json`; 0 leaves them out and the served model then reports "no reference").
     """
     from visiondeck.train.artifacts import load_run_splits, load_trained
 
@@ -154,6 +157,9 @@ def export_run(
             variants["int8"] = _variant(work, INT8_FILE, scores["int8"]) | int8_info
         info = _bundle_info(trained, run, split, spec, parity, variants, pruning, used, notes)
         write_bundle_json(work, info)
+        if reference_images > 0:
+            say("measuring reference statistics for drift monitoring")
+            _add_reference(work, info, split, test_root, test_records, reference_images, notes)
         load_bundle(work)  # what we publish must load
         _publish(work, target)
     except BaseException:
@@ -181,6 +187,22 @@ def _test_records(split: Any, test_split: Any) -> tuple[Path, list]:
     return Path(split.root), split.subset("test")
 
 
+def _add_reference(work: Path, info: dict[str, Any], split: Any, test_root: Path,
+                   test_records: list, limit: int, notes: list[str]) -> None:
+    """Measure the held-out images through the exported model; store reference.json."""
+    from visiondeck.export.reference import compute_reference
+    from visiondeck.monitor.reference import save_reference
+
+    held_out = [(Path(split.root), split.subset("val")), (test_root, test_records)]
+    reference = compute_reference(load_bundle(work), work / MODEL_FILE, held_out,
+                                  (Path(split.root), split.subset("train")), limit=limit)
+    if reference is None:
+        notes.append("no readable held-out image: no reference statistics for monitoring")
+        return
+    info["reference"] = save_reference(work, reference)
+    write_bundle_json(work, info)
+
+
 def _to_onnx(model: Any, spec: InputSpec, path: Path, exporter: str, notes: list[str]) -> str:
     """Export with a dynamic batch axis; the other exporter is tried when the first fails."""
     import warnings
@@ -188,7 +210,10 @@ def _to_onnx(model: Any, spec: InputSpec, path: Path, exporter: str, notes: list
     import onnx
     import torch
 
+    from visiondeck.export.reference import with_embedding
+
     example = torch.zeros((2, *spec.shape), dtype=torch.float32)
+    module, outputs = with_embedding(model, spec, notes)
     order = [exporter, *[e for e in EXPORTERS if e != exporter]]
     errors = []
     for name in order:
@@ -196,13 +221,15 @@ def _to_onnx(model: Any, spec: InputSpec, path: Path, exporter: str, notes: list
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")  # deprecation and tracer chatter
                 if name == "torchscript":
-                    torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=17,
-                                      input_names=["input"], output_names=["logits"],
-                                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+                    torch.onnx.export(module, (example,), str(path), dynamo=False,
+                                      opset_version=17, input_names=["input"],
+                                      output_names=outputs,
+                                      dynamic_axes={"input": {0: "batch"},
+                                                    **{o: {0: "batch"} for o in outputs}})
                 else:
                     batch = torch.export.Dim("batch", min=1, max=65536)
-                    program = torch.onnx.export(model, (example,), dynamo=True, opset_version=18,
-                                                input_names=["input"], output_names=["logits"],
+                    program = torch.onnx.export(module, (example,), dynamo=True, opset_version=18,
+                                                input_names=["input"], output_names=outputs,
                                                 dynamic_shapes=({0: batch},), verbose=False)
                     program.optimize()
                     program.save(str(path))

@@ -56,6 +56,7 @@ def create_app(settings: ServeSettings | None = None, *,
 
     settings = settings or ServeSettings()
     services = Services.build(settings, list(observers))
+    _add_monitoring(services, settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -88,6 +89,26 @@ def create_app(settings: ServeSettings | None = None, *,
                            allow_methods=["GET", "POST", "PUT"],
                            allow_headers=["Authorization", "X-API-Key", "Content-Type"])
     return app
+
+
+def _add_monitoring(services: Services, settings: ServeSettings) -> None:
+    """The drift observer (inert for a Bundle without reference statistics) and, when
+    asked for, the upload keeper that lets `visiondeck retrain` use labelled predictions."""
+    if settings.monitor:
+        from visiondeck.monitor import DriftThresholds
+        from visiondeck.serve.drift import DriftObserver
+
+        thresholds = DriftThresholds(min_window=settings.monitor_min_window,
+                                     min_accuracy=settings.monitor_min_accuracy)
+        services.observers.add(DriftObserver(
+            services.engine, capacity=settings.monitor_window, store=services.store,
+            writer=services.writer, thresholds=thresholds,
+            refresh_s=settings.monitor_refresh_s))
+    if settings.keep_uploads is not None:
+        from visiondeck.serve.keeper import UploadKeeper
+
+        services.observers.add(UploadKeeper(settings.keep_uploads,
+                                            max_bytes=settings.max_upload_bytes))
 
 
 def create_app_from_env() -> FastAPI:
@@ -137,7 +158,9 @@ def _add_exception_handlers(app: FastAPI, services: Services) -> None:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
         count.labels("invalid_request").inc()
-        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", "")} for e in exc.errors()]
+        # loc/msg/type: the shape /openapi.json declares for FastAPI's validation errors
+        errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
+                   "type": e.get("type", "value_error")} for e in exc.errors()]
         return _error(422, "invalid_request", errors, "check the parameters against /docs")
 
     @app.exception_handler(StarletteHTTPException)

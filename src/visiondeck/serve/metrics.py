@@ -61,10 +61,13 @@ class ServeMetrics:
                                ["outcome"], registry=r)
         self.model_info = Gauge("visiondeck_model_info", "the model being served (value 1)",
                                 ["name", "version", "variant"], registry=r)
+        self.ready = Gauge("visiondeck_ready", "1 once a model is loaded and warmed (what "
+                           "/ready answers 200 for)", registry=r)
 
     def set_model(self, name: str, version: str, variant: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name, version, variant).set(1)
+        self.ready.set(1)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

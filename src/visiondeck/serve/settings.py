@@ -107,10 +107,29 @@ class ServeSettings(BaseSettings):
     jwt_issuer: str | None = None
     label_secret: SecretStr | None = Field(
         None, description="signs label tokens (default: random per process)")
-    rate_limit: str | None = Field(None, description="per client, e.g. 600/minute (off)")
+    rate_limit: str | None = Field(
+        None, description="per API key (anonymous: per client address), e.g. 600/minute; "
+                          "a key's own --rate wins (off)")
     rate_burst: int | None = Field(None, ge=1)
     redis_url: str | None = Field(None, description="share rate limits between replicas")
+    redis_prefix: str = Field("visiondeck:rate:", min_length=1,
+                              description="namespace of the rate-limit keys in Redis")
     explain: bool = Field(True, description="offer /explain (loads torch on first use)")
+
+    # drift monitoring (docs/monitoring.md)
+    monitor: bool = Field(
+        True, description="compare live traffic with the Bundle's reference statistics "
+                          "(/monitor/summary, visiondeck_drift_* on /metrics)")
+    monitor_window: int = Field(1000, ge=10, le=100_000,
+                                description="predictions in the sliding drift window")
+    monitor_min_window: int = Field(30, ge=1, description="predictions before any alarm")
+    monitor_min_accuracy: float | None = Field(
+        None, ge=0.0, le=1.0, description="live accuracy below this raises the alarm too")
+    monitor_refresh_s: float = Field(
+        15.0, gt=0.0, description="how often live accuracy is re-read from the labels")
+    keep_uploads: Path | None = Field(
+        None, description="keep uploaded images in this folder, content-addressed, so "
+                          "labelled predictions can be retrained on (off by default)")
 
     @field_validator("cors_origins", mode="before")
     @classmethod

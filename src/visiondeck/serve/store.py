@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -48,6 +49,12 @@ class PredictionRecord:
     label: str | None = None
     client: str | None = None
     thumbnail: bytes | None = field(default=None, repr=False)
+    # added for drift monitoring (nullable; rows from before have none): the decoded
+    # image's mean and standard deviation (0..255), and the monitor's embedding projection
+    # {"ref": reference id, "z": [...], "r": residual}
+    brightness: float | None = None
+    contrast: float | None = None
+    features: dict[str, Any] | None = field(default=None, repr=False)
 
     def to_json(self, *, thumbnail: bool = False) -> dict[str, Any]:
         data = asdict(self)
@@ -104,7 +111,9 @@ class PredictionStore:
 
     COLUMNS = ("id", "created_at", "model_name", "model_version", "predicted", "confidence",
                "unknown", "top_k", "latency_ms", "image_sha256", "image_width",
-               "image_height", "endpoint", "label", "client")
+               "image_height", "endpoint", "label", "client", "brightness", "contrast")
+    #: columns added after the first release: nullable, added in place to older tables
+    ADDED_COLUMNS = ("brightness", "contrast", "features")
 
     def __init__(self, url: str, *, prefix: str = "visiondeck_", connect_timeout: float = 3.0
                  ) -> None:
@@ -136,15 +145,44 @@ class PredictionStore:
             sa.Column("label", sa.String(200), nullable=True),
             sa.Column("client", sa.String(100), nullable=True),
             sa.Column("thumbnail", sa.LargeBinary, nullable=True),
+            sa.Column("brightness", sa.Float, nullable=True),
+            sa.Column("contrast", sa.Float, nullable=True),
+            sa.Column("features", sa.JSON, nullable=True),
         )
         self._created = False
+        self._create_lock = threading.Lock()
 
     # ----------------------------------------------------------------------- writing
 
     def create(self) -> None:
-        if not self._created:
-            self.metadata.create_all(self.engine, checkfirst=True)
-            self._created = True
+        if self._created:
+            return
+        with self._create_lock:  # the writer thread and readers may arrive together
+            if not self._created:
+                self.metadata.create_all(self.engine, checkfirst=True)
+                self._add_missing_columns()
+                self._created = True
+
+    def _add_missing_columns(self) -> None:
+        """Upgrade a table written by an older VisionDeck: ALTER TABLE ADD the nullable
+        columns it lacks (SQLite and PostgreSQL both do this in place, keeping every row).
+        Another process adding the same column at the same moment is not an error."""
+        name = self.table.name
+        present = {c["name"] for c in sa.inspect(self.engine).get_columns(name)}
+        quote = self.engine.dialect.identifier_preparer.quote
+        for column_name in self.ADDED_COLUMNS:
+            if column_name in present:
+                continue
+            column = self.table.c[column_name]
+            ddl = (f"ALTER TABLE {quote(name)} ADD COLUMN {quote(column_name)} "
+                   f"{column.type.compile(dialect=self.engine.dialect)}")
+            try:
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(ddl))
+            except sa.exc.DBAPIError:
+                again = {c["name"] for c in sa.inspect(self.engine).get_columns(name)}
+                if column_name not in again:
+                    raise
 
     def insert_many(self, records: Sequence[PredictionRecord]) -> None:
         """Insert rows in one transaction; rows already present (a retried batch) are skipped."""
@@ -196,6 +234,38 @@ class PredictionStore:
             rows = [_record(row) for row in conn.execute(select).mappings()]
             total = int(conn.execute(count).scalar_one())
         return rows, total
+
+    def iter_records(self, q: PredictionQuery, *, page: int = 5000
+                     ) -> Iterable[PredictionRecord]:
+        """Every row matching `q` (its limit and offset ignored), oldest first, without
+        thumbnails, read `page` rows at a time: what reports and retraining scan."""
+        self.create()
+        t = self.table
+        columns = [c for c in t.c if c.name != "thumbnail"]
+        where = self._where(q)
+        last: tuple[datetime, str] | None = None
+        while True:
+            select = sa.select(*columns).where(*where)
+            if last is not None:  # keyset paging: stable while rows are being added
+                select = select.where(sa.or_(t.c.created_at > last[0], sa.and_(
+                    t.c.created_at == last[0], t.c.id > last[1])))
+            select = select.order_by(t.c.created_at.asc(), t.c.id.asc()).limit(page)
+            with self.engine.connect() as conn:
+                rows = [_record(row) for row in conn.execute(select).mappings()]
+            yield from rows
+            if len(rows) < page:
+                return
+            last = (_utc(rows[-1].created_at), rows[-1].id)
+
+    def labelled_pairs(self, model_version: str, limit: int = 1000) -> list[tuple[str, str]]:
+        """(predicted, label) of the newest labelled predictions of one model version."""
+        self.create()
+        t = self.table
+        select = (sa.select(t.c.predicted, t.c.label)
+                  .where(t.c.model_version == model_version, t.c.label.is_not(None))
+                  .order_by(t.c.created_at.desc()).limit(limit))
+        with self.engine.connect() as conn:
+            return [(row[0], row[1]) for row in conn.execute(select)]
 
     def get(self, prediction_id: str) -> PredictionRecord | None:
         self.create()

@@ -28,6 +28,7 @@ from visiondeck.serve.store import PredictionRecord, PredictionStore
 __all__ = ["StoreWriter"]
 
 log = logging.getLogger("visiondeck.serve.store")
+_ANNOTATE_SCAN = 1024  # rows annotate() looks through, newest first
 
 
 class StoreWriter:
@@ -46,6 +47,7 @@ class StoreWriter:
         self.linger_s = linger_s
         self.metrics = metrics
         self._queue: deque[PredictionRecord] = deque()
+        self._late_labels: dict[str, str | None] = {}  # labels of rows being written
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -73,9 +75,26 @@ class StoreWriter:
         """Set the label of a row still waiting in memory (a label sent right after the
         prediction); False when the row is not queued (then update the database)."""
         with self._lock:
-            for record in self._queue:
+            for i, record in enumerate(self._queue):
                 if record.id == record_id:
                     record.label = label
+                    if i < self._inflight:  # its row may be serialised already: set the
+                        self._late_labels[record_id] = label  # label again once written
+                    return True
+        return False
+
+    def annotate(self, record_id: str, **fields: Any) -> bool:
+        """Set fields of a row still waiting in memory and not yet being written (the drift
+        monitor adds its embedding projection right after the prediction is queued).
+        False when the row is already on its way to the database: the values are dropped."""
+        with self._lock:
+            # newest first: the row was queued microseconds ago, so it is among the last
+            # few; the scan stops at the rows being written and after _ANNOTATE_SCAN rows
+            searchable = min(len(self._queue) - self._inflight, _ANNOTATE_SCAN)
+            for _, record in zip(range(searchable), reversed(self._queue), strict=False):
+                if record.id == record_id:
+                    for name, value in fields.items():
+                        setattr(record, name, value)
                     return True
         return False
 
@@ -134,6 +153,7 @@ class StoreWriter:
     # ------------------------------------------------------------------ the thread
 
     _busy = False
+    _inflight = 0  # rows at the left of the queue being written now (annotate skips them)
 
     def _run(self) -> None:
         delay = self.retry_initial_s
@@ -157,12 +177,15 @@ class StoreWriter:
     def _write_batch(self) -> bool:
         with self._lock:
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
+            self._inflight = len(batch)
         if not batch:
             return True
         self._busy = True
         try:
             self.store.insert_many(batch)
         except Exception as exc:
+            with self._lock:
+                self._inflight = 0
             self.failures += 1
             self.healthy = False
             self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
@@ -177,6 +200,14 @@ class StoreWriter:
         with self._lock:
             for _ in batch:  # only this thread removes from the left end
                 self._queue.popleft()
+            self._inflight = 0
+            late = {r.id: self._late_labels.pop(r.id) for r in batch
+                    if r.id in self._late_labels}
+        for record_id, label in late.items():
+            try:
+                self.store.set_label(record_id, label)
+            except Exception as exc:
+                log.warning("a label sent while its row was being written was lost: %s", exc)
         self.written += len(batch)
         self.healthy, self.last_error = True, None
         self._gauge()

@@ -43,7 +43,10 @@ async def _call(fn, *args):
                                ) from None
 
 
-@router.get("/predictions", response_model=PredictionPage, responses=_ERRORS)
+@router.get("/predictions", response_model=PredictionPage, responses={
+    200: {"content": {"text/csv": {"schema": {"type": "string"}}},
+          "description": "a page of predictions (JSON), or all of them as CSV (format=csv)"},
+    **_ERRORS})
 async def list_predictions(
     services: ServicesDep, caller: PredictCaller,
     predicted: Annotated[str | None, Query(alias="class", max_length=200)] = None,
@@ -54,17 +57,21 @@ async def list_predictions(
     until: datetime | None = None,
     unknown: bool | None = None,
     labelled: bool | None = None,
+    sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$",
+                                        description="only this image (its SHA-256)")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     order: Literal["newest", "oldest"] = "newest",
     format: Literal["json", "csv"] = "json",
     thumbnails: bool = False,
 ) -> Response:
-    """Stored predictions, newest first; `format=csv` downloads them."""
+    """Stored predictions, newest first; `format=csv` downloads them; `sha256` finds every
+    prediction of one image (the web page's comparison of model versions)."""
     query = PredictionQuery(predicted=predicted, model_version=model_version,
                             min_confidence=min_confidence, max_confidence=max_confidence,
                             since=since, until=until, unknown=unknown, labelled=labelled,
-                            limit=limit, offset=offset, newest_first=order == "newest")
+                            image_sha256=sha256, limit=limit, offset=offset,
+                            newest_first=order == "newest")
     rows, total = await _call(_store(services).query, query)
     if format == "csv":
         return Response(to_csv(rows), media_type="text/csv", headers={
@@ -96,8 +103,9 @@ async def get_thumbnail(prediction_id: PredictionId, services: ServicesDep,
                     headers={"Cache-Control": "private, max-age=86400"})
 
 
-@router.put("/predictions/{prediction_id}/label", responses={403: {"model": ErrorBody},
-                                                             **_ERRORS})
+@router.put("/predictions/{prediction_id}/label", responses={
+    400: {"model": ErrorBody, "description": "the body is not JSON"},
+    403: {"model": ErrorBody}, **_ERRORS})
 async def set_label(prediction_id: PredictionId, body: LabelRequest, request: Request,
                     services: ServicesDep) -> dict:
     """Attach the true label: with the prediction's `label_token`, or an admin credential."""
