@@ -93,6 +93,21 @@ def test_evaluation_calibration_and_metrics_are_copied(trained_run: Path, tmp_pa
     assert bundle.calibration.temperature == 1.7 and bundle.calibration.reject is not None
     assert bundle.info["metrics"] == {"accuracy": 0.97, "macro_f1": 0.96}
     assert "int8" not in bundle.variants
+    assert "evaluation" not in bundle.info  # that metrics.json has no confusion matrix
+
+
+def test_the_confusion_matrix_travels_in_the_bundle(trained_run: Path, tmp_path: Path) -> None:
+    """The model card of a served Bundle shows it without the run folder."""
+    from visiondeck.evaluate import evaluate_run
+
+    run = Path(shutil.copytree(trained_run, tmp_path / "run"))
+    evaluate_run(run)
+    report = json.loads((run / "evaluation" / "metrics.json").read_text())
+    export_run(run, parity_images=4, int8=False)
+    evaluation = load_bundle(run / "bundle").info["evaluation"]
+    assert evaluation["confusion_matrix"]["counts"] == report["confusion_matrix"]["counts"]
+    assert evaluation["split"] == report["split"]
+    assert sum(map(sum, evaluation["confusion_matrix"]["counts"])) == report["n"]
 
 
 def test_parity_failure_is_loud_and_leaves_nothing(trained_run: Path, tmp_path: Path) -> None:

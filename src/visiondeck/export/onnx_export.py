@@ -339,10 +339,17 @@ def _prune(model: Any, split: Any, classes: list[str], spec: InputSpec, trained:
                               evaluate=evaluate, steps=steps, lr=lr).to_dict()
 
 
-def _read_evaluation(run: Path, classes: list[str], notes: list[str]) -> tuple[dict, dict]:
+def _read_evaluation(run: Path, classes: list[str], notes: list[str]
+                     ) -> tuple[dict, dict, dict | None]:
+    """Calibration, headline metrics and the confusion matrix of the run's evaluation.
+
+    The matrix travels in the Bundle so a model card (the web page's) can show it without
+    the run folder, which a served model rarely has beside it.
+    """
     folder = run / "evaluation"
     calibration: dict[str, Any] = Calibration().to_dict()
     metrics: dict[str, Any] = {}
+    evaluation: dict[str, Any] | None = None
     try:
         if (folder / "calibration.json").is_file():
             raw = json.loads((folder / "calibration.json").read_text())
@@ -351,9 +358,20 @@ def _read_evaluation(run: Path, classes: list[str], notes: list[str]) -> tuple[d
             raw = json.loads((folder / "metrics.json").read_text())
             headline = raw.get("headline", {}) if isinstance(raw, dict) else {}
             metrics = {k: v for k, v in headline.items() if isinstance(v, int | float | str)}
+            evaluation = _evaluation_summary(raw, len(classes))
     except (json.JSONDecodeError, BundleError, AttributeError) as exc:
         notes.append(f"ignored the run's evaluation files ({exc})")
-    return calibration, metrics
+    return calibration, metrics, evaluation
+
+
+def _evaluation_summary(raw: Any, k: int) -> dict[str, Any] | None:
+    matrix = raw.get("confusion_matrix") if isinstance(raw, dict) else None
+    counts = matrix.get("counts") if isinstance(matrix, dict) else None
+    if not (isinstance(counts, list) and len(counts) == k
+            and all(isinstance(row, list) and len(row) == k for row in counts)):
+        return None
+    return {"split": str(raw.get("split") or "test"), "n": raw.get("n"),
+            "confusion_matrix": {"counts": [[int(v) for v in row] for row in counts]}}
 
 
 def _bundle_info(trained: Any, run: Path, split: Any, spec: InputSpec, parity: dict,
@@ -361,7 +379,7 @@ def _bundle_info(trained: Any, run: Path, split: Any, spec: InputSpec, parity: d
                  ) -> dict[str, Any]:
     from visiondeck import __version__
 
-    calibration, metrics = _read_evaluation(run, trained.classes, notes)
+    calibration, metrics, evaluation = _read_evaluation(run, trained.classes, notes)
     info: dict[str, Any] = {
         "name": trained.recipe.name if trained.recipe is not None else run.name,
         "architecture": trained.architecture,
@@ -378,6 +396,8 @@ def _bundle_info(trained: Any, run: Path, split: Any, spec: InputSpec, parity: d
                    "notes": list(notes)},
         "versions": {"visiondeck": __version__, **_versions()},
     }
+    if evaluation is not None:
+        info["evaluation"] = evaluation
     if pruning is not None:
         info["pruning"] = pruning
     return info
