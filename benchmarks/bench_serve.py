@@ -10,7 +10,9 @@ What it measures, for a Fashion-MNIST Bundle (28×28 grey) and an EfficientNet-L
 - the same for a naive server written the way the seeds write theirs: Flask's server, one
   request at a time, the torch model run eagerly per request with torchvision transforms.
 
-The load generator is a bounded asyncio client in this file (pre-built multipart requests
+The load generator is wrk when it is installed (`apt-get install wrk`; one thread, C, so the
+client takes little of the two cores), otherwise (or with `--client python`) a bounded
+asyncio client in this file (pre-built multipart requests
 over keep-alive connections; the naive server speaks HTTP/1.0, so it reconnects per
 request, as a browser or curl would against it). Each level stops after --requests
 requests or --max-seconds, whichever comes first. Client and server share the machine's
