@@ -7,8 +7,7 @@ Runtime. Public names are resolved lazily on first attribute access, so notebook
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from visiondeck._lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -34,15 +33,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = ["__version__", *sorted(_LAZY)]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'visiondeck' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -11,8 +11,7 @@ Names resolve lazily; `metrics` and `calibration` are numpy-only.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from visiondeck._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "EvaluationError": "predict",
@@ -30,15 +29,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'visiondeck.evaluate' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -8,8 +8,7 @@ this package costs nothing.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from visiondeck._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
     "Bundle": "visiondeck.export.bundle",
@@ -28,15 +27,4 @@ _LAZY: dict[str, str] = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'visiondeck.export' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -9,8 +9,9 @@ a timm architecture (or EfficientNet-Lite) is asked for.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from visiondeck._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from visiondeck.models.cbam import CBAM, add_cbam_to_resnet
@@ -75,15 +76,4 @@ __all__ = [
     "unfreeze_stages",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'visiondeck.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_LAZY})
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

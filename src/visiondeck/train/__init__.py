@@ -6,8 +6,7 @@ This is the only package that imports Lightning. Networks stay plain `nn.Module`
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from visiondeck._lazy import lazy_exports
 
 _LAZY = {
     "train": "visiondeck.train.runner",
@@ -18,8 +17,4 @@ _LAZY = {
 
 __all__ = sorted(_LAZY)
 
-
-def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module 'visiondeck.train' has no attribute {name!r}")
-    return getattr(importlib.import_module(_LAZY[name]), name)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -1,0 +1,47 @@
+"""The packages' lazy public names (visiondeck._lazy): cheap imports, real objects on use."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PACKAGES = ["visiondeck", "visiondeck.data", "visiondeck.models", "visiondeck.train",
+            "visiondeck.evaluate", "visiondeck.explain", "visiondeck.export",
+            "visiondeck.registry", "visiondeck.serve", "visiondeck.monitor",
+            "visiondeck.pipeline"]
+HEAVY = ["torch", "lightning", "timm", "mlflow", "onnxruntime", "pytorch_grad_cam"]
+
+
+def test_importing_every_package_imports_no_heavy_library() -> None:
+    code = (f"import importlib, json, sys\n"
+            f"for p in {PACKAGES!r}: importlib.import_module(p)\n"
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out) == []
+
+
+def test_a_lazy_name_is_the_real_object_and_is_cached() -> None:
+    import visiondeck.export as export
+    from visiondeck.export.bundle import load_bundle
+
+    assert export.load_bundle is load_bundle
+    assert "load_bundle" in vars(export)  # resolved once, then a plain attribute
+    assert "load_bundle" in dir(export)
+
+
+def test_relative_names_resolve_inside_the_package() -> None:
+    import visiondeck.evaluate as evaluate
+    from visiondeck.evaluate.core import evaluate_run
+
+    assert evaluate.evaluate_run is evaluate_run
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    import visiondeck.export as export
+
+    with pytest.raises(AttributeError, match=r"visiondeck\.export.*no_such_thing"):
+        export.no_such_thing  # noqa: B018
