@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
+from visiondeck._files import private_tmp
 from visiondeck.config import DataConfig
 from visiondeck.data.sources import Source, SourceFile, open_source
 from visiondeck.errors import DataError
@@ -105,7 +106,7 @@ class Catalog:
         """JSON lines: a header line, then one line per file (streams, diffs well)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = private_tmp(path)
         header = {
             "catalog_version": CATALOG_VERSION,
             "root": str(self.root),

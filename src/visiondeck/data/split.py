@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visiondeck._files import atomic_write_text, private_tmp
 from visiondeck.data.catalog import Catalog, CatalogEntry, FileStatus
 from visiondeck.errors import DataError, SplitMismatchError
 
@@ -158,7 +159,7 @@ def save_split(split: Split, folder: str | os.PathLike[str]) -> Path:
     """Write split.csv (one row per file), split.json (parameters) and classes.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / "split.csv.tmp"
+    tmp = private_tmp(folder / "split.csv")
     with tmp.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["relpath", "label", "sha256", "subset", "fold"])
@@ -177,8 +178,8 @@ def save_split(split: Split, folder: str | os.PathLike[str]) -> Path:
         "counts": split.counts(),
         **split.meta,
     }
-    (folder / "split.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
-    (folder / "classes.json").write_text(json.dumps(split.classes, indent=2) + "\n", "utf-8")
+    atomic_write_text(folder / "split.json", json.dumps(meta, indent=2) + "\n")
+    atomic_write_text(folder / "classes.json", json.dumps(split.classes, indent=2) + "\n")
     return folder
 
 

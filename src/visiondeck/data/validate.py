@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from visiondeck._files import atomic_write_text
 from visiondeck.data.catalog import Catalog, CatalogEntry, FileStatus
 from visiondeck.errors import DataError
 
@@ -98,8 +99,7 @@ class DataReport:
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=2) + "\n", encoding="utf-8")
-        return path
+        return atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
 
 
 def _problem_json(entry: CatalogEntry) -> dict:

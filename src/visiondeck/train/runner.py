@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visiondeck._files import atomic_write_text
 from visiondeck.config import Recipe, load_recipe, save_recipe
 from visiondeck.errors import VisionDeckError
 
@@ -199,7 +200,7 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> Buil
     L.seed_everything(recipe.train.seed, workers=True, verbose=False)
     outcome = prepare_split(recipe.data, progress=progress, force=False)
     split = outcome.split
-    (folder / "classes.json").write_text(json.dumps(split.classes, indent=2) + "\n")
+    atomic_write_text(folder / "classes.json", json.dumps(split.classes, indent=2) + "\n")
     spec_info = model_spec(recipe.model.name)
     spec = resolve_spec(recipe.data, spec_info.mean if recipe.model.pretrained else None,
                         spec_info.std if recipe.model.pretrained else None)
