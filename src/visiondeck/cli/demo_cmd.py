@@ -26,9 +26,12 @@ def demo(
                                         "http://127.0.0.1:PORT until Ctrl-C")] = False,
     port: Annotated[int, typer.Option(help="port for --serve")] = 8000,
 ) -> None:
-    """Materialise the bundled sample, then run the pipeline on it: check → split → train →
-    evaluate → export (+int8) → register → promote. Run it again: unchanged steps are
-    skipped."""
+    """The whole flow on the bundled sample: data → train → evaluate → export (→ serve).
+
+    Materialises the sample, runs the pipeline (check → split → train → evaluate → export
+    (+int8) → register → promote) and, with --serve, serves the Bundle. Run it again:
+    unchanged steps are skipped.
+    """
     from visiondeck.cli._ui import console
     from visiondeck.cli.pipeline_cmd import run_and_report
     from visiondeck.data.materialize import materialize

@@ -194,8 +194,11 @@ def retrain(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="decide and gather the data, "
                                           "but do not train")] = False,
 ) -> None:
-    """Retrain on the recipe's data plus newly labelled predictions, when accuracy or drift
-    say so: decide → gather labelled images → run the pipeline."""
+    """Retrain on the data plus newly labelled predictions when accuracy or drift say so.
+
+    Decide (live accuracy, drift) → gather the kept images of labelled predictions → run
+    the pipeline.
+    """
     import os
 
     from visiondeck.cli._ui import console

@@ -233,8 +233,10 @@ def register(
     tracking_uri: TrackingUri = None,
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
-    """Register a Bundle as a new model version (only past the quality gate). Exit 10 when
-    refused."""
+    """Register a Bundle as a new model version, only past the quality gate.
+
+    Exit 10 when refused (a failed gate without --force).
+    """
     from visiondeck.cli._ui import console
     from visiondeck.registry.models import register as do_register
 
