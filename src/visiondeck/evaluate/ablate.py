@@ -29,7 +29,7 @@ from pydantic import ValidationError
 
 from visiondeck.config import Recipe, apply_overrides, parse_overrides
 from visiondeck.errors import ConfigError
-from visiondeck.evaluate.tracking import StudyTracker, metric_key
+from visiondeck.evaluate.tracking import StudyTracker, metric_key, unfinished_on_error
 
 __all__ = ["AblationCell", "AblationResult", "ablate", "parse_vary", "plan_cells",
            "summary_metrics"]
@@ -193,7 +193,7 @@ def ablate(recipe: Recipe, vary: Mapping[str, Sequence[str]], *, seeds: Sequence
         tracker.start(root, kind="ablation", name=recipe.name, params={
             "design": design, "metric": metric, "seeds": list(seeds), "cells": total,
             "vary": factors, "recipe": recipe.model_dump(mode="json")})
-    try:
+    with unfinished_on_error(tracker):
         done: list[AblationCell] = []
         for cell in cells_plan:
             for seed in seeds:
@@ -207,11 +207,6 @@ def ablate(recipe: Recipe, vary: Mapping[str, Sequence[str]], *, seeds: Sequence
                 if on_cell is not None:
                     on_cell(len(done), total, outcome)
         result = _write_results(recipe, root, factors, metric, design, seeds, done)
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.finish(metrics={}, artifacts=[], status="KILLED"
-                           if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
     if tracker is not None:
         tracker.finish(metrics=summary_metrics(result), artifacts=[
             root / "results.json", root / "table.csv", *([result.chart] if result.chart

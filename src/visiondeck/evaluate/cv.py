@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from visiondeck.config import Recipe, save_recipe
 from visiondeck.evaluate.predict import EvaluationError
-from visiondeck.evaluate.tracking import StudyTracker, metric_key
+from visiondeck.evaluate.tracking import StudyTracker, metric_key, unfinished_on_error
 
 if TYPE_CHECKING:
     from visiondeck.train.tracking import Tracker
@@ -163,7 +163,7 @@ def cross_validate(recipe: Recipe, folds: int = 5, *, out_dir: str | os.PathLike
         tracker.start(root, kind="cv", name=recipe.name,
                       params={"folds": folds, "recipe": recipe.model_dump(mode="json")})
     runs, per_fold = [], []
-    try:
+    with unfinished_on_error(tracker):
         for fold in range(folds):
             run = root / f"fold-{fold}"
             metrics_file = run / "evaluation" / "metrics.json"
@@ -184,11 +184,6 @@ def cross_validate(recipe: Recipe, folds: int = 5, *, out_dir: str | os.PathLike
                 on_fold(fold, headline)
         result = CVResult(root, folds, runs, per_fold, summarize_folds(per_fold))
         _write_results(result, recipe)
-    except BaseException as exc:
-        if tracker is not None:
-            tracker.finish(metrics={}, artifacts=[], status="KILLED"
-                           if isinstance(exc, KeyboardInterrupt) else "FAILED")
-        raise
     if tracker is not None:
         tracker.finish(metrics=summary_metrics(result.summary),
                        artifacts=[root / "cv.json", root / "folds.csv"])

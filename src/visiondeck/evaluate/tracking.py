@@ -20,7 +20,8 @@ interrupted study that is resumed still ends with every child recorded once.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from visiondeck.config import Recipe
     from visiondeck.train.tracking import Tracker
 
-__all__ = ["StudyTracker", "metric_key"]
+__all__ = ["StudyTracker", "metric_key", "unfinished_on_error"]
 
 
 @runtime_checkable
@@ -57,3 +58,18 @@ def metric_key(*parts: str) -> str:
     import re
 
     return ".".join(re.sub(r"[^A-Za-z0-9_.\- /]+", "-", str(p)) for p in parts)
+
+
+@contextlib.contextmanager
+def unfinished_on_error(tracker: StudyTracker | None) -> Iterator[None]:
+    """A study whose body raises ends its parent run as FAILED (KILLED on Ctrl-C).
+
+    The success path is the caller's: only it knows the summary metrics and artifacts.
+    """
+    try:
+        yield
+    except BaseException as exc:
+        if tracker is not None:
+            tracker.finish(metrics={}, artifacts=[],
+                           status="KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        raise
