@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from visiondeck._files import file_sha256, tree_sha256
 from visiondeck.errors import VisionDeckError
 
 __all__ = [
@@ -153,21 +154,5 @@ def hash_json(value: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def hash_file(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hash_tree(folder: str | os.PathLike[str]) -> str:
-    """sha256 over every visible file of a folder (relative names and contents)."""
-    root = Path(folder)
-    outer = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        outer.update(f"{rel}\0{hash_file(path)}\n".encode())
-    return outer.hexdigest()
+hash_file = file_sha256  # the content digests every step records
+hash_tree = tree_sha256

@@ -20,7 +20,6 @@ For an ablation or a cross-validation:
 
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from collections.abc import Callable, Iterable, Mapping
@@ -28,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from visiondeck._files import tree_sha256
 from visiondeck.config import TrackingConfig, load_recipe
 from visiondeck.registry.errors import TrackingWarning
 from visiondeck.registry.store import Store, read_link
@@ -187,18 +187,7 @@ def bundle_digest(bundle_dir: str | os.PathLike[str]) -> str:
 
     Hidden files (an interrupted atomic write's `.bundle.json.tmp`) are left out.
     """
-    root = Path(bundle_dir)
-    outer = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        rel = path.relative_to(root).as_posix()
-        if any(part.startswith(".") for part in rel.split("/")):
-            continue
-        inner = hashlib.sha256()
-        with path.open("rb") as handle:
-            for chunk in iter(lambda h=handle: h.read(1 << 20), b""):
-                inner.update(chunk)
-        outer.update(f"{rel}\0{inner.hexdigest()}\n".encode())
-    return outer.hexdigest()
+    return tree_sha256(bundle_dir)
 
 
 def upload_bundle(store: Store, run_id: str, bundle_dir: str | os.PathLike[str],
