@@ -87,3 +87,17 @@ def write_learnable(root: Path, per_class: int = 24, size: int = 16, seed: int =
             image[rows, cols] = rng.integers(170, 256, (1, 1, 3), dtype=np.uint8)
             Image.fromarray(image).save(root / label / f"{label}_{i:03d}.png")
     return root
+
+
+def crash_at_epoch(epoch: int):
+    """A Lightning callback that kills training as epoch `epoch` starts, i.e. right after
+    `epoch` epochs were checkpointed: what a killed process leaves behind, for resume tests.
+    """
+    import lightning as L
+
+    class _Crash(L.Callback):
+        def on_train_epoch_start(self, trainer, module) -> None:
+            if trainer.current_epoch == epoch:
+                raise RuntimeError("simulated crash")
+
+    return _Crash()

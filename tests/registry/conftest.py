@@ -18,24 +18,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import pytest
-from tests.factories import write_learnable
+from tests.factories import crash_at_epoch, write_learnable
 
 TINY = ["data.image_size=16", "data.channels=3", "data.augment=none", "data.cache=memory",
         "data.num_workers=1", "data.val_fraction=0.25", "data.test_fraction=0.25",
         "model.name=simple_cnn", "train.epochs=2", "train.batch_size=16", "train.lr=0.01"]
 
 
-class _Crash(L.Callback):
-    """A killed process right after `epoch` epochs were checkpointed."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 @dataclass
@@ -80,7 +70,7 @@ def tracked(tmp_path_factory: pytest.TempPathFactory) -> Tracked:
         beta_dir = base / "runs" / "beta"
         with pytest.raises(RuntimeError, match="simulated crash"):
             train(beta, run_dir=beta_dir, progress=False, tracker=tracker_for(beta),
-                  callbacks=[_Crash(1)])
+                  callbacks=[crash_at_epoch(1)])
         link = read_link(beta_dir)
         assert link is not None
         status = link.store().client.get_run(link.run_id).info.status

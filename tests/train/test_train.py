@@ -9,6 +9,7 @@ import lightning as L
 import pytest
 import torch
 
+from tests.factories import crash_at_epoch
 from visiondeck.train.runner import TrainingError, resume, train
 
 
@@ -80,15 +81,6 @@ def test_progressive_unfreezing_opens_one_stage_per_epoch(tiny_recipe) -> None:
     assert seen == [0, 1, 2]
 
 
-class _Crash(L.Callback):
-    """Simulates a killed process right after `epoch` epochs were checkpointed."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, module) -> None:
-        if trainer.current_epoch == self.epoch:
-            raise RuntimeError("simulated crash")
 
 
 
@@ -97,7 +89,7 @@ def test_resume_after_a_crash_matches_an_uninterrupted_run(tiny_recipe, tmp_path
     straight = train(recipe, run_dir=tmp_path / "runs" / "straight", progress=False)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(recipe, run_dir=tmp_path / "runs" / "crashed", progress=False,
-              callbacks=[_Crash(2)])
+              callbacks=[crash_at_epoch(2)])
     crashed = tmp_path / "runs" / "crashed"
     assert len(json.loads((crashed / "history.json").read_text())) == 2
     resumed = resume(crashed, progress=False)
