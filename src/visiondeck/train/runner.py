@@ -110,7 +110,8 @@ def _await_marker(marker: Path, timeout_s: float = 300.0) -> Path:
                         hint="every node must see the same output_dir (a shared file system)")
 
 
-def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None) -> Path:
+def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None,
+                    marker: Path | None) -> Path:
     """One run folder for all DDP processes.
 
     Lightning's DDP launcher starts the other ranks by re-running the command, so each would
@@ -119,7 +120,6 @@ def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None) -> P
     its choice to a marker file in `output_dir` (shared by the nodes) and the others wait
     for it.
     """
-    marker = _torchrun_marker(recipe) if run_dir is None else None
     if run_dir is not None:
         folder = Path(run_dir)
     elif not _rank_zero() and os.environ.get(_RUN_DIR_ENV):
@@ -128,10 +128,8 @@ def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None) -> P
         folder = _await_marker(marker)
     else:
         folder = new_run_dir(recipe)
-        if marker is not None:
-            tmp = marker.with_name(marker.name + ".tmp")
-            tmp.write_text(str(folder.resolve()))
-            os.replace(tmp, marker)  # the waiting ranks never read half a path
+        if marker is not None:  # written whole: the waiting ranks never read half a path
+            atomic_write_text(marker, str(folder.resolve()))
     folder.mkdir(parents=True, exist_ok=True)
     if _rank_zero():
         os.environ[_RUN_DIR_ENV] = str(folder.resolve())
@@ -146,8 +144,8 @@ def train(recipe: Recipe, *, run_dir: str | os.PathLike[str] | None = None,
     `tracker` (see `train.tracking`) receives params at the start, metrics every epoch and
     the verdict at the end; the CLI passes the MLflow tracker of `visiondeck.registry`.
     """
-    folder = _shared_run_dir(recipe, run_dir)
     marker = _torchrun_marker(recipe) if run_dir is None else None
+    folder = _shared_run_dir(recipe, run_dir, marker)
     if _rank_zero():
         save_recipe(recipe, folder / "recipe.yaml")
     try:
