@@ -95,7 +95,14 @@ def _predict(replica: Replica, colour: str, seed: int) -> httpx.Response:
 
 
 def _rows(db) -> int:
-    return db.query("SELECT count(*) FROM visiondeck_predictions")[0][0]
+    """Rows written so far; 0 while no writer has created the table yet (each replica's
+    writer creates it with its first batch, off the request path)."""
+    import psycopg
+
+    try:
+        return db.query("SELECT count(*) FROM visiondeck_predictions")[0][0]
+    except psycopg.errors.UndefinedTable:
+        return 0
 
 
 def test_two_replicas_share_history_labels_and_rate_limit(replicas) -> None:
