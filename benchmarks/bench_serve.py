@@ -193,10 +193,12 @@ def _wait_http(port: int, path: str, proc: subprocess.Popen, timeout: float = 12
     raise TimeoutError(f"no 200 from {path} within {timeout} s")
 
 
-def _start_visiondeck(bundle: Path, port: int, data_dir: Path, extra: list[str]
+def _start_visiondeck(bundle: Path, port: int, data_dir: Path, extra: list[str],
+                      extra_env: dict[str, str]
                       ) -> tuple[subprocess.Popen, float]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONDECK_")}
     env["VISIONDECK_WATCH_INTERVAL_S"] = "0"
+    env.update(extra_env)  # settings with no `serve` option, e.g. VISIONDECK_MONITOR=false
     started = time.perf_counter()
     proc = subprocess.Popen([PYTHON, "-m", "visiondeck", "serve", str(bundle), "--port",
                              str(port), "--data-dir", str(data_dir), "--log-level", "warning",
@@ -362,7 +364,7 @@ def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: a
         port = _free_port()
         if kind == "visiondeck":
             proc, cold = _start_visiondeck(bundle, port, _fresh(work / f"data-{i}"),
-                                           args.serve_args)
+                                           args.serve_args, dict(args.serve_env))
         else:
             proc, cold = _start_naive(bundle, port, _fresh(work / f"naive-{i}"))
         colds.append(cold)
@@ -422,6 +424,9 @@ def main() -> None:
                         help="load generator: wrk (Debian package, default when installed) or "
                              "the bounded asyncio client in this file")
     parser.add_argument("--only", choices=["fashion_mnist", "efficientnet_lite0"])
+    parser.add_argument("--serve-env", action="append", default=[], metavar="VISIONDECK_X=V",
+                        type=lambda text: tuple(text.split("=", 1)),
+                        help="environment for `visiondeck serve` (repeatable)")
     parser.add_argument("--serve-args", nargs=argparse.REMAINDER, default=[],
                         help="extra `visiondeck serve` options (last on the line)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/serve.json")
@@ -452,6 +457,7 @@ def main() -> None:
                   "machine; visiondeck serve with its defaults (SQLite history on, thumbnails "
                   "on) plus --serve-args",
         "serve_args": args.serve_args,
+        "serve_env": dict(args.serve_env),
         "models": {},
     }
     for name, bundle in models.items():
