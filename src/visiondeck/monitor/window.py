@@ -116,31 +116,71 @@ class SlidingWindow:
             embedding: np.ndarray | None = None, label: str | None = None
             ) -> tuple[np.ndarray, float] | None:
         """Append one prediction; returns its (projection, residual) when it has an embedding."""
-        f = image_features(width, height, brightness, contrast)
-        row = [float(f["brightness"]), float(f["contrast"]), float(f["size"]),
-               float(f["aspect"]), float(confidence)]
-        projected = None
+        projected = self.add_many(
+            times=[time], widths=[width], heights=[height], brightness=[brightness],
+            contrast=[contrast], confidence=[confidence], predicted=[predicted],
+            probabilities=[probabilities], embeddings=[embedding], labels=[label])
+        return None if projected is None or not np.isfinite(projected[1][0]) else (
+            projected[0][0], float(projected[1][0]))
+
+    def add_many(self, *, times: Sequence[float], widths: Sequence[float],
+                 heights: Sequence[float], brightness: Sequence[float],
+                 contrast: Sequence[float], confidence: Sequence[float],
+                 predicted: Sequence[int],
+                 probabilities: Sequence[np.ndarray | None] | None = None,
+                 embeddings: Sequence[np.ndarray | None] | None = None,
+                 labels: Sequence[str | None] | None = None
+                 ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Append predictions in one go, oldest first: the whole batch's features and
+        embedding projections are a handful of array operations, where one `add` per
+        prediction would pay numpy's per-call overhead for each of them.
+
+        Returns the (n, k) projections and (n,) residuals (NaN rows for predictions without
+        an embedding), or None when the reference has no embedding summary.
+        """
+        n = len(times)
+        if n == 0:
+            return None
+        f = image_features(widths, heights, brightness, contrast)
+        rows = np.column_stack([f["brightness"], f["contrast"], f["size"], f["aspect"],
+                                np.asarray(confidence, dtype=np.float64)])
         e = self.reference.embedding
-        if e is not None and embedding is not None and np.size(embedding) == e.dim:
-            z, r = e.project(embedding)
-            projected = (z[0], float(r[0]))
+        z = r = None
+        if e is not None:
+            z = np.full((n, len(e.projections)), np.nan)
+            r = np.full(n, np.nan)
+            usable = [i for i, v in enumerate(embeddings or ()) if v is not None
+                      and np.size(v) == e.dim]
+            if usable:
+                z[usable], r[usable] = e.project(np.stack([embeddings[i] for i in usable]))
+        k = None if self._probabilities is None else self._probabilities.shape[1]
+        probs = None
+        if k is not None:
+            probs = np.full((n, k), np.nan)
+            for i, v in enumerate(probabilities or ()):
+                if v is not None and np.size(v) == k:
+                    probs[i] = v
+        label_index = np.asarray([-1 if lab is None else self._index.get(lab, -2)
+                                  for lab in (labels or [None] * n)], dtype=np.int64)
+        # a batch longer than the window keeps its newest `capacity` rows
+        keep = slice(max(0, n - self.capacity), n)
         with self._lock:
-            i = self._next
-            self._times[i] = time
-            self._scalars[i] = row
-            self._predicted[i] = predicted
-            self._labels[i] = -1 if label is None else self._index.get(label, -2)
-            if self._probabilities is not None:
-                self._probabilities[i] = (np.nan if probabilities is None
-                                          or np.size(probabilities) != self._probabilities.shape[1]
-                                          else probabilities)
-            if self._projections is not None and self._residuals is not None:
-                self._projections[i] = np.nan if projected is None else projected[0]
-                self._residuals[i] = np.nan if projected is None else projected[1]
-            self._next = (i + 1) % self.capacity
-            self._count = min(self.capacity, self._count + 1)
+            slots = (self._next + np.arange(n)[keep] - keep.start) % self.capacity
+            self._times[slots] = np.asarray(times, dtype=np.float64)[keep]
+            self._scalars[slots] = rows[keep]
+            self._predicted[slots] = np.asarray(predicted, dtype=np.int64)[keep]
+            self._labels[slots] = label_index[keep]
+            if probs is not None and self._probabilities is not None:
+                self._probabilities[slots] = probs[keep]
+            if z is not None and r is not None and self._projections is not None \
+                    and self._residuals is not None:
+                self._projections[slots] = z[keep]
+                self._residuals[slots] = r[keep]
+            kept = keep.stop - keep.start
+            self._next = (self._next + kept) % self.capacity
+            self._count = min(self.capacity, self._count + kept)
             self.revision += 1
-        return projected
+        return None if z is None or r is None else (z, r)
 
     def snapshot(self) -> WindowData:
         """A copy of the window's contents, oldest first."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -40,13 +40,15 @@ from visiondeck.monitor import (
     live_accuracy,
     load_reference,
 )
-from visiondeck.monitor.stats import rounded
+from visiondeck.monitor.stats import significant
 from visiondeck.serve.observers import PredictionEvent
 
 __all__ = ["DriftObserver"]
 
 log = logging.getLogger("visiondeck.serve")
 _MINUTES = 120  # per-minute volume and confidence kept for the summary's series
+_FLUSH_AT = 256  # queued predictions that make `observe` fold them in itself
+_VERSIONS = 4  # model versions whose per-minute series are kept (hot reloads add one each)
 
 
 class _State:
@@ -60,7 +62,6 @@ class _State:
         self.window = None if reference is None else SlidingWindow(reference, capacity)
         self.index = {} if reference is None else {c: i for i, c in
                                                    enumerate(reference.classes)}
-        self.minutes: OrderedDict[int, list[float]] = OrderedDict()  # minute → [count, Σconf]
         self.accuracy: LiveAccuracy | None = None
         self.cached: tuple[tuple[int, int], DriftAssessment] | None = None
         self.accuracy_revision = 0
@@ -84,41 +85,83 @@ class DriftObserver:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._pending: deque[PredictionEvent] = deque()
+        self._flush_lock = threading.Lock()
+        # per model version: minute → [count, Σ confidence], counted as predictions arrive
+        self._minutes: dict[str, OrderedDict[int, list[float]]] = {}
         self.annotated = self.dropped_annotations = 0
+        if writer is not None and hasattr(writer, "before_write"):
+            writer.before_write(self.flush)
 
     # ---------------------------------------------------------------- observer protocol
 
     def observe(self, event: PredictionEvent) -> None:
-        state = self._state_for(event.model_version)
-        if state is None or state.window is None or state.reference is None:
-            return
-        predicted = state.index.get(event.predicted, -1)
-        stats = event.image
-        probabilities = event.probabilities
-        # the unrounded calibrated probability, as the reference measured it
-        confidence = (float(probabilities[predicted]) if 0 <= predicted < len(probabilities)
-                      else event.confidence)
-        projected = state.window.add(
-            time=event.created_at.timestamp(), width=stats.width, height=stats.height,
-            brightness=stats.brightness, contrast=stats.contrast, confidence=confidence,
-            predicted=predicted, probabilities=event.probabilities, embedding=event.embedding,
-            label=event.label)
+        """Queue the prediction (on the event loop: an append and a counter).
+
+        The window takes queued predictions in bulk (`flush`): just before the history
+        writer writes its next rows (so their embedding projections still reach them), when
+        anything reads the window, or once `_FLUSH_AT` predictions wait.
+        """
+        self._pending.append(event)
         minute = int(event.created_at.timestamp() // 60)
         with self._lock:
-            bucket = state.minutes.setdefault(minute, [0, 0.0])
+            minutes = self._minutes.get(event.model_version)
+            if minutes is None:
+                minutes = self._minutes[event.model_version] = OrderedDict()
+                while len(self._minutes) > _VERSIONS:
+                    del self._minutes[next(iter(self._minutes))]
+            bucket = minutes.setdefault(minute, [0, 0.0])
             bucket[0] += 1
             bucket[1] += event.confidence
-            while len(state.minutes) > _MINUTES:
-                state.minutes.popitem(last=False)
-        if projected is not None and self.writer is not None:
-            features = {"ref": state.reference.id, "z": rounded(projected[0], 5),
-                        "r": rounded([projected[1]], 5)[0]}
+            while len(minutes) > _MINUTES:
+                minutes.popitem(last=False)
+        if len(self._pending) >= _FLUSH_AT:
+            self.flush()
+        if self.store is not None and self._thread is None:
+            self._start_refresh()
+
+    def flush(self) -> None:
+        """Fold the queued predictions into the window of their model version, and attach
+        each one's embedding projection to its history row while that is still queued."""
+        with self._flush_lock:
+            events = []
+            while self._pending:
+                events.append(self._pending.popleft())
+            by_version: dict[str, list[PredictionEvent]] = {}
+            for event in events:
+                by_version.setdefault(event.model_version, []).append(event)
+            for version, group in by_version.items():
+                state = self._state_for(version)
+                if state is None or state.window is None or state.reference is None:
+                    continue
+                self._fold(state, group)
+
+    def _fold(self, state: _State, events: list[PredictionEvent]) -> None:
+        assert state.window is not None and state.reference is not None
+        index = state.index
+        predicted = [index.get(e.predicted, -1) for e in events]
+        # the unrounded calibrated probability, as the reference measured it
+        confidence = [float(e.probabilities[p]) if 0 <= p < len(e.probabilities)
+                      else e.confidence for e, p in zip(events, predicted, strict=True)]
+        projected = state.window.add_many(
+            times=[e.created_at.timestamp() for e in events],
+            widths=[e.image.width for e in events], heights=[e.image.height for e in events],
+            brightness=[e.image.brightness for e in events],
+            contrast=[e.image.contrast for e in events], confidence=confidence,
+            predicted=predicted, probabilities=[e.probabilities for e in events],
+            embeddings=[e.embedding for e in events], labels=[e.label for e in events])
+        if projected is None or self.writer is None:
+            return
+        z, r = significant(projected[0], 5), significant(projected[1], 5)
+        ref = state.reference.id
+        for i, event in enumerate(events):
+            if not np.isfinite(r[i]):
+                continue
+            features = {"ref": ref, "z": z[i].tolist(), "r": float(r[i])}
             if self.writer.annotate(event.id, features=features):
                 self.annotated += 1
             else:
                 self.dropped_annotations += 1
-        if self.store is not None and self._thread is None:
-            self._start_refresh()
 
     def metrics(self, registry: Any) -> None:
         registry.register(_DriftCollector(self))
@@ -134,7 +177,10 @@ class DriftObserver:
     def current(self) -> _State | None:
         """The state of the model being served now (None before a model is loaded)."""
         model = getattr(self.engine, "_model", None)
-        return None if model is None else self._state_for(model.version)
+        if model is None:
+            return None
+        self.flush()
+        return self._state_for(model.version)
 
     def assessment(self, state: _State | None = None) -> DriftAssessment | None:
         """The drift assessment of the current window (cached until it changes)."""
@@ -167,7 +213,7 @@ class DriftObserver:
     def series(self, state: _State) -> list[tuple[datetime, int, float]]:
         """(minute, predictions, mean confidence) of the last two hours with traffic."""
         with self._lock:
-            items = list(state.minutes.items())
+            items = list(self._minutes.get(state.version, {}).items())
         return [(datetime.fromtimestamp(m * 60, UTC), int(c), s / c) for m, (c, s) in items if c]
 
     # ---------------------------------------------------------------- internals

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import struct
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image
 
 from visiondeck.export.bundle import Bundle
-from visiondeck.imaging import DecodeLimits, decode_image
+from visiondeck.imaging import DecodeLimits, ImageInfo, decode_image
 from visiondeck.serve.observers import ImageStats
 
 __all__ = ["INLINE_MAX_BYTES", "INLINE_MAX_PIXELS", "PreparedImage", "is_small_image",
@@ -56,8 +57,25 @@ def prepare_image(data: bytes, bundle: Bundle, *, max_bytes: int, max_pixels: in
         brightness=float(array.mean()), contrast=float(array.std()),
         channels=int(array.shape[2]), notes=decoded.info.notes,
     )
-    thumb = make_thumbnail(array, thumbnail_size) if thumbnail_size else None
+    thumb = None
+    if thumbnail_size:
+        thumb = (data if _is_own_thumbnail(data, decoded.info, thumbnail_size, spec.mode)
+                 else make_thumbnail(array, thumbnail_size))
     return PreparedImage(tensor, hashlib.sha256(data).hexdigest(), stats, thumb)
+
+
+def _is_own_thumbnail(data: bytes, info: ImageInfo, size: int, mode: str) -> bool:
+    """An upload that already is what `make_thumbnail` would produce - a plain PNG no
+    larger than the thumbnail, in the model's colour mode, nothing to rotate or flatten, no
+    text or EXIF chunks to leak - is stored as its own thumbnail: re-encoding it costs more
+    than the whole inference of a small model, and the browser shows the original as well."""
+    return (info.format == "PNG" and max(info.width, info.height) <= size
+            and not info.notes and info.source_mode == mode and len(data) <= _OWN_THUMB_BYTES
+            and not any(chunk in data for chunk in _PRIVATE_PNG_CHUNKS))
+
+
+_OWN_THUMB_BYTES = 16 * 1024
+_PRIVATE_PNG_CHUNKS = (b"tEXt", b"iTXt", b"zTXt", b"eXIf")
 
 
 def is_small_image(data: bytes, *, max_bytes: int = INLINE_MAX_BYTES,
@@ -69,6 +87,10 @@ def is_small_image(data: bytes, *, max_bytes: int = INLINE_MAX_BYTES,
     """
     if len(data) > max_bytes:
         return False
+    png = _png_size(data)
+    if png is not None:
+        width, height = png
+        return width * height <= max_pixels
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -76,6 +98,17 @@ def is_small_image(data: bytes, *, max_bytes: int = INLINE_MAX_BYTES,
     except Exception:
         return False
     return width * height <= max_pixels and frames == 1
+
+
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    """A still PNG's size from its IHDR chunk (the first chunk, by the standard), without
+    Pillow; None for anything else, animated PNGs (an `acTL` chunk) included."""
+    if len(data) < 24 or not data.startswith(b"\x89PNG\r\n\x1a\n") or data[12:16] != b"IHDR":
+        return None
+    if b"acTL" in data:
+        return None
+    width, height = struct.unpack_from(">II", data, 16)
+    return width, height
 
 
 def make_thumbnail(array: np.ndarray, size: int) -> bytes:

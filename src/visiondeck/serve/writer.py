@@ -20,6 +20,7 @@ import os
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,7 @@ class StoreWriter:
         self.metrics = metrics
         self._queue: deque[PredictionRecord] = deque()
         self._late_labels: dict[str, str | None] = {}  # labels of rows being written
+        self._hooks: list[Callable[[], None]] = []
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -70,6 +72,12 @@ class StoreWriter:
             self._spool(overflow)
         if len(self._queue) >= self.batch_size:
             self._wake.set()
+
+    def before_write(self, hook: Callable[[], None]) -> None:
+        """Call `hook` on the writer thread just before each batch is taken from the queue:
+        the drift monitor folds its queued predictions there, in bulk and off the event
+        loop, and annotates their rows while they are still queued."""
+        self._hooks.append(hook)
 
     def update_pending(self, record_id: str, label: str | None) -> bool:
         """Set the label of a row still waiting in memory (a label sent right after the
@@ -175,6 +183,11 @@ class StoreWriter:
                     break
 
     def _write_batch(self) -> bool:
+        for hook in self._hooks:
+            try:
+                hook()
+            except Exception:  # monitoring must never stop the history
+                log.exception("a before-write hook failed")
         with self._lock:
             batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
             self._inflight = len(batch)
