@@ -1,6 +1,7 @@
 """`create_app(settings)`: the FastAPI application, built per call (no import-time state).
 
-Layers, outermost first: CORS (when origins are configured) → request metrics →
+Layers, outermost first: CORS (when origins are configured) → the `POST /predict` lane
+(serve/lane.py: the hot path, answered without the layers below) → request metrics →
 body-size limit (413 before a body is read) → FastAPI routing with one exception handler
 per error family, so every refusal is a JSON `{"error", "detail", "hint"}` with a 4xx/503
 status and nothing a client sends produces a 500.
@@ -31,7 +32,7 @@ from visiondeck import __version__
 from visiondeck.errors import VisionDeckError
 from visiondeck.export.errors import BundleError
 from visiondeck.imaging import ImageDecodeError
-from visiondeck.serve.errors import ServeError, decode_error_status
+from visiondeck.serve.errors import ServeError, error_answer
 from visiondeck.serve.observers import PredictionObserver
 from visiondeck.serve.services import STATIC_DIR, TEMPLATES_DIR, Services
 from visiondeck.serve.settings import ServeSettings
@@ -82,6 +83,10 @@ def create_app(settings: ServeSettings | None = None, *,
     app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: limits.get(path, 1 << 20),
                        on_refuse=lambda: services.metrics.errors.labels("too_large").inc())
     app.add_middleware(_MetricsMiddleware, services=services)
+    if settings.fast_lane:
+        from visiondeck.serve.lane import PredictLane
+
+        app.add_middleware(PredictLane, services=services)
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -135,25 +140,15 @@ def _error(status: int, code: str, detail: Any, hint: str | None = None,
 def _add_exception_handlers(app: FastAPI, services: Services) -> None:
     count = services.metrics.errors
 
-    @app.exception_handler(ServeError)
-    async def serve_error(_request: Request, exc: ServeError) -> JSONResponse:
-        count.labels(exc.code).inc()
-        return _error(exc.status, exc.code, exc.message, exc.hint, exc.headers)
+    async def refusal(_request: Request, exc: Exception) -> JSONResponse:
+        answer = error_answer(exc)
+        assert answer is not None  # registered for the families error_answer maps
+        status, body, headers = answer
+        count.labels(body["error"]).inc()
+        return JSONResponse(body, status_code=status, headers=headers)
 
-    @app.exception_handler(ImageDecodeError)
-    async def decode_error(_request: Request, exc: ImageDecodeError) -> JSONResponse:
-        count.labels(exc.problem.value).inc()
-        return _error(decode_error_status(exc), exc.problem.value, exc.message, exc.hint)
-
-    @app.exception_handler(BundleError)
-    async def bundle_error(_request: Request, exc: BundleError) -> JSONResponse:
-        count.labels("model_unavailable").inc()
-        return _error(503, "model_unavailable", exc.message, exc.hint)
-
-    @app.exception_handler(VisionDeckError)
-    async def domain_error(_request: Request, exc: VisionDeckError) -> JSONResponse:
-        count.labels("invalid").inc()
-        return _error(422, "invalid", exc.message, exc.hint)
+    for family in (ServeError, ImageDecodeError, BundleError, VisionDeckError):
+        app.add_exception_handler(family, refusal)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
@@ -10,7 +10,7 @@ from visiondeck.serve.auth import Principal
 from visiondeck.serve.errors import RateLimited
 from visiondeck.serve.services import Services
 
-__all__ = ["AdminCaller", "PredictCaller", "ServicesDep", "client_id"]
+__all__ = ["AdminCaller", "PredictCaller", "ServicesDep", "check_caller", "client_id"]
 
 
 async def get_services(request: Request) -> Services:
@@ -24,18 +24,28 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 
 def client_id(request: Request, principal: Principal) -> str:
     """Who a rate limit applies to: the credential, else the peer address."""
-    if not principal.anonymous:
-        return principal.id
-    return f"ip:{request.client.host if request.client else 'unknown'}"
+    return _client_id(request.client.host if request.client else None, principal)
 
 
-async def _caller(request: Request, services: Services, scope: str, cost: float) -> Principal:
-    principal = services.auth.authorize(services.auth.identify(request.headers), scope)
-    allowed, wait = await services.limiter.check(client_id(request, principal), cost,
+def _client_id(host: str | None, principal: Principal) -> str:
+    return principal.id if not principal.anonymous else f"ip:{host or 'unknown'}"
+
+
+async def check_caller(services: Services, headers: Any, host: str | None, scope: str,
+                       cost: float = 1.0) -> Principal:
+    """Who is calling (401/403 when not allowed `scope`), charged `cost` against their rate
+    limit (429). `headers`: any case-insensitive mapping; `host`: the peer address."""
+    principal = services.auth.authorize(services.auth.identify(headers), scope)
+    allowed, wait = await services.limiter.check(_client_id(host, principal), cost,
                                                  principal.rate)
     if not allowed:
         raise RateLimited(wait)  # counted in errors{kind="rate_limited"} by its handler
     return principal
+
+
+async def _caller(request: Request, services: Services, scope: str, cost: float) -> Principal:
+    return await check_caller(services, request.headers,
+                              request.client.host if request.client else None, scope, cost)
 
 
 async def predict_caller(request: Request, services: ServicesDep) -> Principal:

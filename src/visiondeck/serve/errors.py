@@ -7,12 +7,16 @@ and a person can read `detail`; nothing a client sends can produce a 500.
 
 from __future__ import annotations
 
+from typing import Any
+
 from visiondeck.errors import VisionDeckError
+from visiondeck.export.errors import BundleError
 from visiondeck.imaging import ImageDecodeError, Problem
 
 __all__ = [
     "Forbidden", "ModelUnavailable", "Overloaded", "PayloadTooLarge", "RateLimited",
     "ServeError", "Unauthorized", "UnsupportedMediaType", "decode_error_status",
+    "error_answer",
 ]  # fmt: skip
 
 
@@ -87,3 +91,22 @@ _DECODE_STATUS = {
 def decode_error_status(exc: ImageDecodeError) -> int:
     """413 for too many bytes, 415 for what is not a supported image, else 422."""
     return _DECODE_STATUS.get(exc.problem, 422)
+
+
+def error_answer(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | None] | None:
+    """(status, JSON body, headers) of a refusal, or None for an unexpected exception.
+
+    The one mapping from exceptions to answers: the app's exception handlers and the
+    /predict lane (serve/lane.py) both answer through it, so a client sees the same error
+    whichever path served it. The body's `error` is also the label of the errors metric.
+    """
+    if isinstance(exc, ServeError):
+        return exc.status, exc.body(), exc.headers or None
+    if isinstance(exc, ImageDecodeError):
+        return decode_error_status(exc), {"error": exc.problem.value, "detail": exc.message,
+                                          "hint": exc.hint}, None
+    if isinstance(exc, BundleError):
+        return 503, {"error": "model_unavailable", "detail": exc.message, "hint": exc.hint}, None
+    if isinstance(exc, VisionDeckError):
+        return 422, {"error": "invalid", "detail": exc.message, "hint": exc.hint}, None
+    return None

@@ -17,7 +17,8 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Callable
+import re
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visiondeck.serve.errors import PayloadTooLarge, ServeError, UnsupportedMediaType
 
-__all__ = ["BodyLimitMiddleware", "Upload", "read_uploads"]
+__all__ = ["BodyLimitMiddleware", "Upload", "read_uploads", "receive_body", "split_multipart",
+           "uploads_from_body"]
 
 FILE_FIELDS = ("file", "image", "files", "images")
 MAX_LABEL = 200
@@ -117,17 +119,26 @@ def _too_large(size: int, limit: int, streamed: bool) -> PayloadTooLarge:
 async def read_uploads(request: Request, *, max_files: int, max_bytes: int
                        ) -> tuple[list[Upload], str | None]:
     """The images of a request, and the client's optional label."""
-    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    label = request.query_params.get("label")
+    return await uploads_from_body(request.headers.get("content-type", ""),
+                                   await request.body(), request.query_params.get("label"),
+                                   max_files=max_files, max_bytes=max_bytes)
+
+
+async def uploads_from_body(content_type_header: str, body: bytes, query_label: str | None, *,
+                            max_files: int, max_bytes: int
+                            ) -> tuple[list[Upload], str | None]:
+    """The images of a request body already read (within its route's size limit), and the
+    client's optional label (the form's or JSON's `label`, else the query's)."""
+    content_type = content_type_header.split(";")[0].strip().lower()
+    label = query_label
     if content_type == "multipart/form-data":
-        uploads, form_label = await _from_form(request, max_files, max_bytes)
+        uploads, form_label = await _from_form(content_type_header, body, max_files, max_bytes)
         label = form_label or label
     elif content_type == "application/json":
-        uploads, json_label = _from_json(await request.body(), max_files, max_bytes)
+        uploads, json_label = _from_json(body, max_files, max_bytes)
         label = json_label or label
     elif content_type.startswith("image/") or content_type in ("application/octet-stream", ""):
-        data = await request.body()
-        uploads = [Upload("body", _check_size(data, max_bytes, "body"))] if data else []
+        uploads = [Upload("body", _check_size(body, max_bytes, "body"))] if body else []
     else:
         raise UnsupportedMediaType(
             f"cannot read images from a {content_type!r} body",
@@ -141,6 +152,28 @@ async def read_uploads(request: Request, *, max_files: int, max_bytes: int
     return uploads, label
 
 
+async def receive_body(receive: Receive, limit: int, declared: int | None) -> bytes:
+    """The whole body of an ASGI request, refused (413) past `limit` bytes: at once when
+    `Content-Length` declares more, else as soon as the bytes received pass it."""
+    if declared is not None and declared > limit:
+        raise _too_large(declared, limit, False)
+    chunks: list[bytes] = []
+    seen = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ServeError("the client went away before sending the whole body",
+                             code="disconnected", status=400)
+        chunk = message.get("body", b"")
+        if chunk:
+            seen += len(chunk)
+            if seen > limit:
+                raise _too_large(seen, limit, declared is None)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
 def _check_size(data: bytes, max_bytes: int, name: str) -> bytes:
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"{name} is {len(data):,} bytes; the limit is {max_bytes:,}",
@@ -148,10 +181,109 @@ def _check_size(data: bytes, max_bytes: int, name: str) -> bytes:
     return data
 
 
-async def _from_form(request: Request, max_files: int, max_bytes: int
+# ----------------------------------------------------------------------------- multipart
+
+MAX_FORM_FIELDS = 16
+_BOUNDARY = re.compile(r';\s*boundary\s*=\s*(?:"([^"\\]{1,70})"|([^;\s"]{1,70}))', re.I)
+_DISPOSITION = re.compile(
+    r'form-data((?:\s*;\s*[\w*.-]+\s*=\s*(?:"[^"\\\r\n]*"|[^;"\s]*))*)\s*;?\s*', re.I)
+_PARAM = re.compile(r';\s*([\w*.-]+)\s*=\s*(?:"([^"\\\r\n]*)"|([^;"\s]*))')
+
+
+@dataclass(frozen=True)
+class _Part:
+    name: str
+    filename: str | None
+    data: bytes
+
+
+def split_multipart(body: bytes, boundary: bytes) -> list[_Part] | None:
+    """The parts of a plainly written multipart/form-data body, in one pass over bytes.
+
+    This is the shape every HTTP client library, curl and browser writes: no preamble, CRLF
+    line ends, one `Content-Disposition: form-data; name=...` per part, quoted values
+    without escapes. Anything else (a preamble, transport padding, escaped quotes, a
+    missing closing delimiter, more parts than the form may have) answers None, and the
+    request goes through the full streaming parser (python-multipart), which accepts every
+    valid body and explains what is wrong with an invalid one.
+    """
+    delimiter = b"--" + boundary
+    if not body.startswith(delimiter + b"\r\n"):
+        return None
+    separator = b"\r\n" + delimiter
+    parts: list[_Part] = []
+    position = len(delimiter) + 2
+    while True:
+        end = body.find(separator, position)
+        head_end = body.find(b"\r\n\r\n", position, end)
+        if end < 0 or head_end < 0 or len(parts) >= MAX_FORM_FIELDS:
+            return None
+        name = filename = None
+        for line in body[position:head_end].split(b"\r\n"):
+            key, colon, value = line.partition(b":")
+            if not colon:
+                return None
+            if key.strip().lower() == b"content-disposition":
+                try:
+                    text = value.decode("utf-8").strip()
+                except UnicodeDecodeError:
+                    return None
+                if _DISPOSITION.fullmatch(text) is None:
+                    return None
+                params = {m.group(1).lower(): m.group(2) if m.group(2) is not None
+                          else m.group(3) for m in _PARAM.finditer(text)}
+                name, filename = params.get("name"), params.get("filename")
+        if name is None:
+            return None
+        parts.append(_Part(name, filename, body[head_end + 4:end]))
+        after = end + len(separator)
+        closing = body[after:after + 2]
+        if closing == b"--":
+            return parts
+        if closing != b"\r\n":
+            return None
+        position = after + 2
+
+
+async def _from_form(content_type_header: str, body: bytes, max_files: int, max_bytes: int
                      ) -> tuple[list[Upload], str | None]:
+    match = _BOUNDARY.search(content_type_header)
+    parts = None if match is None else split_multipart(
+        body, (match.group(1) or match.group(2)).encode("latin-1"))
+    if parts is None or sum(p.filename is not None for p in parts) > max_files + 1:
+        parts = await _parse_form_fully(content_type_header, body, max_files)
+    uploads: list[Upload] = []
+    label = None
+    for part in parts:
+        if part.filename is not None:
+            if part.name in FILE_FIELDS:
+                name = part.filename or part.name
+                uploads.append(Upload(name, _check_size(part.data, max_bytes, name)))
+        elif part.name == "label":
+            try:
+                label = part.data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ServeError("the label is not UTF-8 text", code="bad_multipart",
+                                 status=400) from None
+    if len(uploads) > max_files:
+        raise ServeError(f"{len(uploads)} images; at most {max_files} per request",
+                         code="too_many_files", status=413)
+    return uploads, label
+
+
+async def _parse_form_fully(content_type_header: str, body: bytes, max_files: int
+                            ) -> list[_Part]:
+    """Starlette's streaming parser (python-multipart) over the body already read."""
+    from starlette.datastructures import Headers
+    from starlette.formparsers import MultiPartParser
+
+    async def stream() -> AsyncIterator[bytes]:
+        yield body
+
+    parser = MultiPartParser(Headers({"content-type": content_type_header}), stream(),
+                             max_files=max_files + 1, max_fields=MAX_FORM_FIELDS)  # +1: our 413
     try:
-        form = await request.form(max_files=max_files + 1, max_fields=16)  # +1: our 413
+        form = await parser.parse()
     except ServeError:
         raise
     except Exception as exc:  # malformed multipart, too many parts
@@ -159,20 +291,13 @@ async def _from_form(request: Request, max_files: int, max_bytes: int
         raise ServeError(f"cannot parse the multipart body: {detail}", code="bad_multipart",
                          status=400) from None
     try:
-        uploads: list[Upload] = []
-        label = None
+        parts = []
         for key, value in form.multi_items():
             if isinstance(value, UploadFile):
-                if key in FILE_FIELDS:
-                    data = await value.read(max_bytes + 1)
-                    name = value.filename or key
-                    uploads.append(Upload(name, _check_size(data, max_bytes, name)))
-            elif key == "label":
-                label = str(value)
-        if len(uploads) > max_files:
-            raise ServeError(f"{len(uploads)} images; at most {max_files} per request",
-                             code="too_many_files", status=413)
-        return uploads, label
+                parts.append(_Part(key, value.filename or "", await value.read()))
+            else:
+                parts.append(_Part(key, None, str(value).encode("utf-8")))
+        return parts
     finally:
         await form.close()
 

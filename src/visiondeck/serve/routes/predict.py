@@ -25,7 +25,6 @@ from visiondeck.serve.schemas import (
     ClassScore,
     ErrorBody,
     ExplainResponse,
-    ImageInfoOut,
     ModelRef,
     PredictionResponse,
 )  # fmt: skip
@@ -79,10 +78,9 @@ async def predict(request: Request, services: ServicesDep, caller: PredictCaller
         if len(uploads) != 1:
             raise ServeError(f"{len(uploads)} images sent; /predict takes one",
                              code="too_many_files", status=422, hint="use /predict/batch")
-        prediction = await _predict(services, uploads[0], label, caller.id, "predict",
-                                    started, top_k or s.top_k)
-    # built and checked as a PredictionResponse already: skip FastAPI's second validation
-    return JSONResponse(prediction.model_dump(by_alias=True))
+        answer = await predict_upload(services, uploads[0], label, caller.id, "predict",
+                                      started, top_k or s.top_k)
+    return JSONResponse(answer)
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS,
@@ -107,9 +105,10 @@ async def predict_batch(request: Request, services: ServicesDep, caller: Predict
 async def _batch_item(services: Services, upload: Upload, label: str | None, client: str,
                       top_k: int) -> BatchItem:
     try:
-        prediction = await _predict(services, upload, label, client, "batch",
-                                    time.perf_counter(), top_k)
-        return BatchItem(file=upload.name, ok=True, prediction=prediction)
+        answer = await predict_upload(services, upload, label, client, "batch",
+                                      time.perf_counter(), top_k)
+        return BatchItem(file=upload.name, ok=True,
+                         prediction=PredictionResponse.model_validate(answer))
     except ImageDecodeError as exc:
         services.metrics.errors.labels(exc.problem.value).inc()
         return BatchItem(file=upload.name, ok=False, status=decode_error_status(exc),
@@ -125,60 +124,70 @@ def _ref(model: LoadedModel) -> ModelRef:
     return ModelRef(name=model.name, version=model.version, variant=model.variant)
 
 
-async def _predict(services: Services, upload: Upload, label: str | None, client: str,
-                   endpoint: str, started: float, top_k: int) -> PredictionResponse:
+async def predict_upload(services: Services, upload: Upload, label: str | None, client: str,
+                         endpoint: str, started: float, top_k: int) -> dict[str, Any]:
+    """Classify one upload and record it: the answer, as the JSON of `PredictionResponse`.
+
+    Built as a plain dict (the schema's field names, `class` for the class name) rather than
+    through pydantic: this is the per-request hot path of the service, and the test suite
+    validates the dict against `PredictionResponse` and the OpenAPI schema.
+    """
     engine = services.engine
     model, prepared = await engine.prepare(upload.data)
     row = await engine.infer(model, prepared)
     classes = model.bundle.classes
     probabilities = row.probabilities
     order = np.argsort(-probabilities, kind="stable")[: min(top_k, len(classes))]
-    top = [ClassScore(class_name=classes[i], probability=round(float(probabilities[i]), 6))
+    top = [{"class": classes[i], "probability": round(float(probabilities[i]), 6)}
            for i in order]
-    predicted, confidence = classes[row.predicted], float(probabilities[row.predicted])
-    latency_ms = (time.perf_counter() - started) * 1000.0
+    predicted = classes[row.predicted]
+    latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
     prediction_id = uuid.uuid4().hex
-    response = PredictionResponse(
-        id=prediction_id, predicted=predicted, confidence=round(confidence, 6),
-        unknown=row.unknown, top_k=top, model=_ref(model), latency_ms=round(latency_ms, 3),
-        image=ImageInfoOut(width=prepared.stats.width, height=prepared.stats.height,
-                           sha256=prepared.sha256),
-        label_token=services.label_token(prediction_id),
-    )
-    _record(services, model, prepared, response, row.embedding, probabilities, label, client,
+    stats = prepared.stats
+    answer = {
+        "id": prediction_id, "predicted": predicted,
+        "confidence": round(float(probabilities[row.predicted]), 6), "unknown": row.unknown,
+        "top_k": top, "model": _ref_dict(model), "latency_ms": latency_ms,
+        "image": {"width": stats.width, "height": stats.height, "sha256": prepared.sha256},
+        "label_token": services.label_token(prediction_id),
+    }
+    _record(services, model, prepared, answer, row.embedding, probabilities, label, client,
             endpoint, upload.data)
-    return response
+    return answer
+
+
+def _ref_dict(model: LoadedModel) -> dict[str, str]:
+    return {"name": model.name, "version": model.version, "variant": model.variant}
 
 
 def _record(services: Services, model: LoadedModel, prepared: PreparedImage,
-            response: PredictionResponse, embedding: np.ndarray | None,
+            answer: dict[str, Any], embedding: np.ndarray | None,
             probabilities: np.ndarray, label: str | None, client: str, endpoint: str,
             data: bytes) -> None:
     """Metrics, the history row (queued, never awaited) and the observers (which get the
     upload's bytes in `extra["upload"]`, for VISIONDECK_KEEP_UPLOADS)."""
     m = services.metrics
-    m.predictions.labels(model.name, response.predicted).inc()
-    m.confidence.observe(response.confidence)
-    if response.unknown:
+    predicted, confidence, unknown = answer["predicted"], answer["confidence"], answer["unknown"]
+    m.predictions.labels(model.name, predicted).inc()
+    m.confidence.observe(confidence)
+    if unknown:
         m.unknown.labels(model.name).inc()
     now = datetime.now(UTC)
+    stats = prepared.stats
     if services.writer is not None:
         services.writer.submit(PredictionRecord(
-            id=response.id, created_at=now, model_name=model.name, model_version=model.version,
-            predicted=response.predicted, confidence=response.confidence,
-            unknown=response.unknown,
-            top_k=[{"class": c.class_name, "probability": c.probability} for c in response.top_k],
-            latency_ms=response.latency_ms, image_sha256=prepared.sha256,
-            image_width=prepared.stats.width, image_height=prepared.stats.height,
+            id=answer["id"], created_at=now, model_name=model.name,
+            model_version=model.version, predicted=predicted, confidence=confidence,
+            unknown=unknown, top_k=answer["top_k"], latency_ms=answer["latency_ms"],
+            image_sha256=prepared.sha256, image_width=stats.width, image_height=stats.height,
             endpoint=endpoint, label=label, client=client[:100], thumbnail=prepared.thumbnail,
-            brightness=prepared.stats.brightness, contrast=prepared.stats.contrast))
+            brightness=stats.brightness, contrast=stats.contrast))
     if len(services.observers):
         services.observers.notify(PredictionEvent(
-            id=response.id, created_at=now, model_name=model.name,
+            id=answer["id"], created_at=now, model_name=model.name,
             model_version=model.version, classes=tuple(model.bundle.classes),
-            probabilities=probabilities, predicted=response.predicted,
-            confidence=response.confidence, unknown=response.unknown,
-            latency_ms=response.latency_ms, image=prepared.stats,
+            probabilities=probabilities, predicted=predicted, confidence=confidence,
+            unknown=unknown, latency_ms=answer["latency_ms"], image=stats,
             image_sha256=prepared.sha256, label=label, embedding=embedding,
             extra={"upload": data}))
 
