@@ -80,6 +80,42 @@ def test_window_keeps_the_newest_predictions_in_order() -> None:
     assert small.since == 15.0 and len(window) == 30
 
 
+def test_adding_in_bulk_is_adding_one_by_one() -> None:
+    """The service folds queued predictions with add_many: the window must not differ."""
+    reference = _reference()
+    rng = np.random.default_rng(6)
+    n = 37
+    rows = {"times": rng.random(n) * 1e9, "widths": rng.integers(8, 500, n),
+            "heights": rng.integers(8, 500, n), "brightness": rng.normal(120, 15, n),
+            "contrast": rng.normal(40, 5, n), "confidence": rng.random(n),
+            "predicted": rng.integers(0, 3, n),
+            "probabilities": [rng.dirichlet([1, 1, 1]) if i % 5 else None for i in range(n)],
+            "embeddings": [rng.normal(size=16) if i % 4 else None for i in range(n)],
+            "labels": [CLASSES[i % 3] if i % 3 else ("wolf" if i % 2 else None)
+                       for i in range(n)]}
+    one, bulk = SlidingWindow(reference, capacity=25), SlidingWindow(reference, capacity=25)
+    singles = [one.add(time=rows["times"][i], width=rows["widths"][i],
+                       height=rows["heights"][i], brightness=rows["brightness"][i],
+                       contrast=rows["contrast"][i], confidence=rows["confidence"][i],
+                       predicted=int(rows["predicted"][i]),
+                       probabilities=rows["probabilities"][i],
+                       embedding=rows["embeddings"][i], label=rows["labels"][i])
+               for i in range(n)]
+    z, r = bulk.add_many(**rows)  # more rows than the window holds: the newest 25 stay
+    a, b = one.snapshot(), bulk.snapshot()
+    assert len(one) == len(bulk) == 25 and one.since == bulk.since
+    for name in ("times", "predicted", "labels", "probabilities", "projections", "residuals"):
+        np.testing.assert_allclose(getattr(a, name), getattr(b, name), equal_nan=True)
+    for name in a.features:
+        np.testing.assert_allclose(a.features[name], b.features[name], equal_nan=True)
+    for i, single in enumerate(singles):  # the projections returned are the same too
+        if single is None:
+            assert rows["embeddings"][i] is None and np.isnan(r[i])
+        else:
+            np.testing.assert_allclose(single[0], z[i])
+            assert single[1] == pytest.approx(r[i])
+
+
 def test_stored_rows_make_the_same_window() -> None:
     reference = _reference()
     data = WindowData.from_rows(

@@ -34,12 +34,21 @@ def bundle_copy(serve_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def make_settings(serve_bundle: Path, tmp_path: Path) -> Callable[..., object]:
+def serve_lane() -> bool:
+    """Whether POST /predict is answered by the lane (serve/lane.py, the default) or the
+    FastAPI route; modules that must hold for both override this with a parametrized
+    fixture (test_api.py, test_inputs.py)."""
+    return True
+
+
+@pytest.fixture
+def make_settings(serve_bundle: Path, tmp_path: Path, serve_lane: bool) -> Callable[..., object]:
     from visiondeck.serve.settings import ServeSettings
 
     def make(**changes):
         values = {"bundle": str(serve_bundle), "data_dir": tmp_path / "data",
-                  "watch_interval_s": 0, "preprocess_threads": 2, "intra_op_threads": 1}
+                  "watch_interval_s": 0, "preprocess_threads": 2, "intra_op_threads": 1,
+                  "fast_lane": serve_lane}
         values.update(changes)
         return ServeSettings(**values)
 

@@ -9,6 +9,12 @@ import pytest
 from tests.serve.conftest import learnable_png
 
 
+@pytest.fixture(params=[True, False], ids=["lane", "route"])
+def serve_lane(request: pytest.FixtureRequest) -> bool:
+    """Every test here runs against the /predict lane and against the FastAPI route."""
+    return request.param
+
+
 def _check_prediction(body: dict, top_k: int = 3) -> None:
     assert body["predicted"] in ("left", "middle", "right")
     assert len(body["top_k"]) == top_k
@@ -21,6 +27,10 @@ def _check_prediction(body: dict, top_k: int = 3) -> None:
     assert body["model"]["name"] and len(body["model"]["version"]) == 12
     assert body["latency_ms"] > 0
     assert len(body["id"]) == 32 and len(body["label_token"]) == 32
+    # the answer is built as a dict on the hot path: it must still be the documented schema
+    from visiondeck.serve.schemas import PredictionResponse
+
+    assert PredictionResponse.model_validate(body).model_dump(by_alias=True) == body
 
 
 def test_health_ready_model(client) -> None:

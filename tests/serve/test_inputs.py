@@ -13,6 +13,12 @@ from tests.factories import crafted_png, pattern, png_bytes
 from tests.serve.conftest import learnable_png
 
 
+@pytest.fixture(params=[True, False], ids=["lane", "route"])
+def serve_lane(request: pytest.FixtureRequest) -> bool:
+    """Every test here runs against the /predict lane and against the FastAPI route."""
+    return request.param
+
+
 @pytest.fixture
 def decoder_calls(monkeypatch) -> list[int]:
     """Counts calls of the decoder the service uses."""

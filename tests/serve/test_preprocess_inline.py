@@ -6,6 +6,7 @@ import io
 import zlib
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from visiondeck.serve.preprocess import INLINE_MAX_BYTES, is_small_image
@@ -46,3 +47,55 @@ def test_animated_images_go_to_the_pool() -> None:
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
     assert not is_small_image(buffer.getvalue())
+
+
+def test_an_animated_png_goes_to_the_pool() -> None:
+    frames = [Image.new("L", (16, 16), color) for color in (0, 255)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "PNG", save_all=True, append_images=frames[1:])
+    assert b"acTL" in buffer.getvalue()
+    assert not is_small_image(buffer.getvalue())
+
+
+def test_brightness_and_contrast_in_one_pass_equal_numpys() -> None:
+    from visiondeck.serve.preprocess import brightness_contrast
+
+    rng = np.random.default_rng(0)
+    for shape in ((28, 28, 1), (224, 224, 3), (1, 1, 1), (3, 5, 3)):
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        mean, std = brightness_contrast(array)
+        assert mean == pytest.approx(float(array.mean()), rel=1e-12)
+        assert std == pytest.approx(float(array.std()), rel=1e-9, abs=1e-9)
+    assert brightness_contrast(np.full((4, 4, 1), 255, np.uint8)) == (255.0, 0.0)
+
+
+def _prepared(data: bytes, mode: str = "L"):
+    from visiondeck.serve.preprocess import prepare_image
+
+    class _Bundle:  # what prepare_image reads of a Bundle
+        class input:
+            max_pixels, max_bytes = 10**8, None
+        prepare = staticmethod(lambda array: array)
+
+    _Bundle.input.mode = mode
+    return prepare_image(data, _Bundle, max_bytes=10**6, max_pixels=10**8, thumbnail_size=64)
+
+
+def test_a_small_plain_png_is_its_own_thumbnail_and_others_are_reencoded() -> None:
+    plain = _png(28, 28)
+    assert _prepared(plain).thumbnail == plain
+    big = _prepared(_png(100, 80)).thumbnail  # larger than a thumbnail: shrunk
+    assert big != _png(100, 80) and Image.open(io.BytesIO(big)).size == (64, 51)
+    rgb = io.BytesIO()
+    Image.new("RGB", (20, 20), (200, 10, 10)).save(rgb, "PNG")
+    assert _prepared(rgb.getvalue()).thumbnail != rgb.getvalue()  # not the model's mode
+    from PIL import PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Author", "someone private")
+    tagged = io.BytesIO()
+    Image.new("L", (20, 20), 7).save(tagged, "PNG", pnginfo=info)
+    thumb = _prepared(tagged.getvalue()).thumbnail
+    assert thumb != tagged.getvalue() and b"someone private" not in thumb
+    for thumbnail in (thumb, big):
+        assert Image.open(io.BytesIO(thumbnail)).format == "PNG"
