@@ -358,13 +358,14 @@ def _batch_stats(port: int) -> tuple[float, float]:
 
 
 def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: argparse.Namespace,
-                 work: Path) -> dict[str, Any]:
+                 work: Path, workers: int = 1) -> dict[str, Any]:
     colds = []
     for i in range(args.cold_runs):
         port = _free_port()
         if kind == "visiondeck":
-            proc, cold = _start_visiondeck(bundle, port, _fresh(work / f"data-{i}"),
-                                           args.serve_args, dict(args.serve_env))
+            proc, cold = _start_visiondeck(bundle, port, _fresh(work / f"data-{workers}-{i}"),
+                                           ["--workers", str(workers), *args.serve_args],
+                                           dict(args.serve_env))
         else:
             proc, cold = _start_naive(bundle, port, _fresh(work / f"naive-{i}"))
         colds.append(cold)
@@ -392,7 +393,8 @@ def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: a
                 runs = after[1] - before[1]
                 result["mean_batch"] = round((after[0] - before[0]) / runs, 2) if runs else None
             levels.append(result)
-            print(f"  {kind:10s} c={concurrency:<3d} {result['throughput_rps']:8.1f} req/s  "
+            label = kind if kind == "naive" else f"{kind}×{workers}"
+            print(f"  {label:12s} c={concurrency:<3d} {result['throughput_rps']:8.1f} req/s  "
                   f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  "
                   f"errors {result['errors']}" + (f"  batch {result.get('mean_batch')}"
                                                   if kind == "visiondeck" else ""), flush=True)
@@ -419,6 +421,8 @@ def main() -> None:
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
+                        help="`visiondeck serve --workers N` for each N, against one naive run")
     parser.add_argument("--client", choices=["wrk", "python"],
                         default="wrk" if shutil.which("wrk") else "python",
                         help="load generator: wrk (Debian package, default when installed) or "
@@ -455,7 +459,8 @@ def main() -> None:
                     "load_average_at_start": list(os.getloadavg())},
         "method": f"closed loop on loopback ({args.client}), client and server on the same "
                   "machine; visiondeck serve with its defaults (SQLite history on, thumbnails "
-                  "on) plus --serve-args",
+                  "on, drift monitoring on) plus --workers N and --serve-args",
+        "workers": args.workers,
         "serve_args": args.serve_args,
         "serve_env": dict(args.serve_env),
         "models": {},
@@ -467,14 +472,18 @@ def main() -> None:
               f"upload {len(image[0])} bytes)", flush=True)
         entry: dict[str, Any] = {"bundle": str(bundle), "architecture": info["architecture"],
                                  "input": info["input"], "upload_bytes": len(image[0])}
-        entry["visiondeck"] = bench_server("visiondeck", bundle, image, args, work)
+        by_workers = {str(n): bench_server("visiondeck", bundle, image, args, work, n)
+                      for n in args.workers}
+        entry["visiondeck"] = by_workers[str(args.workers[0])]
+        entry["visiondeck_by_workers"] = by_workers
         if not args.skip_naive:
             entry["naive"] = bench_server("naive", bundle, image, args, work)
-            entry["speedup"] = {
+            entry["speedup_by_workers"] = {n: {
                 str(ours["concurrency"]): round(ours["throughput_rps"]
                                                 / max(theirs["throughput_rps"], 1e-9), 2)
-                for ours, theirs in zip(entry["visiondeck"]["levels"],
-                                        entry["naive"]["levels"], strict=True)}
+                for ours, theirs in zip(result["levels"], entry["naive"]["levels"],
+                                        strict=True)} for n, result in by_workers.items()}
+            entry["speedup"] = entry["speedup_by_workers"][str(args.workers[0])]
         results["models"][name] = entry
     results["machine"]["load_average_at_end"] = list(os.getloadavg())
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -12,6 +12,7 @@ from tests.serve.conftest import (  # noqa: F401  (fixtures shared with the serv
     make_client,
     make_settings,
     serve_bundle,
+    serve_lane,
 )
 
 _REGIONS = {"left": (slice(0, 8), slice(0, 8)), "middle": (slice(4, 12), slice(4, 12)),
