@@ -361,52 +361,100 @@ def _batch_stats(port: int) -> tuple[float, float]:
     return float(total.group(1)) if total else 0.0, float(count.group(1)) if count else 0.0
 
 
-def bench_server(kind: str, bundle: Path, image: tuple[bytes, str, str], args: argparse.Namespace,
-                 work: Path, workers: int = 1) -> dict[str, Any]:
-    colds = []
-    for i in range(args.cold_runs):
-        port = _free_port()
-        if kind == "visiondeck":
-            proc, cold = _start_visiondeck(bundle, port, _fresh(work / f"data-{workers}-{i}"),
-                                           ["--workers", str(workers), *args.serve_args],
-                                           dict(args.serve_env))
-        else:
-            proc, cold = _start_naive(bundle, port, _fresh(work / f"naive-{i}"))
-        colds.append(cold)
-        if i < args.cold_runs - 1:
-            _stop(proc)
-    data, filename, content_type = image
-    request = multipart_request("127.0.0.1", port, "/predict", "image", filename, data,
-                                content_type)
-    head, _, body = request.partition(b"\r\n\r\n")
-    multipart_type = re.search(rb"Content-Type: (multipart/form-data; boundary=\S+)",
-                               head).group(1).decode()
-    levels = []
-    try:
-        asyncio.run(_load("127.0.0.1", port, request, 8, args.warmup, 60))
-        for concurrency in args.concurrency:
-            before = _batch_stats(port) if kind == "visiondeck" else (0.0, 0.0)
-            if args.client == "wrk":
-                result = _load_wrk("127.0.0.1", port, body, multipart_type, concurrency,
-                                   args.max_seconds, work)
+class Server:
+    """One server under test, started once (its cold starts measured) and kept running."""
+
+    def __init__(self, kind: str, workers: int = 1) -> None:
+        self.kind, self.workers = kind, workers
+        self.label = kind if kind == "naive" else f"{kind}×{workers}"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self.colds: list[float] = []
+        self.rounds: dict[int, list[dict[str, Any]]] = {}
+
+    def start(self, bundle: Path, args: argparse.Namespace, work: Path) -> None:
+        for i in range(args.cold_runs):
+            self.port = _free_port()
+            if self.kind == "visiondeck":
+                self.proc, cold = _start_visiondeck(
+                    bundle, self.port, _fresh(work / f"data-{self.workers}-{i}"),
+                    ["--workers", str(self.workers), *args.serve_args], dict(args.serve_env))
             else:
-                result = asyncio.run(_load("127.0.0.1", port, request, concurrency,
-                                           args.requests, args.max_seconds))
-            if kind == "visiondeck":
-                after = _batch_stats(port)
-                runs = after[1] - before[1]
-                result["mean_batch"] = round((after[0] - before[0]) / runs, 2) if runs else None
-            levels.append(result)
-            label = kind if kind == "naive" else f"{kind}×{workers}"
-            print(f"  {label:12s} c={concurrency:<3d} {result['throughput_rps']:8.1f} req/s  "
-                  f"p50 {result['p50_ms'] or float('nan'):7.2f} ms  "
-                  f"p99 {result['p99_ms'] or float('nan'):7.2f} ms  "
-                  f"errors {result['errors']}" + (f"  batch {result.get('mean_batch')}"
-                                                  if kind == "visiondeck" else ""), flush=True)
+                self.proc, cold = _start_naive(bundle, self.port, _fresh(work / f"naive-{i}"))
+            self.colds.append(cold)
+            if i < args.cold_runs - 1:
+                _stop(self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc)
+            self.proc = None
+
+    def measure(self, request: bytes, concurrency: int, args: argparse.Namespace,
+                work: Path) -> dict[str, Any]:
+        head, _, body = request.partition(b"\r\n\r\n")
+        multipart_type = re.search(rb"Content-Type: (multipart/form-data; boundary=\S+)",
+                                   head).group(1).decode()
+        ours = self.kind == "visiondeck"
+        before = _batch_stats(self.port) if ours else (0.0, 0.0)
+        if args.client == "wrk":
+            result = _load_wrk("127.0.0.1", self.port, body, multipart_type, concurrency,
+                               args.max_seconds, work)
+        else:
+            result = asyncio.run(_load("127.0.0.1", self.port, request, concurrency,
+                                       args.requests, args.max_seconds))
+        if ours:
+            after = _batch_stats(self.port)
+            runs = after[1] - before[1]
+            # with several workers each scrape reads whichever worker answers: no mean then
+            result["mean_batch"] = (round((after[0] - before[0]) / runs, 2)
+                                    if runs and self.workers == 1 else None)
+        self.rounds.setdefault(concurrency, []).append(result)
+        print(f"  {self.label:12s} c={concurrency:<3d} {result['throughput_rps']:8.1f} req/s  "
+              f"p50 {result['p50_ms'] or float('nan'):7.2f} ms  "
+              f"p99 {result['p99_ms'] or float('nan'):7.2f} ms  "
+              f"errors {result['errors']}" + (f"  batch {result.get('mean_batch')}"
+                                              if ours else ""), flush=True)
+        return result
+
+    def summary(self) -> dict[str, Any]:
+        """Per level, the round with the median throughput (its latencies with it), and
+        every round's throughput."""
+        levels = []
+        for results in self.rounds.values():
+            ranked = sorted(results, key=lambda r: r["throughput_rps"])
+            median = dict(ranked[(len(ranked) - 1) // 2])
+            median["rounds_rps"] = [r["throughput_rps"] for r in results]
+            levels.append(median)
+        return {"cold_start_s": round(statistics.median(self.colds), 3),
+                "cold_start_runs_s": [round(c, 3) for c in self.colds], "levels": levels}
+
+
+def bench_model(bundle: Path, image: tuple[bytes, str, str], args: argparse.Namespace,
+                work: Path) -> dict[str, Server]:
+    """All servers up at once, then `--rounds` rounds; in each, every level is measured on
+    every server back to back (in a rotating order), so a slow spell of a shared machine
+    hits all servers alike instead of whichever happened to run then."""
+    servers = [Server("visiondeck", n) for n in args.workers]
+    if not args.skip_naive:
+        servers.append(Server("naive"))
+    data, filename, content_type = image
+    request = multipart_request("127.0.0.1", 0, "/predict", "image", filename, data,
+                                content_type)
+    try:
+        for server in servers:
+            server.start(bundle, args, work)
+            asyncio.run(_load("127.0.0.1", server.port, request, 8, args.warmup, 60))
+        for round_ in range(args.rounds):
+            print(f" round {round_ + 1} of {args.rounds}", flush=True)
+            for concurrency in args.concurrency:
+                shift = round_ % len(servers)
+                for server in servers[shift:] + servers[:shift]:
+                    server.measure(request, concurrency, args, work)
     finally:
-        _stop(proc)
-    return {"cold_start_s": round(statistics.median(colds), 3),
-            "cold_start_runs_s": [round(c, 3) for c in colds], "levels": levels}
+        for server in servers:
+            server.stop()
+    return {server.label: server for server in servers}
 
 
 def _fresh(path: Path) -> Path:
@@ -421,11 +469,15 @@ def main() -> None:
     parser.add_argument("--effnet-bundle", type=Path)
     parser.add_argument("--work", type=Path, help="where built Bundles go (default: a temp dir)")
     parser.add_argument("--requests", type=int, default=2000, help="per level (upper bound)")
-    parser.add_argument("--max-seconds", type=float, default=15.0, help="per level (cap)")
+    parser.add_argument("--max-seconds", type=float, default=8.0,
+                        help="per level and round (cap)")
     parser.add_argument("--warmup", type=int, default=100)
     parser.add_argument("--cold-runs", type=int, default=3)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--skip-naive", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="measure every level on every server this many times, "
+                             "interleaved; the median round is reported")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2],
                         help="`visiondeck serve --workers N` for each N, against one naive run")
     parser.add_argument("--client", choices=["wrk", "python"],
@@ -464,8 +516,11 @@ def main() -> None:
                     "load_average_at_start": list(os.getloadavg())},
         "method": f"closed loop on loopback ({args.client}), client and server on the same "
                   "machine; visiondeck serve with its defaults (SQLite history on, thumbnails "
-                  "on, drift monitoring on) plus --workers N and --serve-args",
+                  "on, drift monitoring on) plus --workers N and --serve-args; all servers up "
+                  "at once, each level measured on each server in turn, --rounds times; the "
+                  "median round per server and level is reported",
         "workers": args.workers,
+        "rounds": args.rounds,
         "serve_args": args.serve_args,
         "serve_env": dict(args.serve_env),
         "models": {},
@@ -477,12 +532,12 @@ def main() -> None:
               f"upload {len(image[0])} bytes)", flush=True)
         entry: dict[str, Any] = {"bundle": str(bundle), "architecture": info["architecture"],
                                  "input": info["input"], "upload_bytes": len(image[0])}
-        by_workers = {str(n): bench_server("visiondeck", bundle, image, args, work, n)
-                      for n in args.workers}
+        servers = bench_model(bundle, image, args, work)
+        by_workers = {str(n): servers[f"visiondeck×{n}"].summary() for n in args.workers}
         entry["visiondeck"] = by_workers[str(args.workers[0])]
         entry["visiondeck_by_workers"] = by_workers
         if not args.skip_naive:
-            entry["naive"] = bench_server("naive", bundle, image, args, work)
+            entry["naive"] = servers["naive"].summary()
             entry["speedup_by_workers"] = {n: {
                 str(ours["concurrency"]): round(ours["throughput_rps"]
                                                 / max(theirs["throughput_rps"], 1e-9), 2)
