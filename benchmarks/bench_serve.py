@@ -155,7 +155,7 @@ def _load_wrk(host: str, port: int, body: bytes, content_type: str, concurrency:
     requests = int(re.search(r"(\d+) requests in ([\d.]+\w+)", out).group(1))
     wall = _wrk_seconds(re.search(r"requests in ([\d.]+\w+)", out).group(1))
     percentile = {m.group(1): _wrk_seconds(m.group(2)) * 1000
-                  for m in re.finditer(r"^\s+(50|99)%\s+(\S+)$", out, re.M)}
+                  for m in re.finditer(r"^\s+(50|99)%\s+(\S+)\s*$", out, re.M)}
     errors = sum(int(n) for n in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     errors += int(non2xx.group(1)) if non2xx else 0
