@@ -7,9 +7,9 @@ exception layers, FastAPI's telemetry and body-limit layers, ours), route matchi
 dependency resolution and response validation. `PredictLane` is the outermost ASGI layer
 (inside CORS): it answers `POST /predict` itself with exactly the steps the FastAPI
 route runs - the same functions for credentials and rate limits (`deps.check_caller`),
-body size (`uploads.receive_body`), body parsing (`uploads.uploads_from_body`),
-prediction and recording (`routes.predict.predict_upload`) and refusals
-(`errors.error_answer`) - and counts the request in the same metrics.
+body size (`uploads.receive_body`), parsing, prediction and recording
+(`routes.predict.predict_body`) and refusals (`errors.error_answer`) - and counts the
+request in the same metrics.
 
 The FastAPI route stays what /docs and /openapi.json describe, and it still answers what
 the lane passes on: a `top_k` that is not a number in range (FastAPI's validation error)
@@ -19,27 +19,26 @@ turns the lane off (every request then takes the route); the API tests run both 
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visiondeck.serve.deps import check_caller
-from visiondeck.serve.errors import ServeError, error_answer
-from visiondeck.serve.routes.predict import predict_upload
+from visiondeck.serve.errors import error_answer
+from visiondeck.serve.routes.predict import predict_body
 from visiondeck.serve.services import Services
-from visiondeck.serve.uploads import receive_body, uploads_from_body
+from visiondeck.serve.uploads import content_length, receive_body
 
 __all__ = ["PredictLane"]
 
 log = logging.getLogger("visiondeck.serve")
 
 _READABLE = ("multipart/form-data", "application/json", "application/octet-stream", "")
-_JSON_HEADERS = [(b"content-type", b"application/json")]
 _PATH = "/predict"
 
 
@@ -76,23 +75,14 @@ class PredictLane:
     async def _predict(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
                        content_type: str, query: dict[str, Any], started: float) -> int:
         services = self.services
-        settings = services.settings
         client = scope.get("client")
         try:
             caller = await check_caller(services, headers, client[0] if client else None,
                                         "predict")
             with services.engine.admit():
-                body = await receive_body(receive, self.limit, _content_length(headers))
-                uploads, label = await uploads_from_body(
-                    content_type, body, query.get("label"), max_files=1,
-                    max_bytes=settings.max_upload_bytes)
-                if len(uploads) != 1:
-                    raise ServeError(f"{len(uploads)} images sent; /predict takes one",
-                                     code="too_many_files", status=422,
-                                     hint="use /predict/batch")
-                answer = await predict_upload(services, uploads[0], label, caller.id,
-                                              "predict", started,
-                                              query.get("top_k") or settings.top_k)
+                body = await receive_body(receive, self.limit, content_length(scope))
+                answer = await predict_body(services, content_type, body, query.get("label"),
+                                            caller.id, started, query.get("top_k"))
         except Exception as exc:
             refusal = error_answer(exc)
             if refusal is None:
@@ -101,10 +91,11 @@ class PredictLane:
                                 "been logged", "hint": None}, None
             status, payload, extra = refusal
             services.metrics.errors.labels(payload["error"]).inc()
-            await _send_json(send, status, payload, extra,
-                             close=status == 413)  # the rest of the body is never read
+            if status == 413:  # the rest of the body is never read
+                extra = {**(extra or {}), "connection": "close"}
+            await JSONResponse(payload, status, extra)(scope, receive, send)
             return status
-        await _send_json(send, 200, answer)
+        await JSONResponse(answer)(scope, receive, send)
         return 200
 
 
@@ -134,26 +125,3 @@ def _query(raw: bytes) -> dict[str, Any] | None:
 def _readable(content_type: str) -> bool:
     kind = content_type.split(";")[0].strip().lower()
     return kind in _READABLE or kind.startswith("image/")
-
-
-def _content_length(headers: Headers) -> int | None:
-    value = headers.get("content-length")
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        return None
-
-
-async def _send_json(send: Send, status: int, payload: dict[str, Any],
-                     extra: dict[str, str] | None = None, *, close: bool = False) -> None:
-    body = json.dumps(payload, ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":")).encode("utf-8")
-    head = [*_JSON_HEADERS, (b"content-length", str(len(body)).encode())]
-    if extra:
-        head.extend((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items())
-    if close:
-        head.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": status, "headers": head})
-    await send({"type": "http.response.body", "body": body})

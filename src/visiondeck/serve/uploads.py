@@ -28,8 +28,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visiondeck.serve.errors import PayloadTooLarge, ServeError, UnsupportedMediaType
 
-__all__ = ["BodyLimitMiddleware", "Upload", "read_uploads", "receive_body", "split_multipart",
-           "uploads_from_body"]
+__all__ = ["BodyLimitMiddleware", "Upload", "content_length", "read_uploads", "receive_body",
+           "split_multipart", "uploads_from_body"]
 
 FILE_FIELDS = ("file", "image", "files", "images")
 MAX_LABEL = 200
@@ -58,7 +58,7 @@ class BodyLimitMiddleware:
         if limit is None:
             await self.app(scope, receive, send)
             return
-        declared = _content_length(scope)
+        declared = content_length(scope)
         if declared is not None and declared > limit:
             await self._refuse(send, declared, limit)
             return
@@ -100,7 +100,8 @@ class BodyLimitMiddleware:
         await send({"type": "http.response.body", "body": body})
 
 
-def _content_length(scope: Scope) -> int | None:
+def content_length(scope: Scope) -> int | None:
+    """The request's declared `Content-Length`, None when absent or not a number."""
     for key, value in scope.get("headers", []):
         if key == b"content-length":
             try:
@@ -179,6 +180,12 @@ def _check_size(data: bytes, max_bytes: int, name: str) -> bytes:
         raise PayloadTooLarge(f"{name} is {len(data):,} bytes; the limit is {max_bytes:,}",
                               hint="send a smaller image")
     return data
+
+
+def _check_count(count: int, max_files: int) -> None:
+    if count > max_files:
+        raise ServeError(f"{count} images; at most {max_files} per request",
+                         code="too_many_files", status=413)
 
 
 # ----------------------------------------------------------------------------- multipart
@@ -265,9 +272,7 @@ async def _from_form(content_type_header: str, body: bytes, max_files: int, max_
             except UnicodeDecodeError:
                 raise ServeError("the label is not UTF-8 text", code="bad_multipart",
                                  status=400) from None
-    if len(uploads) > max_files:
-        raise ServeError(f"{len(uploads)} images; at most {max_files} per request",
-                         code="too_many_files", status=413)
+    _check_count(len(uploads), max_files)
     return uploads, label
 
 
@@ -315,9 +320,7 @@ def _from_json(body: bytes, max_files: int, max_bytes: int) -> tuple[list[Upload
         items = [] if payload.get("image") is None else [payload["image"]]
     if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
         raise ServeError("images must be base64 strings", code="bad_json", status=422)
-    if len(items) > max_files:
-        raise ServeError(f"{len(items)} images; at most {max_files} per request",
-                         code="too_many_files", status=413)
+    _check_count(len(items), max_files)
     uploads = [Upload(f"image{i}", _check_size(_b64(text), max_bytes, f"image{i}"))
                for i, text in enumerate(items)]
     label = payload.get("label")

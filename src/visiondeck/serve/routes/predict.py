@@ -30,7 +30,7 @@ from visiondeck.serve.schemas import (
 )  # fmt: skip
 from visiondeck.serve.services import Services
 from visiondeck.serve.store import PredictionRecord
-from visiondeck.serve.uploads import Upload, read_uploads
+from visiondeck.serve.uploads import Upload, read_uploads, uploads_from_body
 
 __all__ = ["router"]
 
@@ -72,15 +72,26 @@ async def predict(request: Request, services: ServicesDep, caller: PredictCaller
                   top_k: TopK = None) -> JSONResponse:
     """Classify one image: top-k calibrated probabilities, unknown flag, model version."""
     started = time.perf_counter()
-    s = services.settings
     with services.engine.admit():
-        uploads, label = await read_uploads(request, max_files=1, max_bytes=s.max_upload_bytes)
-        if len(uploads) != 1:
-            raise ServeError(f"{len(uploads)} images sent; /predict takes one",
-                             code="too_many_files", status=422, hint="use /predict/batch")
-        answer = await predict_upload(services, uploads[0], label, caller.id, "predict",
-                                      started, top_k or s.top_k)
+        answer = await predict_body(services, request.headers.get("content-type", ""),
+                                    await request.body(), request.query_params.get("label"),
+                                    caller.id, started, top_k)
     return JSONResponse(answer)
+
+
+async def predict_body(services: Services, content_type: str, body: bytes,
+                       query_label: str | None, client: str, started: float,
+                       top_k: int | None) -> dict[str, Any]:
+    """`POST /predict` once its body is read within the size limit: the one image in it,
+    classified and recorded. Shared by the route and the lane (serve/lane.py)."""
+    s = services.settings
+    uploads, label = await uploads_from_body(content_type, body, query_label, max_files=1,
+                                             max_bytes=s.max_upload_bytes)
+    if len(uploads) != 1:
+        raise ServeError(f"{len(uploads)} images sent; /predict takes one",
+                         code="too_many_files", status=422, hint="use /predict/batch")
+    return await predict_upload(services, uploads[0], label, client, "predict", started,
+                                top_k or s.top_k)
 
 
 @router.post("/predict/batch", response_model=BatchResponse, responses=_ERRORS,
@@ -121,7 +132,7 @@ async def _batch_item(services: Services, upload: Upload, label: str | None, cli
 
 
 def _ref(model: LoadedModel) -> ModelRef:
-    return ModelRef(name=model.name, version=model.version, variant=model.variant)
+    return ModelRef(**_ref_dict(model))
 
 
 async def predict_upload(services: Services, upload: Upload, label: str | None, client: str,
