@@ -1,10 +1,15 @@
-"""Tiny generated images for the tests: good ones, bad ones, and folders of both."""
+"""Tiny generated images for the tests (good ones, bad ones, folders of both), and the few
+helpers several test modules share."""
 
 from __future__ import annotations
 
 import io
+import json
 import struct
+import subprocess
+import sys
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -101,3 +106,27 @@ def crash_at_epoch(epoch: int):
                 raise RuntimeError("simulated crash")
 
     return _Crash()
+
+
+def loaded_after_import(imports: Sequence[str], watched: Sequence[str]) -> list[str]:
+    """Which of `watched` (modules or packages, by name) a fresh interpreter has loaded once
+    it imported `imports`: how the tests prove a light module stays light."""
+    code = ("import importlib, json, sys\n"
+            f"for name in {list(imports)!r}: importlib.import_module(name)\n"
+            f"watched = {list(watched)!r}\n"
+            "print(json.dumps(sorted({w for w in watched for m in list(sys.modules) "
+            "if m == w or m.startswith(w + '.')})))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def tiny_ddp_overrides(data: Path, runs: Path, name: str) -> list[str]:
+    """A two-process CPU training of simple_cnn on `write_learnable` images (the DDP and
+    torchrun tests)."""
+    return [f"data.source={data}", "data.image_size=16", "data.augment=none",
+            "data.cache=memory", "data.num_workers=1", "data.val_fraction=0.25",
+            "data.test_fraction=0.25", "model.name=simple_cnn", "train.epochs=2",
+            "train.batch_size=6", "train.lr=0.01", "train.devices=2", "train.accelerator=cpu",
+            "tracking.enabled=false", f"output_dir={runs}", f"name={name}"]

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
-
 import pytest
+
+from tests.factories import loaded_after_import
 
 PACKAGES = ["visiondeck", "visiondeck.data", "visiondeck.models", "visiondeck.train",
             "visiondeck.evaluate", "visiondeck.explain", "visiondeck.export",
@@ -16,12 +14,7 @@ HEAVY = ["torch", "lightning", "timm", "mlflow", "onnxruntime", "pytorch_grad_ca
 
 
 def test_importing_every_package_imports_no_heavy_library() -> None:
-    code = (f"import importlib, json, sys\n"
-            f"for p in {PACKAGES!r}: importlib.import_module(p)\n"
-            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert json.loads(out) == []
+    assert loaded_after_import(PACKAGES, HEAVY) == []
 
 
 def test_a_lazy_name_is_the_real_object_and_is_cached() -> None:

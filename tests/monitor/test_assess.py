@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.factories import loaded_after_import
 from visiondeck.monitor import (
     DriftThresholds,
     SlidingWindow,
@@ -162,14 +163,6 @@ def test_accuracy_alarm_only_when_asked_and_with_enough_labels() -> None:
 
 def test_monitor_package_is_numpy_only_at_import() -> None:
     """`export` and `serve` import it: it must never pull torch, ORT or a web stack in."""
-    import subprocess
-    import sys
-
-    code = ("import sys, visiondeck.monitor, visiondeck.monitor.retrain, "
-            "visiondeck.monitor.report\n"
-            "heavy = {'torch', 'onnxruntime', 'jinja2', 'scipy', 'sqlalchemy', 'fastapi', "
-            "'lightning'}\n"
-            "print(sorted({m.split('.')[0] for m in sys.modules} & heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.strip() == "[]"
+    assert loaded_after_import(
+        ["visiondeck.monitor", "visiondeck.monitor.retrain", "visiondeck.monitor.report"],
+        ["torch", "onnxruntime", "jinja2", "scipy", "sqlalchemy", "fastapi", "lightning"]) == []

@@ -17,7 +17,7 @@ from PIL import Image
 from rich.console import Console
 from typer.testing import CliRunner
 
-from tests.factories import write_learnable
+from tests.factories import loaded_after_import, write_learnable
 from visiondeck.pipeline import (
     STEP_NAMES,
     PipelineFailed,
@@ -186,13 +186,9 @@ def test_cli_selects_steps_and_refuses_a_missing_upstream(tiny: list[str]) -> No
 
 def test_pipeline_and_dag_imports_stay_light() -> None:
     """Airflow parses the DAG file often: importing the pipeline must not pull in torch."""
-    heavy = ("torch", "lightning", "timm", "mlflow", "onnxruntime")
-    probe = ("import sys\n"
-             "import visiondeck.pipeline.runner, visiondeck.pipeline.steps\n"
-             f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({heavy!r})))")
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.strip() == "[]"
+    assert loaded_after_import(
+        ["visiondeck.pipeline.runner", "visiondeck.pipeline.steps"],
+        ["torch", "lightning", "timm", "mlflow", "onnxruntime"]) == []
 
 
 def test_a_second_pipeline_on_the_same_recipe_stops_at_once(tiny: list[str],

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
-from tests.factories import write_learnable
+from tests.factories import loaded_after_import, write_learnable
 from typer.testing import CliRunner
 
 from visiondeck.registry.store import read_link
@@ -206,14 +206,6 @@ def test_a_study_without_tracking_records_nothing(study_recipe) -> None:
 
 def test_studies_do_not_import_mlflow_or_the_registry() -> None:
     """MLflow lives in visiondeck.registry only: the studies take a tracker from the CLI."""
-    import subprocess
-    import sys
-
-    code = ("import sys, visiondeck.evaluate.cv, visiondeck.evaluate.ablate, "
-            "visiondeck.evaluate.tracking; "
-            "bad = [m for m in sys.modules if m == 'mlflow' "
-            "or m.startswith('visiondeck.registry')]; "
-            "assert not bad, bad")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
+    assert loaded_after_import(
+        ["visiondeck.evaluate.cv", "visiondeck.evaluate.ablate", "visiondeck.evaluate.tracking"],
+        ["mlflow", "visiondeck.registry"]) == []

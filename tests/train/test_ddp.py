@@ -8,20 +8,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.factories import write_learnable
+from tests.factories import tiny_ddp_overrides, write_learnable
 
 
 def test_two_process_ddp_trains_one_run(tmp_path: Path) -> None:
     data = write_learnable(tmp_path / "images")  # 72 images: 36 train after a 25/25 split
     runs = tmp_path / "runs"
-    command = [
-        sys.executable, "-m", "visiondeck", "train",
-        f"data.source={data}", "data.image_size=16", "data.augment=none", "data.cache=memory",
-        "data.num_workers=1", "data.val_fraction=0.25", "data.test_fraction=0.25",
-        "model.name=simple_cnn", "train.epochs=2", "train.batch_size=6", "train.lr=0.01",
-        "train.devices=2", "train.accelerator=cpu", "tracking.enabled=false",
-        f"output_dir={runs}", "name=ddp",
-    ]
+    command = [sys.executable, "-m", "visiondeck", "train",
+               *tiny_ddp_overrides(data, runs, "ddp")]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("VISIONDECK_RUN_DIR", None)
     done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
