@@ -138,3 +138,15 @@ def test_embedding_summary_is_a_pca_basis_with_residuals() -> None:
     _, on_subspace = summary.project(held_out)
     _, off_subspace = summary.project(rng.normal(size=(20, 10)) * 3)
     assert on_subspace.max() < 0.1 < off_subspace.min()
+
+
+def test_brightness_and_contrast_in_one_pass_equal_numpys() -> None:
+    from visiondeck.monitor import brightness_contrast
+
+    rng = np.random.default_rng(0)
+    for shape in ((28, 28, 1), (224, 224, 3), (1, 1, 1), (3, 5, 3)):
+        array = rng.integers(0, 256, shape, dtype=np.uint8)
+        mean, std = brightness_contrast(array)
+        assert mean == pytest.approx(float(array.mean()), rel=1e-12)
+        assert std == pytest.approx(float(array.std()), rel=1e-9, abs=1e-9)
+    assert brightness_contrast(np.full((4, 4, 1), 255, np.uint8)) == (255.0, 0.0)

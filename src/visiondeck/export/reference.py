@@ -21,7 +21,7 @@ from visiondeck.export.bundle import Bundle, InputSpec
 from visiondeck.export.checks import ort_session
 from visiondeck.export.samples import pick_records
 from visiondeck.imaging import ImageDecodeError, decode_image, resize_image
-from visiondeck.monitor.reference import ReferenceStats, build_reference
+from visiondeck.monitor.reference import ReferenceStats, brightness_contrast, build_reference
 
 __all__ = ["EMBEDDING_OUTPUT", "compute_reference", "with_embedding"]
 
@@ -86,7 +86,7 @@ def _measure(bundle: Bundle, session: Any, names: list[str], pairs: list[tuple[P
         except (ImageDecodeError, OSError):
             continue
         # the statistics serving computes (serve/preprocess.py), from the decoded array
-        stats.append((array.shape[1], array.shape[0], float(array.mean()), float(array.std())))
+        stats.append((array.shape[1], array.shape[0], *brightness_contrast(array)))
         labels.append(index[record.label])
         resized = resize_image(array, spec.image_size, spec.resize)  # type: ignore[arg-type]
         batch.append(normalize(resized, spec.mean, spec.std))

@@ -26,6 +26,7 @@ from visiondeck.monitor.reference import (
     REFERENCE_FILE,
     EmbeddingSummary,
     ReferenceStats,
+    brightness_contrast,
     build_reference,
     image_features,
     load_reference,
@@ -37,6 +38,7 @@ from visiondeck.monitor.window import SlidingWindow, WindowData
 __all__ = [
     "REFERENCE_FILE", "DriftAssessment", "DriftThresholds", "EmbeddingSummary", "FeatureDrift",
     "FeatureSummary", "LiveAccuracy", "MonitorError", "ReferenceStats", "SlidingWindow",
-    "WindowData", "assess", "build_reference", "image_features", "live_accuracy",
+    "WindowData", "assess", "brightness_contrast", "build_reference", "image_features",
+    "live_accuracy",
     "load_reference", "save_reference",
 ]  # fmt: skip
