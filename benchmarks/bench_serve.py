@@ -390,8 +390,15 @@ class Server:
             _stop(self.proc)
             self.proc = None
 
-    def measure(self, request: bytes, concurrency: int, args: argparse.Namespace,
-                work: Path) -> dict[str, Any]:
+    def request(self, image: tuple[bytes, str, str]) -> bytes:
+        """The benchmark's upload as a whole HTTP request to this server."""
+        data, filename, content_type = image
+        return multipart_request("127.0.0.1", self.port, "/predict", "image", filename, data,
+                                 content_type)
+
+    def measure(self, image: tuple[bytes, str, str], concurrency: int,
+                args: argparse.Namespace, work: Path) -> dict[str, Any]:
+        request = self.request(image)
         head, _, body = request.partition(b"\r\n\r\n")
         multipart_type = re.search(rb"Content-Type: (multipart/form-data; boundary=\S+)",
                                    head).group(1).decode()
@@ -438,19 +445,17 @@ def bench_model(bundle: Path, image: tuple[bytes, str, str], args: argparse.Name
     servers = [Server("visiondeck", n) for n in args.workers]
     if not args.skip_naive:
         servers.append(Server("naive"))
-    data, filename, content_type = image
-    request = multipart_request("127.0.0.1", 0, "/predict", "image", filename, data,
-                                content_type)
     try:
         for server in servers:
             server.start(bundle, args, work)
-            asyncio.run(_load("127.0.0.1", server.port, request, 8, args.warmup, 60))
+            asyncio.run(_load("127.0.0.1", server.port, server.request(image), 8, args.warmup,
+                              60))
         for round_ in range(args.rounds):
             print(f" round {round_ + 1} of {args.rounds}", flush=True)
             for concurrency in args.concurrency:
                 shift = round_ % len(servers)
                 for server in servers[shift:] + servers[:shift]:
-                    server.measure(request, concurrency, args, work)
+                    server.measure(image, concurrency, args, work)
     finally:
         for server in servers:
             server.stop()
