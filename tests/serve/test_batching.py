@@ -117,3 +117,25 @@ def test_overload_answers_503_quickly(make_settings) -> None:
     assert set(codes) == {200, 503} and codes.count(200) >= 2
     refused = next(r for r in responses if r.status_code == 503)
     assert refused.json()["error"] == "overloaded" and refused.headers["retry-after"] == "1"
+
+
+def test_small_model_keeps_to_one_ort_thread(serve_bundle, monkeypatch) -> None:
+    """A model whose run is too short to share out gets one ONNX Runtime thread when the
+    count is automatic; an explicit count, or a slow enough model, keeps what was asked."""
+    from visiondeck.serve import engine
+
+    auto = engine.load_model(str(serve_bundle), threads=2, threads_auto=True)
+    assert auto.threads == 1
+    assert auto.session.get_session_options().intra_op_num_threads == 1
+    explicit = engine.load_model(str(serve_bundle), threads=2)
+    assert explicit.threads == 2
+    assert explicit.session.get_session_options().intra_op_num_threads == 2
+    monkeypatch.setattr(engine, "SINGLE_THREAD_BELOW_MS", 0.0)  # every model counts as slow
+    assert engine.load_model(str(serve_bundle), threads=2, threads_auto=True).threads == 2
+    batch = np.zeros((3, *auto.bundle.input.shape), dtype=np.float32)
+    assert [r.predicted for r in auto.run(batch)] == [r.predicted for r in explicit.run(batch)]
+
+
+def test_model_endpoint_reports_ort_threads(make_client) -> None:
+    assert make_client(intra_op_threads=0).get("/model").json()["threads"] == 1
+    assert make_client(intra_op_threads=3).get("/model").json()["threads"] == 3

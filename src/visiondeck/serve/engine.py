@@ -3,7 +3,8 @@
 `Engine` owns the loaded model (`LoadedModel`: Bundle + ORT session + version), a thread
 pool that decodes and prepares uploads off the event loop, and the `MicroBatcher`. It
 never imports torch. ONNX Runtime is configured for serving on a shared CPU: intra-op
-threads = cores / workers, sequential execution (one graph run at a time on the inference
+threads = cores / workers (one for a model whose run is too short to share out),
+sequential execution (one graph run at a time on the inference
 thread, parallel inside it), full graph optimisation, and no thread spinning by default
 (spinning threads steal the cores the decoders and the HTTP server need).
 
@@ -56,6 +57,7 @@ class LoadedModel:
     input_name: str
     logits_name: str
     embedding_name: str | None
+    threads: int = 1  # ONNX Runtime intra-op threads of `session`
 
     @property
     def name(self) -> str:
@@ -102,29 +104,28 @@ def _resolve(source: str) -> Path:
     return Path(source)
 
 
-def load_model(source: str, *, variant: str = "fp32", threads: int = 1,
-               spinning: bool = False, max_batch: int = 32) -> LoadedModel:
-    """Read the Bundle, open its ONNX model in ORT and warm it up (blocking)."""
-    import onnxruntime as ort
+#: with `threads_auto`, a model whose one-image run takes less than this keeps to one
+#: ONNX Runtime thread: handing a run this short to a thread pool and collecting it costs
+#: more CPU than the second thread saves (measured on the Fashion-MNIST CNN: 0.45 ms of CPU
+#: an image with one thread, 0.71 ms with two), and on a loaded server that CPU is what
+#: the event loop and the other workers need
+SINGLE_THREAD_BELOW_MS = 2.0
 
+
+def load_model(source: str, *, variant: str = "fp32", threads: int = 1,
+               spinning: bool = False, max_batch: int = 32,
+               threads_auto: bool = False) -> LoadedModel:
+    """Read the Bundle, open its ONNX model in ORT and warm it up (blocking).
+
+    `threads_auto`: `threads` is an upper bound; a model too quick to gain from parallel
+    runs gets one thread (see `SINGLE_THREAD_BELOW_MS`).
+    """
     start = time.perf_counter()
     folder = _resolve(source)
     bundle = load_bundle(folder)
     fingerprint = _folder_fingerprint(bundle.path)
     onnx_file = bundle.onnx_path(variant)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(str(onnx_file), options,
-                                       providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelUnavailable(f"ONNX Runtime cannot load {onnx_file}: {exc}",
-                               hint="re-export the run with `visiondeck export`") from None
+    session = _open_session(onnx_file, threads, spinning)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
     input_name = "input" if "input" in inputs else next(iter(inputs))
@@ -140,14 +141,53 @@ def load_model(source: str, *, variant: str = "fp32", threads: int = 1,
         source=source, loaded_at=datetime.now(UTC), load_seconds=0.0, fingerprint=fingerprint,
         max_batch=limit, input_name=input_name, logits_name=logits_name,
         embedding_name=EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in outputs else None,
+        threads=threads,
     )
-    shape = bundle.input.shape
-    # first runs allocate; keep that off the first requests, without paying for a full
-    # max-size batch at start-up (0.7 s for EfficientNet-Lite0 at 32×224²)
-    for size in sorted({1, min(limit, 8)}):
-        model.run(np.zeros((size, *shape), dtype=np.float32))
+    _warm(model)
+    if threads_auto and threads > 1 and _one_image_ms(model) < SINGLE_THREAD_BELOW_MS:
+        model.session = _open_session(onnx_file, 1, spinning)
+        model.threads = 1
+        _warm(model)
     model.load_seconds = time.perf_counter() - start
     return model
+
+
+def _open_session(onnx_file: Path, threads: int, spinning: bool) -> Any:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:
+        raise ModelUnavailable(f"ONNX Runtime cannot load {onnx_file}: {exc}",
+                               hint="re-export the run with `visiondeck export`") from None
+
+
+def _warm(model: LoadedModel) -> None:
+    """First runs allocate; keep that off the first requests, without paying for a full
+    max-size batch at start-up (0.7 s for EfficientNet-Lite0 at 32×224²)."""
+    for size in sorted({1, min(model.max_batch, 8)}):
+        model.run(np.zeros((size, *model.bundle.input.shape), dtype=np.float32))
+
+
+def _one_image_ms(model: LoadedModel, runs: int = 5) -> float:
+    """Median wall time of a one-image run, warm (a first run that is already long stops
+    the measurement: one is enough to know the model is not small)."""
+    one = np.zeros((1, *model.bundle.input.shape), dtype=np.float32)
+    times: list[float] = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        model.session.run([model.logits_name], {model.input_name: one})
+        times.append((time.perf_counter() - started) * 1000.0)
+        if times[-1] > 4 * SINGLE_THREAD_BELOW_MS:
+            break
+    return float(np.median(times))
 
 
 class Engine:
@@ -186,7 +226,8 @@ class Engine:
     def _load(self) -> LoadedModel:
         s = self.settings
         return load_model(s.bundle, variant=s.variant, threads=s.ort_threads,
-                          spinning=s.ort_spinning, max_batch=s.max_batch)
+                          spinning=s.ort_spinning, max_batch=s.max_batch,
+                          threads_auto=not s.intra_op_threads)
 
     async def reload(self) -> tuple[LoadedModel, bool]:
         """Load the source again; swap only if it changed. (model, swapped)."""

@@ -109,6 +109,7 @@ class ModelInfo(BaseModel):
     load_seconds: float
     source: str
     max_batch: int
+    threads: int = Field(description="ONNX Runtime intra-op threads of the session")
     bundle: dict[str, Any] = Field(description="the rest of bundle.json (data, parity, ...)")
 
 

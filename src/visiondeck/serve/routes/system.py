@@ -58,7 +58,7 @@ async def model_info(services: ServicesDep) -> ModelInfo:
         created_at=bundle.info.get("created_at"), loaded_at=model.loaded_at.isoformat(),
         load_seconds=round(model.load_seconds, 4),
         source=model.source if model.source.startswith("models:/") else bundle.path.name,
-        max_batch=model.max_batch,
+        max_batch=model.max_batch, threads=model.threads,
         bundle={k: v for k, v in bundle.info.items() if k not in skip},
     )
 
