@@ -196,3 +196,55 @@ def test_postgres_outage_never_fails_predictions(make_client) -> None:
         proxy.close()
         direct.drop()
         direct.dispose()
+
+
+def test_fast_insert_stores_what_the_portable_path_stores(store) -> None:
+    """SQLite and PostgreSQL rows go through the driver's executemany with each column's
+    bind processor; they must read back, and sit in the table, exactly as SQLAlchemy's own
+    insert leaves them (dates, JSON, booleans, bytes, NULLs)."""
+    import sqlalchemy as sa
+
+    assert store._fast_insert() is not None
+    base = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
+    records = [_record(i, created=base + timedelta(seconds=i), unknown=i == 1,
+                       label=None if i else "left", client=None if i == 2 else "k1",
+                       thumbnail=None if i == 1 else b"\x89PNG\x00",
+                       brightness=None if i == 2 else 12.5,
+                       features=None if i == 1 else {"ref": "r", "z": [0.5, -1.0]})
+               for i in range(3)]
+    portable = PredictionStore(store.url, prefix=_prefix())
+    portable._fast = ()  # force the portable path
+    try:
+        store.insert_many(records)
+        store.insert_many(records)  # a retried batch: skipped, no error
+        portable.insert_many(records)
+        assert portable._fast_insert() is None
+        fast_rows = store.query(PredictionQuery(newest_first=False))[0]
+        portable_rows = portable.query(PredictionQuery(newest_first=False))[0]
+        assert [r.to_json(thumbnail=True) for r in fast_rows] == \
+            [r.to_json(thumbnail=True) for r in portable_rows]
+        assert fast_rows[0].to_json(thumbnail=True) == records[0].to_json(thumbnail=True)
+
+        def raw(s: PredictionStore) -> list[tuple]:
+            with s.engine.connect() as conn:
+                return [tuple(row) for row in conn.execute(sa.text(
+                    f"SELECT * FROM {s.table.name} ORDER BY id"))]
+        assert raw(store) == raw(portable)  # the same stored text/values, column by column
+    finally:
+        portable.drop()
+        portable.dispose()
+
+
+def test_prediction_ids_sort_by_time_and_do_not_repeat() -> None:
+    from visiondeck.serve.store import new_prediction_id
+
+    ids = []
+    for _ in range(3):
+        ids += [new_prediction_id() for _ in range(2000)]
+        time.sleep(0.002)
+    assert len(set(ids)) == len(ids)
+    assert all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
+    as_uuid = uuid.UUID(ids[0])
+    assert as_uuid.version == 7 and as_uuid.variant == uuid.RFC_4122
+    assert ids[0][:12] < ids[2000][:12] < ids[4000][:12]  # the millisecond prefix grows
+    assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 5

@@ -11,7 +11,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import threading
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
@@ -22,7 +24,8 @@ from sqlalchemy.engine import Engine
 
 from visiondeck.serve.errors import ServeError
 
-__all__ = ["PredictionQuery", "PredictionRecord", "PredictionStore", "StoreUnavailable"]
+__all__ = ["PredictionQuery", "PredictionRecord", "PredictionStore", "StoreUnavailable",
+           "new_prediction_id"]
 
 
 class StoreUnavailable(ServeError):
@@ -151,6 +154,7 @@ class PredictionStore:
         )
         self._created = False
         self._create_lock = threading.Lock()
+        self._fast: tuple[str, list[Any]] | tuple[()] | None = None  # see _fast_insert
 
     # ----------------------------------------------------------------------- writing
 
@@ -185,17 +189,51 @@ class PredictionStore:
                     raise
 
     def insert_many(self, records: Sequence[PredictionRecord]) -> None:
-        """Insert rows in one transaction; rows already present (a retried batch) are skipped."""
+        """Insert rows in one transaction; rows already present (a retried batch) are skipped.
+
+        SQLite and PostgreSQL take one `INSERT ... ON CONFLICT (id) DO NOTHING` through the
+        driver's executemany, each value passed through the column type's own bind processor
+        (so rows are stored exactly as SQLAlchemy would store them): this runs for every
+        prediction the service answers, and SQLAlchemy's per-row parameter handling cost as
+        much CPU as SQLite's own insert. Other databases take the portable path: look up the
+        ids already present, insert the rest.
+        """
         if not records:
             return
         self.create()
-        ids = [r.id for r in records]
+        fast = self._fast_insert()
         with self.engine.begin() as conn:
+            if fast is not None:
+                statement, processors = fast
+                conn.exec_driver_sql(statement, [
+                    tuple(value if process is None else process(value)
+                          for value, process in zip(_values(r), processors, strict=True))
+                    for r in records])
+                return
+            ids = [r.id for r in records]
             present = set(conn.execute(sa.select(self.table.c.id)
                                        .where(self.table.c.id.in_(ids))).scalars())
             rows = [_row(r) for r in records if r.id not in present]
             if rows:
                 conn.execute(self.table.insert(), rows)
+
+    def _fast_insert(self) -> tuple[str, list[Any]] | None:
+        """(statement, bind processors in `_FIELDS` order), or None for the portable path."""
+        if self._fast is None:
+            dialect = self.engine.dialect
+            marker = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(dialect.paramstyle)
+            if dialect.name not in ("sqlite", "postgresql") or marker is None:
+                self._fast = ()
+            else:
+                quote = dialect.identifier_preparer.quote
+                statement = (f"INSERT INTO {quote(self.table.name)} "
+                             f"({', '.join(quote(name) for name in _FIELDS)}) VALUES "
+                             f"({', '.join([marker] * len(_FIELDS))}) "
+                             f"ON CONFLICT ({quote('id')}) DO NOTHING")
+                types = [self.table.c[name].type.dialect_impl(dialect) for name in _FIELDS]
+                processors = [type_.bind_processor(dialect) for type_ in types]
+                self._fast = (statement, processors)
+        return self._fast or None
 
     def set_label(self, prediction_id: str, label: str | None) -> bool:
         self.create()
@@ -324,7 +362,26 @@ def _row(record: PredictionRecord) -> dict[str, Any]:
     return row
 
 
+def _values(record: PredictionRecord) -> list[Any]:
+    values = [getattr(record, name) for name in _FIELDS]
+    values[_CREATED_AT] = _utc(record.created_at)
+    return values
+
+
 _FIELDS = tuple(f.name for f in fields(PredictionRecord))
+_CREATED_AT = _FIELDS.index("created_at")
+
+
+def new_prediction_id() -> str:
+    """32 hex digits laid out as a UUIDv7 (RFC 9562): 48 bits of Unix milliseconds, then
+    74 random bits. Ids sort by creation time, so the history table's primary key grows
+    at its end instead of at random places (a fifth less CPU per stored row in SQLite),
+    and the 74 random bits keep them unguessable, as the label tokens assume."""
+    millis = time.time_ns() // 1_000_000
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = ((millis & 0xFFFF_FFFF_FFFF) << 80 | 0x7 << 76 | (rand >> 64 & 0xFFF) << 64
+             | 0b10 << 62 | rand & 0x3FFF_FFFF_FFFF_FFFF)
+    return f"{value:032x}"
 
 
 def _record(row: Any) -> PredictionRecord:

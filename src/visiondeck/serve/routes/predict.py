@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import time
-import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
@@ -29,7 +28,7 @@ from visiondeck.serve.schemas import (
     PredictionResponse,
 )  # fmt: skip
 from visiondeck.serve.services import Services
-from visiondeck.serve.store import PredictionRecord
+from visiondeck.serve.store import PredictionRecord, new_prediction_id
 from visiondeck.serve.uploads import Upload, read_uploads, uploads_from_body
 
 __all__ = ["router"]
@@ -153,7 +152,7 @@ async def predict_upload(services: Services, upload: Upload, label: str | None, 
            for i in order]
     predicted = classes[row.predicted]
     latency_ms = round((time.perf_counter() - started) * 1000.0, 3)
-    prediction_id = uuid.uuid4().hex
+    prediction_id = new_prediction_id()
     stats = prepared.stats
     answer = {
         "id": prediction_id, "predicted": predicted,
