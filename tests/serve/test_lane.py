@@ -155,11 +155,46 @@ def test_lane_serves_under_a_root_path(make_settings) -> None:
 
 
 def test_the_lane_is_in_front_only_when_on(make_settings) -> None:
+    """The lane is the outermost layer, in front of FastAPI's own ones (CORS, when on, in
+    front of the lane); off, /predict goes through the whole stack to the route."""
+    from fastapi.middleware.cors import CORSMiddleware
+    from starlette.middleware.errors import ServerErrorMiddleware
+
     from visiondeck.serve.app import create_app
     from visiondeck.serve.lane import PredictLane
 
-    def layers(on: bool) -> list[type]:
-        return [m.cls for m in create_app(make_settings(fast_lane=on)).user_middleware]
+    def stack(**changes) -> list[type]:
+        layer, kinds = create_app(make_settings(**changes)).build_middleware_stack(), []
+        while hasattr(layer, "app"):
+            kinds.append(type(layer))
+            layer = layer.app
+        return kinds
 
-    assert PredictLane in layers(True)
-    assert PredictLane not in layers(False)
+    assert stack(fast_lane=True)[:2] == [PredictLane, ServerErrorMiddleware]
+    assert stack(fast_lane=True, cors_origins=["https://a.example"])[:2] == [CORSMiddleware,
+                                                                          PredictLane]
+    assert PredictLane not in stack(fast_lane=False)
+    assert stack(fast_lane=False)[0] is ServerErrorMiddleware
+
+
+@pytest.mark.parametrize("serve_lane", [True, False], ids=["lane", "route"])
+def test_cors_headers_on_predict_answers(make_client, serve_lane) -> None:
+    """Browsers on an allowed origin can call /predict whichever layer answers it."""
+    client = make_client(cors_origins=["https://app.example"])
+    origin = {"Origin": "https://app.example"}
+    preflight = client.options("/predict", headers={
+        **origin, "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "X-API-Key"})
+    assert preflight.status_code == 200
+    assert preflight.headers["access-control-allow-origin"] == "https://app.example"
+    answer = client.post("/predict", files={"image": ("l.png", learnable_png("left"))},
+                         headers=origin)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    refused = client.post("/predict", content=b"not an image", headers={
+        **origin, "Content-Type": "application/octet-stream"})
+    assert refused.status_code in (415, 422)
+    assert refused.headers["access-control-allow-origin"] == "https://app.example"
+    other = client.post("/predict", files={"image": ("l.png", learnable_png("left"))},
+                        headers={"Origin": "https://evil.example"})
+    assert "access-control-allow-origin" not in other.headers

@@ -1,10 +1,11 @@
 """`create_app(settings)`: the FastAPI application, built per call (no import-time state).
 
 Layers, outermost first: CORS (when origins are configured) → the `POST /predict` lane
-(serve/lane.py: the hot path, answered without the layers below) → request metrics →
-body-size limit (413 before a body is read) → FastAPI routing with one exception handler
-per error family, so every refusal is a JSON `{"error", "detail", "hint"}` with a 4xx/503
-status and nothing a client sends produces a 500.
+(serve/lane.py: the hot path, answered without the layers below) → FastAPI's own error,
+telemetry and body-limit layers → request metrics → body-size limit (413 before a body is
+read) → FastAPI routing with one exception handler per error family, so every refusal
+is a JSON `{"error", "detail", "hint"}` with a 4xx/503 status and nothing a client sends
+produces a 500.
 
 Seams for later work:
 - web pages: Jinja2 templates in `serve/templates/` (available as
@@ -26,6 +27,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from visiondeck import __version__
@@ -67,7 +69,7 @@ def create_app(settings: ServeSettings | None = None, *,
         finally:
             await services.stop()
 
-    app = FastAPI(
+    app = _Service(
         title="VisionDeck", version=__version__, description=_DESCRIPTION, lifespan=lifespan,
         docs_url="/docs" if settings.docs else None, redoc_url=None,
         openapi_url="/openapi.json" if settings.docs else None,
@@ -86,14 +88,35 @@ def create_app(settings: ServeSettings | None = None, *,
     if settings.fast_lane:
         from visiondeck.serve.lane import PredictLane
 
-        app.add_middleware(PredictLane, services=services)
+        app.front_layers.append(Middleware(PredictLane, services=services))
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
-        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
-                           allow_methods=["GET", "POST", "PUT"],
-                           allow_headers=["Authorization", "X-API-Key", "Content-Type"])
+        app.front_layers.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "PUT"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"]))
     return app
+
+
+class _Service(FastAPI):
+    """FastAPI with `front_layers` (innermost first) wrapped around its whole stack.
+
+    FastAPI builds its own error, telemetry and body-limit layers outside the middlewares
+    added with `add_middleware`. The `/predict` lane needs none of them (it answers every
+    error itself) and they cost a twentieth of a prediction's CPU, so it goes in front of
+    them, and CORS in front of the lane, so the lane's answers carry CORS headers too.
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.front_layers: list[Middleware] = []
+
+    def build_middleware_stack(self) -> ASGIApp:
+        app = super().build_middleware_stack()
+        for cls, args, kwargs in self.front_layers:
+            app = cls(app, *args, **kwargs)
+        return app
 
 
 def _add_monitoring(services: Services, settings: ServeSettings) -> None:

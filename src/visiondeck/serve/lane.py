@@ -5,16 +5,18 @@ event loop, not inference, bounds throughput, and that a third of the loop's tim
 layers a prediction does not need: eight ASGI middlewares (Starlette's error and
 exception layers, FastAPI's telemetry and body-limit layers, ours), route matching,
 dependency resolution and response validation. `PredictLane` is the outermost ASGI layer
-(inside CORS): it answers `POST /predict` itself with exactly the steps the FastAPI
-route runs - the same functions for credentials and rate limits (`deps.check_caller`),
-body size (`uploads.receive_body`), parsing, prediction and recording
-(`routes.predict.predict_body`) and refusals (`errors.error_answer`) - and counts the
-request in the same metrics.
+(behind CORS only, in front of FastAPI's own layers: see `app._Service`): it answers
+`POST /predict` itself with exactly the steps the FastAPI route runs - the same functions
+for credentials and rate limits (`deps.check_caller`), body size (`uploads.receive_body`),
+parsing, prediction and recording (`routes.predict.predict_body`) and refusals
+(`errors.error_answer`) - and counts the request in the same metrics.
 
 The FastAPI route stays what /docs and /openapi.json describe, and it still answers what
 the lane passes on: a `top_k` that is not a number in range (FastAPI's validation error)
 and content types the lane does not read (a 415 from the route). `VISIONDECK_FAST_LANE=false`
 turns the lane off (every request then takes the route); the API tests run both ways.
+Being in front of FastAPI's OpenTelemetry layer, lane requests make no FastAPI spans:
+turn the lane off where those traces matter more than throughput.
 """
 
 from __future__ import annotations
