@@ -155,26 +155,25 @@ def test_lane_serves_under_a_root_path(make_settings) -> None:
 
 
 def test_the_lane_is_in_front_only_when_on(make_settings) -> None:
-    """The lane is the outermost layer, in front of FastAPI's own ones (CORS, when on, in
-    front of the lane); off, /predict goes through the whole stack to the route."""
+    """The lane is the outermost layer, in front of FastAPI itself (CORS, when on, in front
+    of the lane); off, /predict goes through FastAPI's whole stack to the route."""
+    from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
-    from starlette.middleware.errors import ServerErrorMiddleware
 
     from visiondeck.serve.app import create_app
     from visiondeck.serve.lane import PredictLane
 
-    def stack(**changes) -> list[type]:
-        layer, kinds = create_app(make_settings(**changes)).build_middleware_stack(), []
+    def front(**changes) -> list[object]:
+        layer, kinds = create_app(make_settings(**changes)).front_stack(), []
         while hasattr(layer, "app"):
             kinds.append(type(layer))
             layer = layer.app
-        return kinds
+        return [*kinds, layer.__func__]  # the innermost: FastAPI's own entry point
 
-    assert stack(fast_lane=True)[:2] == [PredictLane, ServerErrorMiddleware]
-    assert stack(fast_lane=True, cors_origins=["https://a.example"])[:2] == [CORSMiddleware,
-                                                                          PredictLane]
-    assert PredictLane not in stack(fast_lane=False)
-    assert stack(fast_lane=False)[0] is ServerErrorMiddleware
+    assert front(fast_lane=True) == [PredictLane, FastAPI.__call__]
+    assert front(fast_lane=True, cors_origins=["https://a.example"]) == [
+        CORSMiddleware, PredictLane, FastAPI.__call__]
+    assert front(fast_lane=False) == [FastAPI.__call__]
 
 
 @pytest.mark.parametrize("serve_lane", [True, False], ids=["lane", "route"])

@@ -1,11 +1,11 @@
 """`create_app(settings)`: the FastAPI application, built per call (no import-time state).
 
 Layers, outermost first: CORS (when origins are configured) → the `POST /predict` lane
-(serve/lane.py: the hot path, answered without the layers below) → FastAPI's own error,
-telemetry and body-limit layers → request metrics → body-size limit (413 before a body is
-read) → FastAPI routing with one exception handler per error family, so every refusal
-is a JSON `{"error", "detail", "hint"}` with a 4xx/503 status and nothing a client sends
-produces a 500.
+(serve/lane.py: the hot path, answered without the layers below) → FastAPI's own
+telemetry check, error, telemetry and body-limit layers → request metrics → body-size
+limit (413 before a body is read) → FastAPI routing with one exception handler per error
+family, so every refusal is a JSON `{"error", "detail", "hint"}` with a 4xx/503 status
+and nothing a client sends produces a 500.
 
 Seams for later work:
 - web pages: Jinja2 templates in `serve/templates/` (available as
@@ -100,23 +100,32 @@ def create_app(settings: ServeSettings | None = None, *,
 
 
 class _Service(FastAPI):
-    """FastAPI with `front_layers` (innermost first) wrapped around its whole stack.
+    """FastAPI with `front_layers` (innermost first) in front of FastAPI itself.
 
-    FastAPI builds its own error, telemetry and body-limit layers outside the middlewares
-    added with `add_middleware`. The `/predict` lane needs none of them (it answers every
-    error itself) and they cost a twentieth of a prediction's CPU, so it goes in front of
-    them, and CORS in front of the lane, so the lane's answers carry CORS headers too.
+    FastAPI runs its own steps outside every `add_middleware` layer: an OpenTelemetry check
+    on each request, then error, telemetry and body-limit layers. The `/predict` lane needs
+    none of them (it answers every error itself) and they cost a twentieth of a
+    prediction's CPU, so it goes in front of them, and CORS in front of the lane, so the
+    lane's answers carry CORS headers too. Everything the lane passes on reaches FastAPI
+    whole.
     """
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.front_layers: list[Middleware] = []
+        self._front: ASGIApp | None = None
 
-    def build_middleware_stack(self) -> ASGIApp:
-        app = super().build_middleware_stack()
-        for cls, args, kwargs in self.front_layers:
-            app = cls(app, *args, **kwargs)
-        return app
+    def front_stack(self) -> ASGIApp:
+        """The front layers around FastAPI's own entry point (built once, on first use)."""
+        if self._front is None:
+            app: ASGIApp = super().__call__
+            for cls, args, kwargs in self.front_layers:
+                app = cls(app, *args, **kwargs)
+            self._front = app
+        return self._front
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await (self._front or self.front_stack())(scope, receive, send)
 
 
 def _add_monitoring(services: Services, settings: ServeSettings) -> None:
