@@ -137,3 +137,18 @@ def test_rate_limit_survives_redis_outage(make_client) -> None:
     image = {"file": learnable_png("left")}
     codes = [client.post("/predict", files=image).status_code for _ in range(3)]
     assert codes == [200, 200, 429]  # Redis unreachable: limited per process instead
+
+
+def test_label_tokens_are_the_documented_hmac(make_client) -> None:
+    """A label token is HMAC-SHA256(key, id), first 32 hex digits: tokens handed out before
+    an upgrade must still verify after it."""
+    import hashlib
+    import hmac
+
+    services = make_client().app.state.services
+    for prediction_id in ("0" * 32, "0193a5c4e1b27c3d8e9f0a1b2c3d4e5f"):
+        expected = hmac.new(services._label_key, prediction_id.encode(),
+                            hashlib.sha256).hexdigest()[:32]
+        assert services.label_token(prediction_id) == expected
+        assert services.check_label_token(prediction_id, expected)
+        assert not services.check_label_token(prediction_id, expected[::-1])

@@ -99,6 +99,9 @@ def test_lane_and_route_give_the_same_answers(make_client) -> None:
                    {"files": {"image": ("r.png", image)}, "params": {"top_k": 0}}):
         a, b = lane.post("/predict", **kwargs), route.post("/predict", **kwargs)
         assert a.status_code == b.status_code, (kwargs, a.text, b.text)
+        assert a.headers.keys() == b.headers.keys()
+        assert a.headers["content-type"] == b.headers["content-type"]
+        assert int(a.headers["content-length"]) == len(a.content)
         ja, jb = a.json(), b.json()
         if a.status_code == 200:
             for varying in ("id", "label_token", "latency_ms"):

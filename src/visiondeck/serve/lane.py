@@ -21,13 +21,13 @@ turn the lane off where those traces matter more than throughput.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 from urllib.parse import parse_qsl
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visiondeck.serve.deps import check_caller
@@ -95,10 +95,26 @@ class PredictLane:
             services.metrics.errors.labels(payload["error"]).inc()
             if status == 413:  # the rest of the body is never read
                 extra = {**(extra or {}), "connection": "close"}
-            await JSONResponse(payload, status, extra)(scope, receive, send)
+            await _send_json(send, status, payload, extra)
             return status
-        await JSONResponse(answer)(scope, receive, send)
+        await _send_json(send, 200, answer)
         return 200
+
+
+# Starlette's JSONResponse encoding (compact, UTF-8, no NaN), compiled once
+_ENCODE = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode
+
+
+async def _send_json(send: Send, status: int, payload: dict[str, Any],
+                     headers: dict[str, str] | None = None) -> None:
+    """The bytes and headers `JSONResponse(payload, status, headers)` sends, without building
+    a Response object per request."""
+    body = _ENCODE(payload).encode()
+    raw = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    if headers:
+        raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _route_path(scope: Scope) -> str:
