@@ -5,8 +5,10 @@ Two measurements for one Bundle, closed loop at --concurrency:
   the server's processes (all threads, from /proc/PID/stat, Linux only) divided by the
   requests answered, and how many cores that kept busy;
 - `direct`: the ASGI app driven in this process, without sockets or uvicorn (the same
-  lifespan, lane, batching, history and monitoring): requests/s and this process's CPU per
-  request. Against `server`, it tells what HTTP handling costs.
+  lifespan, lane, batching, history and monitoring): requests/s, this process's CPU per
+  request, the mean batch, and the CPU per request of each thread (the event loop's
+  `MainThread`, `visiondeck-infer`, `visiondeck-store-writer`, ...). Against `server`, it
+  tells what HTTP handling costs.
 
     python benchmarks/bench_serve_cpu.py BUNDLE                      # both, one worker
     python benchmarks/bench_serve_cpu.py BUNDLE --workers 2 --only server
@@ -51,6 +53,23 @@ def _cpu_seconds(pid: int) -> float:
         fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / _TICKS
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of this process's threads by Python thread name (pool threads summed
+    under their prefix; threads Python did not start, e.g. ONNX Runtime's, as `native`)."""
+    import threading
+
+    names = {str(t.native_id): t.name.rsplit("_", 1)[0] for t in threading.enumerate()}
+    out: dict[str, float] = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        name = names.get(tid, "native")
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+    return out
 
 
 def measure_server(bundle: Path, request: bytes, args: argparse.Namespace) -> None:
@@ -128,12 +147,21 @@ def measure_direct(bundle: Path, request: bytes, args: argparse.Namespace) -> No
                 for _ in range(each):
                     await one()
 
+            batches = app.state.services.engine.batcher.batches
+            threads = _thread_cpu()
             cpu, started = time.process_time(), time.perf_counter()
             await asyncio.gather(*(client() for _ in range(args.concurrency)))
             cpu, wall = time.process_time() - cpu, time.perf_counter() - started
             n = each * args.concurrency
+            batches = app.state.services.engine.batcher.batches - batches
             print(f"direct  c={args.concurrency}: {n / wall:8.1f} req/s, "
-                  f"process CPU {cpu / n * 1e6:7.0f} µs per request (no sockets, no uvicorn)")
+                  f"process CPU {cpu / n * 1e6:7.0f} µs per request (no sockets, no uvicorn), "
+                  f"mean batch {n / max(batches, 1):.2f}")
+            after = _thread_cpu()
+            for name in sorted(after, key=lambda k: threads.get(k, 0.0) - after[k]):
+                spent = after[name] - threads.get(name, 0.0)
+                if spent / n >= 1e-6:
+                    print(f"  {name:26s} {spent / n * 1e6:7.0f} µs per request")
 
     asyncio.run(run())
 
