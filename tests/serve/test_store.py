@@ -204,7 +204,7 @@ def test_fast_insert_stores_what_the_portable_path_stores(store) -> None:
     insert leaves them (dates, JSON, booleans, bytes, NULLs)."""
     import sqlalchemy as sa
 
-    assert store._fast_insert() is not None
+    assert store._fast is not None
     base = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
     records = [_record(i, created=base + timedelta(seconds=i), unknown=i == 1,
                        label=None if i else "left", client=None if i == 2 else "k1",
@@ -213,12 +213,12 @@ def test_fast_insert_stores_what_the_portable_path_stores(store) -> None:
                        features=None if i == 1 else {"ref": "r", "z": [0.5, -1.0]})
                for i in range(3)]
     portable = PredictionStore(store.url, prefix=_prefix())
-    portable._fast = ()  # force the portable path
+    assert portable._fast_insert() is not None  # it would take the fast path: force it not to
+    portable._fast = None
     try:
         store.insert_many(records)
         store.insert_many(records)  # a retried batch: skipped, no error
         portable.insert_many(records)
-        assert portable._fast_insert() is None
         fast_rows = store.query(PredictionQuery(newest_first=False))[0]
         portable_rows = portable.query(PredictionQuery(newest_first=False))[0]
         assert [r.to_json(thumbnail=True) for r in fast_rows] == \

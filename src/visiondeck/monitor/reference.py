@@ -79,7 +79,6 @@ def brightness_contrast(array: np.ndarray) -> tuple[float, float]:
     return mean, float(np.sqrt(max(0.0, float(values @ values) / values.size - mean * mean)))
 
 
-
 @dataclass(frozen=True)
 class EmbeddingSummary:
     """A PCA basis of the embedding and the reference distribution in it."""

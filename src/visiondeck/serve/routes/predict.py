@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image
 from visiondeck.serve.deps import PredictCaller, ServicesDep
 from visiondeck.serve.engine import LoadedModel
-from visiondeck.serve.errors import ServeError, decode_error_status
+from visiondeck.serve.errors import ServeError, error_answer
 from visiondeck.serve.observers import PredictionEvent
 from visiondeck.serve.preprocess import PreparedImage
 from visiondeck.serve.schemas import (
@@ -119,15 +119,12 @@ async def _batch_item(services: Services, upload: Upload, label: str | None, cli
                                       time.perf_counter(), top_k)
         return BatchItem(file=upload.name, ok=True,
                          prediction=PredictionResponse.model_validate(answer))
-    except ImageDecodeError as exc:
-        services.metrics.errors.labels(exc.problem.value).inc()
-        return BatchItem(file=upload.name, ok=False, status=decode_error_status(exc),
-                         error=ErrorBody(error=exc.problem.value, detail=exc.message,
-                                         hint=exc.hint))
-    except ServeError as exc:
-        services.metrics.errors.labels(exc.code).inc()
-        return BatchItem(file=upload.name, ok=False, status=exc.status,
-                         error=ErrorBody(**exc.body()))
+    except (ImageDecodeError, ServeError) as exc:  # this file fails alone, as /predict would
+        answer = error_answer(exc)
+        assert answer is not None  # error_answer maps both families
+        status, body, _headers = answer
+        services.metrics.errors.labels(body["error"]).inc()
+        return BatchItem(file=upload.name, ok=False, status=status, error=ErrorBody(**body))
 
 
 def _ref(model: LoadedModel) -> ModelRef:
