@@ -42,17 +42,20 @@ from bench_serve import (  # a sibling script, not a package
 _TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def _stat_cpu(stat: str) -> float:
+    """User + system CPU seconds from a /proc/.../stat file (fields 14 and 15; the command
+    name before them may hold spaces, so count from its closing parenthesis)."""
+    fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its children's threads (uvicorn's workers)."""
+    """CPU of a process and of its children (uvicorn's workers), all threads included."""
     pids = [pid]
     children = Path(f"/proc/{pid}/task/{pid}/children")
     if children.exists():
         pids += [int(p) for p in children.read_text().split()]
-    total = 0
-    for p in pids:
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / _TICKS
+    return sum(_stat_cpu(f"/proc/{p}/stat") for p in pids)
 
 
 def _thread_cpu() -> dict[str, float]:
@@ -64,11 +67,11 @@ def _thread_cpu() -> dict[str, float]:
     out: dict[str, float] = {}
     for tid in os.listdir("/proc/self/task"):
         try:
-            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+            cpu = _stat_cpu(f"/proc/self/task/{tid}/stat")
         except FileNotFoundError:  # the thread ended meanwhile
             continue
         name = names.get(tid, "native")
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / _TICKS
+        out[name] = out.get(name, 0.0) + cpu
     return out
 
 
