@@ -200,3 +200,22 @@ def test_cors_headers_on_predict_answers(make_client, serve_lane) -> None:
     other = client.post("/predict", files={"image": ("l.png", learnable_png("left"))},
                         headers={"Origin": "https://evil.example"})
     assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.parametrize("serve_lane", [True, False], ids=["lane", "route"])
+def test_an_unexpected_failure_is_a_logged_500_with_the_same_body(make_client, serve_lane,
+                                                                   monkeypatch) -> None:
+    client = make_client()
+    engine = client.app.state.services.engine
+
+    async def broken(data):
+        raise RuntimeError("a bug, not the client's doing")
+
+    monkeypatch.setattr(engine, "prepare", broken)
+    response = client.post("/predict", files={"image": ("l.png", learnable_png("left"))})
+    assert response.status_code == 500
+    assert response.json() == {"error": "internal", "detail": "internal error; it has been "
+                               "logged", "hint": None}
+    assert "a bug" not in response.text
+    metrics = client.get("/metrics").text
+    assert re.search(r'^visiondeck_errors_total\{kind="internal"\} 1\.0$', metrics, re.M)

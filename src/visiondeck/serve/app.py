@@ -34,7 +34,7 @@ from visiondeck import __version__
 from visiondeck.errors import VisionDeckError
 from visiondeck.export.errors import BundleError
 from visiondeck.imaging import ImageDecodeError
-from visiondeck.serve.errors import ServeError, error_answer
+from visiondeck.serve.errors import INTERNAL_ERROR, ServeError, error_answer
 from visiondeck.serve.observers import PredictionObserver
 from visiondeck.serve.services import STATIC_DIR, TEMPLATES_DIR, Services
 from visiondeck.serve.settings import ServeSettings
@@ -198,9 +198,9 @@ def _add_exception_handlers(app: FastAPI, services: Services) -> None:
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
-        count.labels("internal").inc()
+        count.labels(INTERNAL_ERROR["error"]).inc()
         log.exception("unexpected error", exc_info=exc)
-        return _error(500, "internal", "internal error; it has been logged")
+        return JSONResponse(INTERNAL_ERROR, status_code=500)
 
 
 class _MetricsMiddleware:

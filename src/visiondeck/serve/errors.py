@@ -14,8 +14,8 @@ from visiondeck.export.errors import BundleError
 from visiondeck.imaging import ImageDecodeError, Problem
 
 __all__ = [
-    "Forbidden", "ModelUnavailable", "Overloaded", "PayloadTooLarge", "RateLimited",
-    "ServeError", "Unauthorized", "UnsupportedMediaType", "decode_error_status",
+    "INTERNAL_ERROR", "Forbidden", "ModelUnavailable", "Overloaded", "PayloadTooLarge",
+    "RateLimited", "ServeError", "Unauthorized", "UnsupportedMediaType", "decode_error_status",
     "error_answer",
 ]  # fmt: skip
 
@@ -91,6 +91,11 @@ _DECODE_STATUS = {
 def decode_error_status(exc: ImageDecodeError) -> int:
     """413 for too many bytes, 415 for what is not a supported image, else 422."""
     return _DECODE_STATUS.get(exc.problem, 422)
+
+
+#: the body of the answer to an unexpected exception (logged, never shown to the client)
+INTERNAL_ERROR = {"error": "internal", "detail": "internal error; it has been logged",
+                  "hint": None}
 
 
 def error_answer(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | None] | None:

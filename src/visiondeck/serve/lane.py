@@ -31,7 +31,7 @@ from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from visiondeck.serve.deps import check_caller
-from visiondeck.serve.errors import error_answer
+from visiondeck.serve.errors import INTERNAL_ERROR, error_answer
 from visiondeck.serve.routes.predict import predict_body
 from visiondeck.serve.services import Services
 from visiondeck.serve.uploads import content_length, receive_body
@@ -89,8 +89,7 @@ class PredictLane:
             refusal = error_answer(exc)
             if refusal is None:
                 log.exception("unexpected error", exc_info=exc)
-                refusal = 500, {"error": "internal", "detail": "internal error; it has "
-                                "been logged", "hint": None}, None
+                refusal = 500, INTERNAL_ERROR, None
             status, payload, extra = refusal
             services.metrics.errors.labels(payload["error"]).inc()
             if status == 413:  # the rest of the body is never read
