@@ -44,6 +44,7 @@ def serve(
     Options left out keep what the environment says (VISIONDECK_HOST, VISIONDECK_PORT, ...,
     as in a container), then the built-in defaults.
     """
+    _one_blas_thread()
     import uvicorn
 
     from visiondeck.cli._ui import console
@@ -70,6 +71,26 @@ def serve(
     uvicorn.run("visiondeck.serve.app:create_app_from_env", factory=True, host=settings.host,
                 port=settings.port, workers=settings.workers, log_level=log_level,
                 access_log=False, timeout_graceful_shutdown=30)
+
+
+#: numpy's BLAS (OpenBLAS in PyPI's wheels) reads its thread count once, when numpy loads
+BLAS_THREADS_VARIABLE = "OPENBLAS_NUM_THREADS"
+
+
+def _one_blas_thread() -> None:
+    """One OpenBLAS thread for the server and its workers, unless the user chose otherwise.
+
+    The service's numpy work is a few small products per request (an upload's brightness
+    and contrast on the event loop, drift projections), and OpenBLAS hands even a
+    784-element dot product to its thread pool, whose threads then spin waiting for more
+    work: measured with `benchmarks/bench_serve_cpu.py`, 1.1 ms of server CPU per
+    Fashion-MNIST prediction with the default two threads on two cores, 0.75 ms with one.
+    The server's parallelism comes from requests, workers and ONNX Runtime. The count is
+    read when numpy is first imported, so this runs before anything here imports it; the
+    workers, started after it, inherit it. (Setting it at run time through OpenBLAS's own
+    call did not stop the spinning.)
+    """
+    os.environ.setdefault(BLAS_THREADS_VARIABLE, "1")
 
 
 def _ring(file: Path | None):
