@@ -30,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+# `direct` runs the app in this process: give numpy the one OpenBLAS thread that
+# `visiondeck serve` gives its server (read when numpy loads, just below)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_serve import (  # a sibling script, not a package
     _free_port,
