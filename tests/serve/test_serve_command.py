@@ -1,11 +1,16 @@
 """`visiondeck serve` takes its settings from options, else the environment, else defaults.
 
 Containers configure the server with VISIONDECK_* variables; an option's built-in default
-must not silently overwrite them. uvicorn.run is replaced so no port is bound.
+must not silently overwrite them. It also gives the server one OpenBLAS thread unless told
+otherwise. uvicorn.run is replaced so no port is bound.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -84,11 +89,6 @@ def _serve_probe(bundle: Path, tmp_path: Path, **env: str) -> dict[str, Any]:
     """`visiondeck serve` in a fresh interpreter, up to the moment it starts uvicorn: was
     numpy loaded when the command set the BLAS thread count, and how many OpenBLAS threads
     numpy has once uvicorn would start."""
-    import json
-    import os
-    import subprocess
-    import sys
-
     clean = {k: v for k, v in os.environ.items()
              if not k.startswith("VISIONDECK_") and k != "OPENBLAS_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", _PROBE, str(bundle), str(tmp_path / "data")],

@@ -86,9 +86,6 @@ class ServeSettings(BaseSettings):
         0, ge=0, description="ONNX Runtime threads (0 = cores/workers, or one for a model "
                              "whose one-image run is under 2 ms)")
     preprocess_threads: int = Field(0, ge=0, description="decode threads (0 = automatic)")
-    blas_threads: int = Field(
-        1, ge=0, description="threads of numpy's BLAS library in the server process (0 = "
-                             "the library's own default, one per core)")
     ort_spinning: bool = Field(
         False, description="let ONNX Runtime threads spin between runs (faster on idle cores, "
                            "wasteful on shared ones)")
