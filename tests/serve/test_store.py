@@ -248,3 +248,28 @@ def test_prediction_ids_sort_by_time_and_do_not_repeat() -> None:
     assert as_uuid.version == 7 and as_uuid.variant == uuid.RFC_4122
     assert ids[0][:12] < ids[2000][:12] < ids[4000][:12]  # the millisecond prefix grows
     assert abs(int(ids[-1][:12], 16) / 1000 - time.time()) < 5
+
+
+def test_two_workers_creating_the_tables_at_once_both_succeed(store) -> None:
+    """`serve --workers 2` on a fresh database: the other worker creates the table between
+    this one's existence check and its CREATE. Without the retry this raised "table already
+    exists" (SQLite) or a duplicate-table error (PostgreSQL) and the writer queued rows."""
+    import sqlalchemy as sa
+
+    prefix = store.table.name.removesuffix("predictions")
+    rival = PredictionStore(store.url, prefix=prefix)
+    raced = []
+
+    def other_worker_first(*_args, **_kwargs) -> None:
+        if not raced:
+            raced.append(True)
+            rival.create()
+
+    sa.event.listen(store.table, "before_create", other_worker_first)
+    try:
+        store.create()
+    finally:
+        rival.dispose()
+    assert raced
+    store.insert_many([_record(1)])
+    assert store.query(PredictionQuery())[1] == 1

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -68,9 +70,30 @@ def serve(
     console.print(f"serving [bold]{model}[/] on http://{settings.host}:{settings.port} "
                   f"({settings.workers} worker{'s' if settings.workers > 1 else ''}); "
                   f"docs at /docs", highlight=False)
-    uvicorn.run("visiondeck.serve.app:create_app_from_env", factory=True, host=settings.host,
-                port=settings.port, workers=settings.workers, log_level=log_level,
-                access_log=False, timeout_graceful_shutdown=30)
+    with _accept_board(settings.workers) as loop:
+        uvicorn.run("visiondeck.serve.app:create_app_from_env", factory=True,
+                    host=settings.host, port=settings.port, workers=settings.workers,
+                    log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
+                    loop=loop)
+
+
+@contextmanager
+def _accept_board(workers: int) -> Iterator[str]:
+    """With several workers, a shared connection board and the event loop that balances
+    accepted connections over it (`visiondeck.serve.balance`); the board file goes when the
+    server stops. One worker keeps uvicorn's own loop."""
+    if workers <= 1:
+        yield "auto"
+        return
+    from visiondeck.serve.balance import BOARD_VARIABLE, ConnectionBoard
+
+    board = ConnectionBoard.create()
+    os.environ[BOARD_VARIABLE] = str(board)
+    try:
+        yield "visiondeck.serve.balance:new_balanced_loop"
+    finally:
+        os.environ.pop(BOARD_VARIABLE, None)
+        board.unlink(missing_ok=True)
 
 
 #: numpy's BLAS (OpenBLAS in PyPI's wheels) reads its thread count once, when numpy loads

@@ -163,9 +163,23 @@ class PredictionStore:
             return
         with self._create_lock:  # the writer thread and readers may arrive together
             if not self._created:
-                self.metadata.create_all(self.engine, checkfirst=True)
+                self._create_tables()
                 self._add_missing_columns()
                 self._created = True
+
+    def _create_tables(self) -> None:
+        """CREATE TABLE IF absent, once more when another process won the race.
+
+        `serve --workers N` starts its workers together on a fresh database, and the
+        check-then-create of `create_all` is not atomic across connections: the loser's
+        CREATE fails with "already exists" (SQLite) or a duplicate-table/pg_type error
+        (PostgreSQL). The second check then finds the winner's tables; an error that is
+        not this race raises again from the retry."""
+        try:
+            self.metadata.create_all(self.engine, checkfirst=True)
+        except sa.exc.DBAPIError:
+            time.sleep(0.05)
+            self.metadata.create_all(self.engine, checkfirst=True)
 
     def _add_missing_columns(self) -> None:
         """Upgrade a table written by an older VisionDeck: ALTER TABLE ADD the nullable
