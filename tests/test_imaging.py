@@ -170,7 +170,8 @@ def test_pillow_only_gets_the_sniffed_format(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(Image, "open", spy)
     tiny = np.zeros((4, 4, 3), np.uint8)
-    decode_image(encode(tiny, "PNG"))
+    # with alpha: a plain PNG never reaches Image.open (tests/test_imaging_plain_png.py)
+    decode_image(encode(np.zeros((4, 4, 4), np.uint8), "PNG"))
     probe_image(encode(tiny, "GIF"))
     assert [list(f) for f in seen] == [["PNG"], ["GIF"]]  # type: ignore[call-overload]
 
