@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.servers import free_port
 from visiondeck.serve import balance
 from visiondeck.serve.balance import BOARD_PREFIX, BOARD_VARIABLE, ConnectionBoard
 
@@ -198,15 +199,9 @@ def test_a_worker_that_never_accepts_delays_a_connection_briefly_not_forever(
 # --------------------------------------------------- through `visiondeck serve --workers 2`
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_serve_with_two_workers_balances_and_removes_its_board(serve_bundle: Path,
                                                                tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONDECK_")}
     env["VISIONDECK_WATCH_INTERVAL_S"] = "0"
     proc = subprocess.Popen(
@@ -217,13 +212,17 @@ def test_serve_with_two_workers_balances_and_removes_its_board(serve_bundle: Pat
     try:
         deadline = time.monotonic() + 120
         boards: list[Path] = []
-        while not boards or len(ConnectionBoard(boards[0]).counts()) < 2:
+        while not boards:
             assert proc.poll() is None, proc.stdout.read().decode()
-            assert time.monotonic() < deadline, "two workers did not register"
+            assert time.monotonic() < deadline, "serve made no connection board"
             boards = [p for d in ("/dev/shm", os.environ.get("TMPDIR", "/tmp"))
                       if os.path.isdir(d) for p in Path(d).glob(pattern)]
             time.sleep(0.05)
         board = ConnectionBoard(boards[0])
+        while len(board.counts()) < 2:
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "two workers did not register"
+            time.sleep(0.05)
         clients = [httpx.Client(base_url=f"http://127.0.0.1:{port}") for _ in range(8)]
         for client in clients:
             client.__enter__()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,18 +14,13 @@ import httpx
 from typer.testing import CliRunner
 
 from tests.serve.conftest import learnable_png
+from tests.servers import free_port
 from visiondeck.serve.observers import PredictionEvent
 from visiondeck.serve.store import PredictionQuery, PredictionStore
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_real_server_cold_start_without_torch(serve_bundle: Path, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONDECK_")}
     env["VISIONDECK_WATCH_INTERVAL_S"] = "0"
     started = time.perf_counter()

@@ -28,7 +28,7 @@ import mmap
 import os
 import socket
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,27 +112,26 @@ class ConnectionBoard:
         if self.slot is not None:
             self._words[self.slot * _WORDS_PER_SLOT + 1] += delta
 
+    def _occupied(self) -> Iterator[tuple[int, int, int]]:
+        """(slot, pid, open connections) of every slot with an owner, alive or not."""
+        words = self._words
+        for slot in range(SLOTS):
+            pid = words[slot * _WORDS_PER_SLOT]
+            if pid:
+                yield slot, pid, words[slot * _WORDS_PER_SLOT + 1]
+
     def counts(self) -> dict[int, int]:
         """Open connections by pid, for every live worker on the board."""
-        found = {}
-        for slot in range(SLOTS):
-            pid = self._words[slot * _WORDS_PER_SLOT]
-            if pid and _alive(pid):
-                found[pid] = self._words[slot * _WORDS_PER_SLOT + 1]
-        return found
+        return {pid: count for _, pid, count in self._occupied() if _alive(pid)}
 
     def busier_than_peers(self) -> bool:
-        """True when some other live worker holds fewer connections than this one."""
+        """True when some other live worker holds fewer connections than this one (the
+        liveness check, a system call, only for those that would count)."""
         if self.slot is None:
             return False
         mine = self._words[self.slot * _WORDS_PER_SLOT + 1]
-        for slot in range(SLOTS):
-            if slot == self.slot:
-                continue
-            pid = self._words[slot * _WORDS_PER_SLOT]
-            if pid and self._words[slot * _WORDS_PER_SLOT + 1] < mine and _alive(pid):
-                return True
-        return False
+        return any(count < mine and _alive(pid)
+                   for slot, pid, count in self._occupied() if slot != self.slot)
 
     def close(self) -> None:
         self.release()
@@ -143,9 +142,7 @@ class ConnectionBoard:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process reuses the pid: not one of ours
+    except (ProcessLookupError, PermissionError):  # gone, or the pid reused by someone else
         return False
     return True
 
@@ -164,8 +161,6 @@ class BalancedServer:
         sock.setblocking(False)
         sock.listen(backlog)
         board.claim()
-        self.accepted = 0
-        self.deferred = 0
         self._task: asyncio.Task[None] | None = loop.create_task(self._accept_forever())
 
     @property
@@ -179,7 +174,10 @@ class BalancedServer:
         return self._task is not None and not self._task.done()
 
     def close(self) -> None:
-        """Stop accepting; open connections stay with uvicorn, which drains them."""
+        """Stop accepting; open connections stay with uvicorn, which drains them.
+
+        The reader goes now, not when the cancelled task next runs: uvicorn closes the
+        listening socket right after this call returns."""
         if self._task is not None:
             self._task.cancel()
         with contextlib.suppress(ValueError, OSError):
@@ -199,8 +197,6 @@ class BalancedServer:
             while self._board.busier_than_peers() and waited < MAX_DEFER_S:
                 await asyncio.sleep(DEFER_STEP_S)
                 waited += DEFER_STEP_S
-            if waited:
-                self.deferred += 1
             await self._accept_pending(force=waited >= MAX_DEFER_S)
 
     def _readable(self) -> asyncio.Future[None]:
@@ -236,12 +232,13 @@ class BalancedServer:
         conn.setblocking(False)
         with contextlib.suppress(OSError):
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        board, counted = self._board, [True]
+        board, counted = self._board, True
         board.add(1)
 
         def forget() -> None:
-            if counted[0]:
-                counted[0] = False
+            nonlocal counted
+            if counted:
+                counted = False
                 board.add(-1)
 
         def protocol_factory() -> Any:
@@ -261,8 +258,6 @@ class BalancedServer:
             forget()
             conn.close()
             logger.warning("dropped a new connection: %s", exc)
-            return
-        self.accepted += 1
 
 
 class _BalancedAccept:
