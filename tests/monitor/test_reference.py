@@ -65,7 +65,7 @@ def test_reference_statistics_are_the_ones_serving_computes(serve_bundle: Path,
                                                             trained_run: Path) -> None:
     """Brightness/contrast at export and in the service come from the same decoded array."""
     from visiondeck.export.reference import compute_reference
-    from visiondeck.serve.preprocess import prepare_image
+    from visiondeck.serve.inference.preprocess import prepare_image
     from visiondeck.train.artifacts import load_run_splits
 
     bundle = load_bundle(serve_bundle)

@@ -140,8 +140,8 @@ def test_uploads_are_kept_content_addressed_off_the_request_path(make_client,
 def test_keeper_ignores_what_is_over_the_upload_limit(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 
-    from visiondeck.serve.keeper import UploadKeeper
-    from visiondeck.serve.observers import ImageStats, PredictionEvent
+    from visiondeck.serve.monitoring.observers import ImageStats, PredictionEvent
+    from visiondeck.serve.monitoring.upload_archive import UploadKeeper
 
     keeper = UploadKeeper(tmp_path, max_bytes=100)
     stats = ImageStats(16, 16, 10.0, 5.0, 3)

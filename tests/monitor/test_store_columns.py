@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.serve.test_store import PG_URL, needs_pg
-from visiondeck.serve.store import PredictionQuery, PredictionRecord, PredictionStore
+from visiondeck.serve.history.store import PredictionQuery, PredictionRecord, PredictionStore
 
 # the table as the first release of the service created it
 _OLD_TABLE = """CREATE TABLE {name} (
@@ -133,7 +133,7 @@ class _SlowStore(PredictionStore):
 
 
 def test_a_label_sent_while_its_row_is_being_written_is_kept(tmp_path) -> None:
-    from visiondeck.serve.writer import StoreWriter
+    from visiondeck.serve.history.journal import StoreWriter
 
     store = _SlowStore(f"sqlite:///{tmp_path / 'p.db'}")
     writer = StoreWriter(store, linger_s=0.01)

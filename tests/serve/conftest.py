@@ -35,7 +35,7 @@ def bundle_copy(serve_bundle: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def serve_lane() -> bool:
-    """Whether POST /predict is answered by the lane (serve/lane.py, the default) or the
+    """Whether POST /predict is answered by the lane (serve/api/fast_predict.py, the default) or the
     FastAPI route; modules that must hold for both override this with a parametrized
     fixture (test_api.py, test_inputs.py)."""
     return True

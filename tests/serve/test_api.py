@@ -28,7 +28,7 @@ def _check_prediction(body: dict, top_k: int = 3) -> None:
     assert body["latency_ms"] > 0
     assert len(body["id"]) == 32 and len(body["label_token"]) == 32
     # the answer is built as a dict on the hot path: it must still be the documented schema
-    from visiondeck.serve.schemas import PredictionResponse
+    from visiondeck.serve.api.schemas import PredictionResponse
 
     assert PredictionResponse.model_validate(body).model_dump(by_alias=True) == body
 

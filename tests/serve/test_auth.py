@@ -9,7 +9,7 @@ import uuid
 import pytest
 
 from tests.serve.conftest import learnable_png
-from visiondeck.serve.auth import KeyRing
+from visiondeck.serve.api.auth import KeyRing
 
 
 @pytest.fixture

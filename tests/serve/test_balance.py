@@ -1,4 +1,4 @@
-"""Connections spread evenly over `serve --workers N` (`visiondeck.serve.balance`).
+"""Connections spread evenly over `serve --workers N` (`visiondeck.serve.connection_board`).
 
 Real processes throughout: the board is shared memory between processes, and what it
 fixes - one worker taking every connection a client opens at once - only happens with
@@ -21,12 +21,12 @@ import httpx
 import pytest
 
 from tests.servers import free_port
-from visiondeck.serve import balance
-from visiondeck.serve.balance import BOARD_PREFIX, BOARD_VARIABLE, ConnectionBoard
+from visiondeck.serve import connection_board as balance
+from visiondeck.serve.connection_board import BOARD_PREFIX, BOARD_VARIABLE, ConnectionBoard
 
 _HOLDER = """
 import sys
-from visiondeck.serve.balance import ConnectionBoard
+from visiondeck.serve.connection_board import ConnectionBoard
 board = ConnectionBoard(sys.argv[1])
 board.claim()
 board.add(int(sys.argv[2]))

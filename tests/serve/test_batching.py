@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 
 from tests.serve.conftest import learnable_png
-from visiondeck.serve.batching import MicroBatcher, RowResult
+from visiondeck.serve.inference.batching import MicroBatcher, RowResult
 
 
 def _histogram(text: str, name: str) -> tuple[float, float]:
@@ -122,7 +122,7 @@ def test_overload_answers_503_quickly(make_settings) -> None:
 def test_small_model_keeps_to_one_ort_thread(serve_bundle, monkeypatch) -> None:
     """A model whose run is too short to share out gets one ONNX Runtime thread when the
     count is automatic; an explicit count, or a slow enough model, keeps what was asked."""
-    from visiondeck.serve import engine
+    from visiondeck.serve.inference import engine
 
     auto = engine.load_model(str(serve_bundle), threads=2, threads_auto=True)
     assert auto.threads == 1

@@ -22,7 +22,7 @@ def serve_lane(request: pytest.FixtureRequest) -> bool:
 @pytest.fixture
 def decoder_calls(monkeypatch) -> list[int]:
     """Counts calls of the decoder the service uses."""
-    import visiondeck.serve.preprocess as preprocess
+    import visiondeck.serve.inference.preprocess as preprocess
 
     calls: list[int] = []
     real = preprocess.decode_image

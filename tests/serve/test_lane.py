@@ -29,7 +29,7 @@ def _body(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0und4ry"
 
 
 def _full_parse(body: bytes, boundary: str) -> list[tuple[str, str | None, bytes]]:
-    from visiondeck.serve.uploads import _parse_form_fully
+    from visiondeck.serve.api.bodies import _parse_form_fully
 
     parts = asyncio.run(_parse_form_fully(f"multipart/form-data; boundary={boundary}", body, 8))
     return [(p.name, p.filename, p.data) for p in parts]
@@ -42,7 +42,7 @@ def _full_parse(body: bytes, boundary: str) -> list[tuple[str, str | None, bytes
     [("label", None, b"")],
 ], ids=["curl", "label-and-odd-filename", "several-and-near-boundary", "empty-field"])
 def test_the_split_agrees_with_python_multipart(parts) -> None:
-    from visiondeck.serve.uploads import split_multipart
+    from visiondeck.serve.api.bodies import split_multipart
 
     body = _body(parts)
     fast = split_multipart(body, b"b0und4ry")
@@ -62,7 +62,7 @@ def test_the_split_agrees_with_python_multipart(parts) -> None:
 ], ids=["preamble", "unclosed", "escaped-quote", "not-form-data", "header-without-colon",
         "too-many-parts"])
 def test_the_split_declines_what_it_does_not_fully_understand(body) -> None:
-    from visiondeck.serve.uploads import split_multipart
+    from visiondeck.serve.api.bodies import split_multipart
 
     assert split_multipart(body, b"b0und4ry") is None
 
@@ -163,8 +163,8 @@ def test_the_lane_is_in_front_only_when_on(make_settings) -> None:
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
 
+    from visiondeck.serve.api.fast_predict import PredictLane
     from visiondeck.serve.app import create_app
-    from visiondeck.serve.lane import PredictLane
 
     def front(**changes) -> list[object]:
         layer, kinds = create_app(make_settings(**changes)).front_stack(), []

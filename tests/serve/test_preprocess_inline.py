@@ -8,7 +8,7 @@ import zlib
 import numpy as np
 from PIL import Image
 
-from visiondeck.serve.preprocess import INLINE_MAX_BYTES, is_small_image
+from visiondeck.serve.inference.preprocess import INLINE_MAX_BYTES, is_small_image
 
 
 def _png(width: int, height: int) -> bytes:
@@ -57,7 +57,7 @@ def test_an_animated_png_goes_to_the_pool() -> None:
 
 
 def _prepared(data: bytes, mode: str = "L"):
-    from visiondeck.serve.preprocess import prepare_image
+    from visiondeck.serve.inference.preprocess import prepare_image
 
     class _Bundle:  # what prepare_image reads of a Bundle
         class input:

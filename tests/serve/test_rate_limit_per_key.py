@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.serve.conftest import learnable_png
-from visiondeck.serve.auth import KeyRing
+from visiondeck.serve.api.auth import KeyRing
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.serve.conftest import learnable_png
-from visiondeck.serve.auth import KeyRing
+from visiondeck.serve.api.auth import KeyRing
 
 
 def _set_temperature(bundle: Path, value: float) -> None:

@@ -35,7 +35,7 @@ from schemathesis.specs.openapi.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-from visiondeck.serve.auth import KeyRing  # noqa: E402
+from visiondeck.serve.api.auth import KeyRing  # noqa: E402
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]

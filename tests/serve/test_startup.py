@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 
 from tests.serve.conftest import learnable_png
 from tests.servers import free_port
-from visiondeck.serve.observers import PredictionEvent
-from visiondeck.serve.store import PredictionQuery, PredictionStore
+from visiondeck.serve.history.store import PredictionQuery, PredictionStore
+from visiondeck.serve.monitoring.observers import PredictionEvent
 
 
 def test_real_server_cold_start_without_torch(serve_bundle: Path, tmp_path: Path) -> None:
@@ -102,7 +102,7 @@ def test_observers_see_every_prediction(make_settings) -> None:
 
 def test_keys_cli(tmp_path: Path) -> None:
     from visiondeck.cli import app
-    from visiondeck.serve.auth import KeyRing
+    from visiondeck.serve.api.auth import KeyRing
 
     runner = CliRunner()
     file = tmp_path / "keys.json"

@@ -13,8 +13,8 @@ import pytest
 
 from tests.serve.conftest import learnable_png
 from tests.serve.proxy import OutageProxy
-from visiondeck.serve.store import PredictionQuery, PredictionRecord, PredictionStore
-from visiondeck.serve.writer import StoreWriter
+from visiondeck.serve.history.journal import StoreWriter
+from visiondeck.serve.history.store import PredictionQuery, PredictionRecord, PredictionStore
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
@@ -236,7 +236,7 @@ def test_fast_insert_stores_what_the_portable_path_stores(store) -> None:
 
 
 def test_prediction_ids_sort_by_time_and_do_not_repeat() -> None:
-    from visiondeck.serve.store import new_prediction_id
+    from visiondeck.serve.history.store import new_prediction_id
 
     ids = []
     for _ in range(3):

@@ -84,7 +84,7 @@ def contract_monitor_router(state: dict[str, Any]) -> Any:
     from fastapi import APIRouter, Depends
     from fastapi.responses import JSONResponse
 
-    from visiondeck.serve.deps import get_services, predict_caller
+    from visiondeck.serve.api.deps import get_services, predict_caller
     from visiondeck.serve.routes.monitor import monitor_summary
 
     router = APIRouter()
@@ -142,8 +142,8 @@ def _serve(app: Any) -> Iterator[str]:
 def live_server(web_bundle: Path, tmp_path_factory: pytest.TempPathFactory
                 ) -> Iterator[LiveServer]:
     """The server as `visiondeck serve` builds it (default routers, monitoring on)."""
+    from visiondeck.serve.api.auth import KeyRing
     from visiondeck.serve.app import create_app
-    from visiondeck.serve.auth import KeyRing
 
     base = tmp_path_factory.mktemp("web-server")
     bundle = Path(shutil.copytree(web_bundle, base / "bundle"))
@@ -173,8 +173,8 @@ def contract_server(web_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 def keyed_server(web_bundle: Path, tmp_path_factory: pytest.TempPathFactory
                  ) -> Iterator[LiveServer]:
     """A server that wants an API key for predictions; `admin_key` holds a valid one."""
+    from visiondeck.serve.api.auth import KeyRing
     from visiondeck.serve.app import create_app
-    from visiondeck.serve.auth import KeyRing
 
     base = tmp_path_factory.mktemp("web-keyed")
     _, key = KeyRing(base / "keys.json").add("web", ("predict",))

@@ -25,7 +25,7 @@ from tests.web.helpers import (
     upload,
     write_image,
 )
-from visiondeck.serve.store import PredictionQuery
+from visiondeck.serve.history.store import PredictionQuery
 
 # ---------------------------------------------------------------------------------- History
 

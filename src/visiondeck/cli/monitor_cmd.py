@@ -68,7 +68,7 @@ def load_window(store_url: str | None, serve_dir: Path, bundle_source: str,
     """(bundle, reference or None, rows, WindowData or None, notes, versions, store text)."""
     from visiondeck.export.bundle import load_bundle
     from visiondeck.monitor import MonitorError, WindowData, load_reference
-    from visiondeck.serve.store import PredictionQuery, PredictionStore
+    from visiondeck.serve.history.store import PredictionQuery, PredictionStore
 
     bundle = load_bundle(bundle_source)
     reference = load_reference(bundle)

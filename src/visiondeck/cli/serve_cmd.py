@@ -80,17 +80,17 @@ def serve(
 @contextmanager
 def _accept_board(workers: int) -> Iterator[str]:
     """With several workers, a shared connection board and the event loop that balances
-    accepted connections over it (`visiondeck.serve.balance`); the board file goes when the
+    accepted connections over it (`visiondeck.serve.connection_board`); the board file goes when the
     server stops. One worker keeps uvicorn's own loop."""
     if workers <= 1:
         yield "auto"
         return
-    from visiondeck.serve.balance import BOARD_VARIABLE, ConnectionBoard
+    from visiondeck.serve.connection_board import BOARD_VARIABLE, ConnectionBoard
 
     board = ConnectionBoard.create()
     os.environ[BOARD_VARIABLE] = str(board)
     try:
-        yield "visiondeck.serve.balance:new_balanced_loop"
+        yield "visiondeck.serve.connection_board:new_balanced_loop"
     finally:
         os.environ.pop(BOARD_VARIABLE, None)
         board.unlink(missing_ok=True)
@@ -117,7 +117,7 @@ def _one_blas_thread() -> None:
 
 
 def _ring(file: Path | None):
-    from visiondeck.serve.auth import KeyRing
+    from visiondeck.serve.api.auth import KeyRing
     from visiondeck.serve.settings import ServeSettings
 
     return KeyRing(file or ServeSettings().keys_path)

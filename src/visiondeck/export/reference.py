@@ -2,7 +2,7 @@
 
 The run's held-out images (validation + test, up to `limit`) are decoded with the same
 decoder and limits serving uses, their image statistics taken from the decoded array
-exactly as serving takes them (`serve/preprocess.py`), and the ONNX model's calibrated
+exactly as serving takes them (`serve/inference/preprocess.py`), and the ONNX model's calibrated
 probabilities, decisions and embeddings recorded. The embedding's PCA basis is fitted on
 training images (see `visiondeck.monitor.reference` for why). The result goes into the
 Bundle as `reference.json`.
@@ -85,7 +85,7 @@ def _measure(bundle: Bundle, session: Any, names: list[str], pairs: list[tuple[P
                                  limits=spec.limits).array
         except (ImageDecodeError, OSError):
             continue
-        # the statistics serving computes (serve/preprocess.py), from the decoded array
+        # the statistics serving computes (serve/inference/preprocess.py), from the decoded array
         stats.append((array.shape[1], array.shape[0], *brightness_contrast(array)))
         labels.append(index[record.label])
         resized = resize_image(array, spec.image_size, spec.resize)  # type: ignore[arg-type]

@@ -11,17 +11,17 @@ from __future__ import annotations
 from visiondeck._lazy import lazy_exports
 
 _LAZY: dict[str, str] = {
-    "Engine": "visiondeck.serve.engine",
-    "ImageStats": "visiondeck.serve.observers",
-    "PredictionEvent": "visiondeck.serve.observers",
-    "PredictionObserver": "visiondeck.serve.observers",
-    "PredictionQuery": "visiondeck.serve.store",
-    "PredictionRecord": "visiondeck.serve.store",
-    "PredictionStore": "visiondeck.serve.store",
+    "Engine": "visiondeck.serve.inference.engine",
+    "ImageStats": "visiondeck.serve.monitoring.observers",
+    "PredictionEvent": "visiondeck.serve.monitoring.observers",
+    "PredictionObserver": "visiondeck.serve.monitoring.observers",
+    "PredictionQuery": "visiondeck.serve.history.store",
+    "PredictionRecord": "visiondeck.serve.history.store",
+    "PredictionStore": "visiondeck.serve.history.store",
     "ServeSettings": "visiondeck.serve.settings",
     "create_app": "visiondeck.serve.app",
     "create_app_from_env": "visiondeck.serve.app",
-    "create_key": "visiondeck.serve.auth",
+    "create_key": "visiondeck.serve.api.auth",
 }
 
 __all__ = sorted(_LAZY)

@@ -1,7 +1,7 @@
 """`create_app(settings)`: the FastAPI application, built per call (no import-time state).
 
 Layers, outermost first: CORS (when origins are configured) → the `POST /predict` lane
-(serve/lane.py: the hot path, answered without the layers below) → FastAPI's own
+(serve/api/fast_predict.py: the hot path, answered without the layers below) → FastAPI's own
 telemetry check, error, telemetry and body-limit layers → request metrics → body-size
 limit (413 before a body is read) → FastAPI routing with one exception handler per error
 family, so every refusal is a JSON `{"error", "detail", "hint"}` with a 4xx/503 status
@@ -12,7 +12,7 @@ Seams for later work:
   `app.state.templates`) and files in `serve/static/` (mounted at `/static` when the folder
   has files); add a router (e.g. `serve/routes/pages.py`) through `routers=` or
   `routes.DEFAULT_ROUTERS`;
-- monitoring: `observers=[...]` (see serve/observers.py) receive every prediction.
+- monitoring: `observers=[...]` (see serve/monitoring/observers.py) receive every prediction.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ from visiondeck import __version__
 from visiondeck.errors import VisionDeckError
 from visiondeck.export.errors import BundleError
 from visiondeck.imaging import ImageDecodeError
+from visiondeck.serve.api.bodies import BodyLimitMiddleware
 from visiondeck.serve.errors import INTERNAL_ERROR, ServeError, error_answer
-from visiondeck.serve.observers import PredictionObserver
+from visiondeck.serve.monitoring.observers import PredictionObserver
 from visiondeck.serve.services import STATIC_DIR, TEMPLATES_DIR, Services
 from visiondeck.serve.settings import ServeSettings
-from visiondeck.serve.uploads import BodyLimitMiddleware
 
 __all__ = ["create_app", "create_app_from_env"]
 
@@ -86,7 +86,7 @@ def create_app(settings: ServeSettings | None = None, *,
                        on_refuse=lambda: services.metrics.errors.labels("too_large").inc())
     app.add_middleware(_MetricsMiddleware, services=services)
     if settings.fast_lane:
-        from visiondeck.serve.lane import PredictLane
+        from visiondeck.serve.api.fast_predict import PredictLane
 
         app.front_layers.append(Middleware(PredictLane, services=services))
     if settings.cors_origins:
@@ -133,7 +133,7 @@ def _add_monitoring(services: Services, settings: ServeSettings) -> None:
     asked for, the upload keeper that lets `visiondeck retrain` use labelled predictions."""
     if settings.monitor:
         from visiondeck.monitor import DriftThresholds
-        from visiondeck.serve.drift import DriftObserver
+        from visiondeck.serve.monitoring.drift import DriftObserver
 
         thresholds = DriftThresholds(min_window=settings.monitor_min_window,
                                      min_accuracy=settings.monitor_min_accuracy)
@@ -142,7 +142,7 @@ def _add_monitoring(services: Services, settings: ServeSettings) -> None:
             writer=services.writer, thresholds=thresholds,
             refresh_s=settings.monitor_refresh_s))
     if settings.keep_uploads is not None:
-        from visiondeck.serve.keeper import UploadKeeper
+        from visiondeck.serve.monitoring.upload_archive import UploadKeeper
 
         services.observers.add(UploadKeeper(settings.keep_uploads,
                                             max_bytes=settings.max_upload_bytes))

@@ -102,8 +102,9 @@ def error_answer(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str
     """(status, JSON body, headers) of a refusal, or None for an unexpected exception.
 
     The one mapping from exceptions to answers: the app's exception handlers and the
-    /predict lane (serve/lane.py) both answer through it, so a client sees the same error
-    whichever path served it. The body's `error` is also the label of the errors metric.
+    /predict fast path (serve/api/fast_predict.py) both answer through it, so a client sees
+    the same error whichever path served it. The body's `error` is also the label of the
+    errors metric.
     """
     if isinstance(exc, ServeError):
         return exc.status, exc.body(), exc.headers or None

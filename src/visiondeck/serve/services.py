@@ -1,7 +1,7 @@
 """Everything one app instance owns, built from its settings and torn down with it.
 
 `Services` is stored on `app.state.services`; routes reach it through the `ServicesDep`
-dependency (serve/deps.py). Start-up order: store writer (replays a spool left by a
+dependency (serve/api/deps.py). Start-up order: store writer (replays a spool left by a
 previous run), engine (loads and warms the model), model watcher. Shutdown reverses it and
 flushes the prediction queue last, so predictions answered during shutdown are kept.
 """
@@ -18,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visiondeck.serve.auth import Authenticator, KeyRing
-from visiondeck.serve.engine import Engine, source_fingerprint
-from visiondeck.serve.limits import RateLimiter
+from visiondeck.serve.api.auth import Authenticator, KeyRing
+from visiondeck.serve.api.rate_limit import RateLimiter
+from visiondeck.serve.history.journal import StoreWriter
+from visiondeck.serve.history.store import PredictionStore
+from visiondeck.serve.inference.engine import Engine, source_fingerprint
 from visiondeck.serve.metrics import ServeMetrics
-from visiondeck.serve.observers import ObserverHub, PredictionObserver
+from visiondeck.serve.monitoring.observers import ObserverHub, PredictionObserver
 from visiondeck.serve.settings import ServeSettings
-from visiondeck.serve.store import PredictionStore
-from visiondeck.serve.writer import StoreWriter
 
 __all__ = ["STATIC_DIR", "TEMPLATES_DIR", "Services"]
 
@@ -127,7 +127,7 @@ class Services:
 
     def get_explainer(self) -> Any:
         if self.explainer is None:
-            from visiondeck.serve.explainer import Explainer
+            from visiondeck.serve.inference.explainer import Explainer
 
             self.explainer = Explainer()
         return self.explainer

@@ -60,8 +60,9 @@ class ServeSettings(BaseSettings):
     bundle: str = Field("", description="Bundle folder or models:/NAME@ALIAS | models:/NAME/VER")
     variant: Literal["fp32", "int8"] = Field("fp32", description="which ONNX model of the Bundle")
     fast_lane: bool = Field(
-        True, description="answer POST /predict in front of the framework (serve/lane.py); "
-                          "false sends it through FastAPI's route like every other request")
+        True, description="answer POST /predict in front of the framework "
+                          "(serve/api/fast_predict.py); false sends it through FastAPI's "
+                          "route like every other request")
     top_k: int = Field(3, ge=1, le=100, description="classes returned per prediction")
     watch_interval_s: float = Field(
         30.0, ge=0.0, description="poll the model source for a new version (0 = never)")

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from visiondeck.serve.deps import AdminCaller, ServicesDep
-from visiondeck.serve.schemas import ErrorBody, ModelRef, ReloadResponse
+from visiondeck.serve.api.deps import AdminCaller, ServicesDep
+from visiondeck.serve.api.schemas import ErrorBody, ModelRef, ReloadResponse
 
 __all__ = ["router"]
 

@@ -10,12 +10,17 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from visiondeck.serve.auth import Principal
-from visiondeck.serve.deps import PredictCaller, ServicesDep
+from visiondeck.serve.api.auth import Principal
+from visiondeck.serve.api.deps import PredictCaller, ServicesDep
+from visiondeck.serve.api.schemas import ErrorBody, LabelRequest, PredictionPage
 from visiondeck.serve.errors import ServeError
-from visiondeck.serve.schemas import ErrorBody, LabelRequest, PredictionPage
+from visiondeck.serve.history.store import (
+    PredictionQuery,
+    PredictionStore,
+    StoreUnavailable,
+    to_csv,
+)
 from visiondeck.serve.services import Services
-from visiondeck.serve.store import PredictionQuery, PredictionStore, StoreUnavailable, to_csv
 
 __all__ = ["router"]
 

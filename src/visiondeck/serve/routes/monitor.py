@@ -23,10 +23,10 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from visiondeck.serve.deps import PredictCaller, ServicesDep
-from visiondeck.serve.drift import DriftObserver
+from visiondeck.serve.api.deps import PredictCaller, ServicesDep
+from visiondeck.serve.api.schemas import ErrorBody
 from visiondeck.serve.errors import ServeError
-from visiondeck.serve.schemas import ErrorBody
+from visiondeck.serve.monitoring.drift import DriftObserver
 from visiondeck.serve.services import Services
 
 __all__ = ["router"]

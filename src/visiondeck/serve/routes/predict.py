@@ -13,12 +13,9 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image
-from visiondeck.serve.deps import PredictCaller, ServicesDep
-from visiondeck.serve.engine import LoadedModel
-from visiondeck.serve.errors import ServeError, error_answer
-from visiondeck.serve.observers import PredictionEvent
-from visiondeck.serve.preprocess import PreparedImage
-from visiondeck.serve.schemas import (
+from visiondeck.serve.api.bodies import Upload, read_uploads, uploads_from_body
+from visiondeck.serve.api.deps import PredictCaller, ServicesDep
+from visiondeck.serve.api.schemas import (
     BatchItem,
     BatchResponse,
     ClassScore,
@@ -27,9 +24,12 @@ from visiondeck.serve.schemas import (
     ModelRef,
     PredictionResponse,
 )  # fmt: skip
+from visiondeck.serve.errors import ServeError, error_answer
+from visiondeck.serve.history.store import PredictionRecord, new_prediction_id
+from visiondeck.serve.inference.engine import LoadedModel
+from visiondeck.serve.inference.preprocess import PreparedImage
+from visiondeck.serve.monitoring.observers import PredictionEvent
 from visiondeck.serve.services import Services
-from visiondeck.serve.store import PredictionRecord, new_prediction_id
-from visiondeck.serve.uploads import Upload, read_uploads, uploads_from_body
 
 __all__ = ["router"]
 
@@ -82,7 +82,7 @@ async def predict_body(services: Services, content_type: str, body: bytes,
                        query_label: str | None, client: str, started: float,
                        top_k: int | None) -> dict[str, Any]:
     """`POST /predict` once its body is read within the size limit: the one image in it,
-    classified and recorded. Shared by the route and the lane (serve/lane.py)."""
+    classified and recorded. Shared by the route and the lane (serve/api/fast_predict.py)."""
     s = services.settings
     uploads, label = await uploads_from_body(content_type, body, query_label, max_files=1,
                                              max_bytes=s.max_upload_bytes)

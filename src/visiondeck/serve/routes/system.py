@@ -8,9 +8,9 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from visiondeck.serve.deps import ServicesDep
+from visiondeck.serve.api.deps import ServicesDep
+from visiondeck.serve.api.schemas import HealthResponse, ModelInfo, ModelRef, ReadyResponse
 from visiondeck.serve.metrics import CONTENT_TYPE_LATEST
-from visiondeck.serve.schemas import HealthResponse, ModelInfo, ModelRef, ReadyResponse
 
 __all__ = ["router"]
 

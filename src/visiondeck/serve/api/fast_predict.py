@@ -30,11 +30,11 @@ from urllib.parse import parse_qsl
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from visiondeck.serve.deps import check_caller
+from visiondeck.serve.api.bodies import content_length, receive_body
+from visiondeck.serve.api.deps import check_caller
 from visiondeck.serve.errors import INTERNAL_ERROR, error_answer
 from visiondeck.serve.routes.predict import predict_body
 from visiondeck.serve.services import Services
-from visiondeck.serve.uploads import content_length, receive_body
 
 __all__ = ["PredictLane"]
 

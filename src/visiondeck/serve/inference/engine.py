@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 
 from visiondeck.export.bundle import Bundle, load_bundle
-from visiondeck.serve.batching import MicroBatcher, RowResult
 from visiondeck.serve.errors import ModelUnavailable, Overloaded
-from visiondeck.serve.preprocess import PreparedImage, is_small_image, prepare_image
+from visiondeck.serve.inference.batching import MicroBatcher, RowResult
+from visiondeck.serve.inference.preprocess import PreparedImage, is_small_image, prepare_image
 from visiondeck.serve.settings import ServeSettings
 
 __all__ = ["Engine", "LoadedModel", "load_model", "source_fingerprint"]

@@ -20,7 +20,7 @@ from PIL import Image
 from visiondeck.export.bundle import Bundle
 from visiondeck.imaging import DecodeLimits, ImageInfo, decode_image
 from visiondeck.monitor.reference import brightness_contrast
-from visiondeck.serve.observers import ImageStats
+from visiondeck.serve.monitoring.observers import ImageStats
 
 __all__ = ["INLINE_MAX_BYTES", "INLINE_MAX_PIXELS", "PreparedImage", "is_small_image",
            "make_thumbnail", "prepare_image"]

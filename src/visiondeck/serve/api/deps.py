@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 
-from visiondeck.serve.auth import Principal
+from visiondeck.serve.api.auth import Principal
 from visiondeck.serve.errors import RateLimited
 from visiondeck.serve.services import Services
 

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from visiondeck.serve.store import PredictionRecord, PredictionStore
+from visiondeck.serve.history.store import PredictionRecord, PredictionStore
 
 __all__ = ["StoreWriter"]
 
-log = logging.getLogger("visiondeck.serve.store")
+log = logging.getLogger("visiondeck.serve.history.store")
 _ANNOTATE_SCAN = 1024  # rows annotate() looks through, newest first
 
 

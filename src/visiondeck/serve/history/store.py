@@ -1,7 +1,7 @@
 """Prediction history in SQL (SQLAlchemy 2 Core): a SQLite file by default, PostgreSQL by URL.
 
 The service never writes here on the request path: rows go through `StoreWriter`
-(serve/writer.py), which queues and retries. This module is the synchronous table access
+(serve/history/journal.py), which queues and retries. This module is the synchronous table access
 both the writer and the `/predictions` endpoints use. Table names carry a configurable
 prefix so several deployments (or test runs) can share one database.
 """

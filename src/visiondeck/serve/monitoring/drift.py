@@ -41,7 +41,7 @@ from visiondeck.monitor import (
     load_reference,
 )
 from visiondeck.monitor.stats import significant
-from visiondeck.serve.observers import PredictionEvent
+from visiondeck.serve.monitoring.observers import PredictionEvent
 
 __all__ = ["DriftObserver"]
 

@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 from visiondeck.imaging import sniff_format
-from visiondeck.serve.observers import PredictionEvent
+from visiondeck.serve.monitoring.observers import PredictionEvent
 
 __all__ = ["EXTENSIONS", "UploadKeeper", "kept_path"]
 

@@ -1,0 +1,1 @@
+"""What watches the served predictions: observers, the drift monitor, the upload archive."""
