@@ -35,8 +35,8 @@ def bundle_copy(serve_bundle: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture
 def serve_lane() -> bool:
-    """Whether POST /predict is answered by the lane (serve/api/fast_predict.py, the default) or the
-    FastAPI route; modules that must hold for both override this with a parametrized
+    """Whether POST /predict is answered by the fast path (serve/api/fast_predict.py, the
+    default) or the FastAPI route; modules that must hold for both override this with a parametrized
     fixture (test_api.py, test_inputs.py)."""
     return True
 

@@ -147,7 +147,12 @@ def test_type_is_sniffed_not_taken_from_the_name(client) -> None:
     ({"json": {"something": "else"}}, 422, "no_image"),
     ({"files": {"notes": ("a.txt", b"text")}}, 422, "no_image"),
     ({"content": b"--xx\r\nbroken", "headers": {
-        "content-type": "multipart/form-data; boundary=xx"}}, 422, "no_image"),
+        "content-type": "multipart/form-data; boundary=xx"}}, 400, "bad_multipart"),
+    ({"content": b"--xx\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\"\r\n"
+                 b"\r\nabc\r\n--xx--\r\n",
+      "headers": {"content-type": "multipart/form-data"}}, 400, "bad_multipart"),
+    ({"content": b"--xx\r\nX-Other: 1\r\n\r\nabc\r\n--xx--\r\n",
+      "headers": {"content-type": "multipart/form-data; boundary=xx"}}, 400, "bad_multipart"),
 ])
 def test_malformed_requests(client, kwargs, status, code) -> None:
     _error(client.post("/predict", **kwargs), status, code)

@@ -1,11 +1,13 @@
 """`create_app(settings)`: the FastAPI application, built per call (no import-time state).
 
-Layers, outermost first: CORS (when origins are configured) → the `POST /predict` lane
-(serve/api/fast_predict.py: the hot path, answered without the layers below) → FastAPI's own
-telemetry check, error, telemetry and body-limit layers → request metrics → body-size
-limit (413 before a body is read) → FastAPI routing with one exception handler per error
-family, so every refusal is a JSON `{"error", "detail", "hint"}` with a 4xx/503 status
-and nothing a client sends produces a 500.
+Layers, outermost first: CORS (when origins are configured) → the `POST /predict` fast
+path (serve/api/fast_predict.py: the hot path, answered without the layers below) →
+FastAPI's own telemetry check, error, telemetry and body-limit layers → request metrics →
+body size and time (`bodies.limited_receive`: 413 before a body is read, 408 for a slow
+one) → FastAPI routing with one exception handler per error family, so every refusal is
+a JSON `{"error", "detail", "hint"}` with a 4xx/503 status and nothing a client sends
+produces a 500. Slashes are not redirected: `POST /predict/` (the dandelion seed's URL) is
+a route of its own, and no answer reflects the request's `Host` into a `Location`.
 
 Seams for later work:
 - web pages: Jinja2 templates in `serve/templates/` (available as
@@ -35,7 +37,7 @@ from visiondeck.errors import VisionDeckError
 from visiondeck.export.errors import BundleError
 from visiondeck.imaging import ImageDecodeError
 from visiondeck.serve.api.bodies import BodyLimitMiddleware
-from visiondeck.serve.errors import INTERNAL_ERROR, ServeError, error_answer
+from visiondeck.serve.errors import INTERNAL_ERROR, ServeError, error_answer, error_body
 from visiondeck.serve.monitoring.observers import PredictionObserver
 from visiondeck.serve.services import STATIC_DIR, TEMPLATES_DIR, Services
 from visiondeck.serve.settings import ServeSettings
@@ -72,7 +74,7 @@ def create_app(settings: ServeSettings | None = None, *,
     app = _Service(
         title="VisionDeck", version=__version__, description=_DESCRIPTION, lifespan=lifespan,
         docs_url="/docs" if settings.docs else None, redoc_url=None,
-        openapi_url="/openapi.json" if settings.docs else None,
+        openapi_url="/openapi.json" if settings.docs else None, redirect_slashes=False,
     )
     app.state.services = services
     _add_exception_handlers(app, services)
@@ -80,15 +82,13 @@ def create_app(settings: ServeSettings | None = None, *,
         app.include_router(router)
     _add_web_seams(app)
 
-    limits = {"/predict": settings.body_limit(1), "/explain": settings.body_limit(1),
-              "/predict/batch": settings.body_limit(settings.max_batch_files)}
-    app.add_middleware(BodyLimitMiddleware, limit_for=lambda path: limits.get(path, 1 << 20),
-                       on_refuse=lambda: services.metrics.errors.labels("too_large").inc())
+    app.add_middleware(BodyLimitMiddleware, settings=settings,
+                       on_refuse=lambda exc: services.metrics.errors.labels(exc.code).inc())
     app.add_middleware(_MetricsMiddleware, services=services)
     if settings.fast_lane:
-        from visiondeck.serve.api.fast_predict import PredictLane
+        from visiondeck.serve.api.fast_predict import PredictFastPath
 
-        app.front_layers.append(Middleware(PredictLane, services=services))
+        app.front_layers.append(Middleware(PredictFastPath, services=services))
     if settings.cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
@@ -103,10 +103,10 @@ class _Service(FastAPI):
     """FastAPI with `front_layers` (innermost first) in front of FastAPI itself.
 
     FastAPI runs its own steps outside every `add_middleware` layer: an OpenTelemetry check
-    on each request, then error, telemetry and body-limit layers. The `/predict` lane needs
-    none of them (it answers every error itself) and they cost a twentieth of a
-    prediction's CPU, so it goes in front of them, and CORS in front of the lane, so the
-    lane's answers carry CORS headers too. Everything the lane passes on reaches FastAPI
+    on each request, then error, telemetry and body-limit layers. The `/predict` fast path
+    needs none of them (it answers every error itself) and they cost a twentieth of a
+    prediction's CPU, so it goes in front of them, and CORS in front of it, so its answers
+    carry CORS headers too. Everything the fast path passes on reaches FastAPI
     whole.
     """
 
@@ -163,12 +163,6 @@ def _add_web_seams(app: FastAPI) -> None:
         app.mount("/static", StaticFiles(directory=str(STATIC_DIR)), name="static")
 
 
-def _error(status: int, code: str, detail: Any, hint: str | None = None,
-           headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": code, "detail": detail, "hint": hint}, status_code=status,
-                        headers=headers)
-
-
 def _add_exception_handlers(app: FastAPI, services: Services) -> None:
     count = services.metrics.errors
 
@@ -188,13 +182,14 @@ def _add_exception_handlers(app: FastAPI, services: Services) -> None:
         # loc/msg/type: the shape /openapi.json declares for FastAPI's validation errors
         errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""),
                    "type": e.get("type", "value_error")} for e in exc.errors()]
-        return _error(422, "invalid_request", errors, "check the parameters against /docs")
+        return JSONResponse(error_body("invalid_request", errors,
+                                       "check the parameters against /docs"), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
         count.labels(f"http_{exc.status_code}").inc()
-        return _error(exc.status_code, f"http_{exc.status_code}", exc.detail, None,
-                      dict(exc.headers or {}))
+        return JSONResponse(error_body(f"http_{exc.status_code}", exc.detail),
+                            status_code=exc.status_code, headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def unexpected(_request: Request, exc: Exception) -> JSONResponse:
@@ -227,6 +222,6 @@ class _MetricsMiddleware:
             await self.app(scope, receive, send_status)
         finally:
             route = scope.get("route")
-            path = getattr(route, "path", None) or "unmatched"
-            self.metrics.requests.labels(scope.get("method", ""), path, str(status)).inc()
-            self.metrics.latency.labels(path).observe(time.perf_counter() - start)
+            self.metrics.observe_request(scope.get("method", ""),
+                                         getattr(route, "path", None) or "unmatched", status,
+                                         time.perf_counter() - start)

@@ -15,8 +15,8 @@ from visiondeck.imaging import ImageDecodeError, Problem
 
 __all__ = [
     "INTERNAL_ERROR", "Forbidden", "ModelUnavailable", "Overloaded", "PayloadTooLarge",
-    "RateLimited", "ServeError", "Unauthorized", "UnsupportedMediaType", "decode_error_status",
-    "error_answer",
+    "RateLimited", "RequestTimeout", "ServeError", "Unauthorized", "UnsupportedMediaType",
+    "decode_error_status", "error_answer", "error_body",
 ]  # fmt: skip
 
 
@@ -36,12 +36,27 @@ class ServeError(VisionDeckError):
             self.status = status
         self.headers = headers or {}
 
-    def body(self) -> dict[str, str | None]:
-        return {"error": self.code, "detail": self.message, "hint": self.hint}
+    def body(self) -> dict[str, Any]:
+        return error_body(self.code, self.message, self.hint)
+
+
+def error_body(code: str, detail: Any, hint: str | None = None) -> dict[str, Any]:
+    """The JSON body of every refusal, whichever path or handler answers it."""
+    return {"error": code, "detail": detail, "hint": hint}
 
 
 class PayloadTooLarge(ServeError):
     status, code = 413, "too_large"
+
+
+class RequestTimeout(ServeError):
+    """A body that did not arrive in time (a slow or stalled client); the connection is
+    closed with the answer, since the rest of the body is never read."""
+
+    status, code = 408, "body_timeout"
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message, hint=hint, headers={"Connection": "close"})
 
 
 class UnsupportedMediaType(ServeError):
@@ -94,8 +109,7 @@ def decode_error_status(exc: ImageDecodeError) -> int:
 
 
 #: the body of the answer to an unexpected exception (logged, never shown to the client)
-INTERNAL_ERROR = {"error": "internal", "detail": "internal error; it has been logged",
-                  "hint": None}
+INTERNAL_ERROR = error_body("internal", "internal error; it has been logged")
 
 
 def error_answer(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str] | None] | None:
@@ -109,10 +123,10 @@ def error_answer(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str
     if isinstance(exc, ServeError):
         return exc.status, exc.body(), exc.headers or None
     if isinstance(exc, ImageDecodeError):
-        return decode_error_status(exc), {"error": exc.problem.value, "detail": exc.message,
-                                          "hint": exc.hint}, None
+        return decode_error_status(exc), error_body(exc.problem.value, exc.message,
+                                                    exc.hint), None
     if isinstance(exc, BundleError):
-        return 503, {"error": "model_unavailable", "detail": exc.message, "hint": exc.hint}, None
+        return 503, error_body("model_unavailable", exc.message, exc.hint), None
     if isinstance(exc, VisionDeckError):
-        return 422, {"error": "invalid", "detail": exc.message, "hint": exc.hint}, None
+        return 422, error_body("invalid", exc.message, exc.hint), None
     return None

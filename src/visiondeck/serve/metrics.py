@@ -64,6 +64,12 @@ class ServeMetrics:
         self.ready = Gauge("visiondeck_ready", "1 once a model is loaded and warmed (what "
                            "/ready answers 200 for)", registry=r)
 
+    def observe_request(self, method: str, path: str, status: int, seconds: float) -> None:
+        """One answered HTTP request, by route template (bounded label values); the one
+        place both the app's metrics layer and the /predict fast path count requests."""
+        self.requests.labels(method, path, str(status)).inc()
+        self.latency.labels(path).observe(seconds)
+
     def set_model(self, name: str, version: str, variant: str) -> None:
         self.model_info.clear()
         self.model_info.labels(name, version, variant).set(1)

@@ -16,12 +16,18 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from visiondeck.errors import ConfigError
+from visiondeck.serve.api.rules import TOP_K_MAX, TOP_K_MIN
 
 __all__ = ["RateLimit", "ServeSettings", "parse_rate_limit"]
 
 _RATE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*(s|sec|second|m|min|minute|h|hour)\s*$", re.I)
 _PERIODS = {"s": 1.0, "sec": 1.0, "second": 1.0, "m": 60.0, "min": 60.0, "minute": 60.0,
             "h": 3600.0, "hour": 3600.0}
+
+
+#: the routes that take one image, and the batch route (their body limits differ)
+IMAGE_ROUTES = frozenset({"/predict", "/predict/", "/explain"})
+BATCH_ROUTE = "/predict/batch"
 
 
 class RateLimit:
@@ -63,7 +69,8 @@ class ServeSettings(BaseSettings):
         True, description="answer POST /predict in front of the framework "
                           "(serve/api/fast_predict.py); false sends it through FastAPI's "
                           "route like every other request")
-    top_k: int = Field(3, ge=1, le=100, description="classes returned per prediction")
+    top_k: int = Field(3, ge=TOP_K_MIN, le=TOP_K_MAX,
+                       description="classes returned per prediction")
     watch_interval_s: float = Field(
         30.0, ge=0.0, description="poll the model source for a new version (0 = never)")
 
@@ -95,6 +102,12 @@ class ServeSettings(BaseSettings):
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image file")
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (bomb guard)")
     max_batch_files: int = Field(64, ge=1, le=1024, description="images per /predict/batch")
+    max_batch_bytes: int = Field(
+        64 * 1024 * 1024, ge=1,
+        description="largest /predict/batch body (its images are held in memory together)")
+    body_timeout_s: float = Field(
+        30.0, gt=0.0, le=3600.0,
+        description="seconds a client has to send a request body; slower bodies get 408")
 
     # prediction history
     store: bool = Field(True, description="record every prediction")
@@ -112,7 +125,9 @@ class ServeSettings(BaseSettings):
     jwt_audience: str | None = None
     jwt_issuer: str | None = None
     label_secret: SecretStr | None = Field(
-        None, description="signs label tokens (default: random per process)")
+        None, min_length=32,
+        description="signs label tokens; every worker and replica must share it (default: "
+                    "DATA_DIR/label_secret, made once with mode 0600 and read by every worker)")
     rate_limit: str | None = Field(
         None, description="per API key (anonymous: per client address), e.g. 600/minute; "
                           "a key's own --rate wins (off)")
@@ -161,8 +176,10 @@ class ServeSettings(BaseSettings):
         return self.api_keys_file or self.data_dir / "api_keys.json"
 
     @property
-    def spool_path(self) -> Path:
-        return self.data_dir / "prediction_spool.jsonl"
+    def journal_dir(self) -> Path:
+        """Each worker's journal of answered predictions not yet in the database
+        (serve/history/journal.py); keep it on a disk that outlives the process."""
+        return self.data_dir / "history-journal"
 
     @property
     def db_url(self) -> str:
@@ -180,6 +197,17 @@ class ServeSettings(BaseSettings):
             return self.preprocess_threads
         return max(2, min(8, (os.cpu_count() or 1) // self.workers))
 
-    def body_limit(self, files: int = 1) -> int:
-        """Largest request body: `files` images, base64-inflated, plus form overhead."""
-        return files * (self.max_upload_bytes * 4 // 3 + 4096) + 64 * 1024
+    def body_limit(self, path: str) -> int:
+        """Largest request body of the route at `path`: one image base64-inflated plus form
+        overhead for /predict and /explain, the batch cap for /predict/batch, 1 MiB for the
+        rest (labels, JSON queries)."""
+        one = self.max_upload_bytes * 4 // 3 + 64 * 1024
+        if path in IMAGE_ROUTES:
+            return one
+        if path == BATCH_ROUTE:
+            return min(self.max_batch_bytes, self.max_batch_files * one)
+        return 1 << 20
+
+    def files_for(self, path: str) -> int:
+        """Images one request to `path` may carry."""
+        return self.max_batch_files if path == BATCH_ROUTE else 1

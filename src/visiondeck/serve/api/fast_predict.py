@@ -1,22 +1,21 @@
 """`POST /predict` answered in front of the framework: the service's hot path, kept lean.
 
-Profiling the service under load (py-spy, FastAPI 0.16x, 28 px images) showed that the
-event loop, not inference, bounds throughput, and that a third of the loop's time went to
-layers a prediction does not need: eight ASGI middlewares (Starlette's error and
-exception layers, FastAPI's telemetry and body-limit layers, ours), route matching,
-dependency resolution and response validation. `PredictLane` is the outermost ASGI layer
-(behind CORS only, in front of FastAPI's own layers: see `app._Service`): it answers
-`POST /predict` itself with exactly the steps the FastAPI route runs - the same functions
-for credentials and rate limits (`deps.check_caller`), body size (`uploads.receive_body`),
-parsing, prediction and recording (`routes.predict.predict_body`) and refusals
-(`errors.error_answer`) - and counts the request in the same metrics.
+Profiling the service under load (py-spy, 28 px images) showed that the event loop, not
+inference, bounds throughput, and that a third of the loop's time went to layers a
+prediction does not need: FastAPI's error, telemetry and body-limit layers, route
+matching, dependency resolution and response validation. `PredictFastPath` is the
+outermost ASGI layer (behind CORS only: see `app._Service`) and answers `POST /predict`
+itself by calling exactly what the FastAPI route calls - `deps.check_caller` (credentials,
+rate limit), `bodies.limited_receive` (the body's size and time, the same function the
+app's body-limit layer uses), `predictions.predict_request` (read, admit, classify,
+record), `errors.error_answer` (refusals) and `metrics.observe_request` - so the two paths
+cannot answer differently. It owns no rule of its own.
 
-The FastAPI route stays what /docs and /openapi.json describe, and it still answers what
-the lane passes on: a `top_k` that is not a number in range (FastAPI's validation error)
-and content types the lane does not read (a 415 from the route). `VISIONDECK_FAST_LANE=false`
-turns the lane off (every request then takes the route); the API tests run both ways.
-Being in front of FastAPI's OpenTelemetry layer, lane requests make no FastAPI spans:
-turn the lane off where those traces matter more than throughput.
+It passes on to FastAPI only what the route describes differently: a `top_k` that is not a
+number in range gets FastAPI's validation error from the route. The benchmark
+(benchmarks/bench_serve_peers.py) runs the service with and without it;
+`VISIONDECK_FAST_LANE=false` turns it off. Being in front of FastAPI's OpenTelemetry
+layer, its requests make no FastAPI spans.
 """
 
 from __future__ import annotations
@@ -30,61 +29,59 @@ from urllib.parse import parse_qsl
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from visiondeck.serve.api.bodies import content_length, receive_body
+from visiondeck.serve.api.bodies import content_length, limited_receive, route_path
 from visiondeck.serve.api.deps import check_caller
-from visiondeck.serve.errors import INTERNAL_ERROR, error_answer
-from visiondeck.serve.routes.predict import predict_body
+from visiondeck.serve.api.rules import parse_top_k
+from visiondeck.serve.errors import INTERNAL_ERROR, ServeError, error_answer
+from visiondeck.serve.predictions import predict_request
 from visiondeck.serve.services import Services
 
-__all__ = ["PredictLane"]
+__all__ = ["PredictFastPath"]
 
 log = logging.getLogger("visiondeck.serve")
 
-_READABLE = ("multipart/form-data", "application/json", "application/octet-stream", "")
-_PATH = "/predict"
+_PATHS = frozenset({"/predict", "/predict/"})
+_TEMPLATE = "/predict"  # the metrics label: the route template, as the app layer counts it
 
 
-class PredictLane:
+class PredictFastPath:
     """ASGI middleware: serves `POST /predict`, passes everything else to `app`."""
 
     def __init__(self, app: ASGIApp, services: Services) -> None:
         self.app = app
         self.services = services
-        self.limit = services.settings.body_limit(1)
-        self.requests = services.metrics.requests
-        self.latency = services.metrics.latency.labels(_PATH)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] != "http" or scope["method"] != "POST"
-                or _route_path(scope) != _PATH):
+                or route_path(scope) not in _PATHS):
             await self.app(scope, receive, send)
             return
         query = _query(scope.get("query_string", b""))
-        headers = Headers(scope=scope)
-        content_type = headers.get("content-type", "")
-        if query is None or not _readable(content_type):
-            await self.app(scope, receive, send)  # the route's validation / 415 answers
+        if query is None:
+            await self.app(scope, receive, send)  # the route's validation answers
             return
         started = time.perf_counter()
         status = 500
         try:
-            status = await self._predict(scope, receive, send, headers, content_type, query,
-                                         started)
+            status = await self._predict(scope, receive, send, query, started)
         finally:
-            self.requests.labels("POST", _PATH, str(status)).inc()
-            self.latency.observe(time.perf_counter() - started)
+            self.services.metrics.observe_request("POST", _TEMPLATE, status,
+                                                  time.perf_counter() - started)
 
-    async def _predict(self, scope: Scope, receive: Receive, send: Send, headers: Headers,
-                       content_type: str, query: dict[str, Any], started: float) -> int:
+    async def _predict(self, scope: Scope, receive: Receive, send: Send,
+                       query: dict[str, Any], started: float) -> int:
         services = self.services
+        settings = services.settings
+        headers = Headers(scope=scope)  # as the route's Request.headers reads them
         client = scope.get("client")
         try:
             caller = await check_caller(services, headers, client[0] if client else None,
                                         "predict")
-            with services.engine.admit():
-                body = await receive_body(receive, self.limit, content_length(scope))
-                answer = await predict_body(services, content_type, body, query.get("label"),
-                                            caller.id, started, query.get("top_k"))
+            bounded = limited_receive(receive, settings.body_limit(_TEMPLATE),
+                                      content_length(scope), settings.body_timeout_s)
+            answer = await predict_request(services, bounded, headers.get("content-type", ""),
+                                           query.get("label"), caller.id, started,
+                                           query.get("top_k"))
         except Exception as exc:
             refusal = error_answer(exc)
             if refusal is None:
@@ -92,7 +89,7 @@ class PredictLane:
                 refusal = 500, INTERNAL_ERROR, None
             status, payload, extra = refusal
             services.metrics.errors.labels(payload["error"]).inc()
-            if status == 413:  # the rest of the body is never read
+            if status in (408, 413):  # the rest of the body is never read
                 extra = {**(extra or {}), "connection": "close"}
             await _send_json(send, status, payload, extra)
             return status
@@ -116,29 +113,18 @@ async def _send_json(send: Send, status: int, payload: dict[str, Any],
     await send({"type": "http.response.body", "body": body})
 
 
-def _route_path(scope: Scope) -> str:
-    """The path as routes see it (without the prefix of a `--root-path` deployment)."""
-    path: str = scope.get("path", "")
-    root: str = scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
-
-
 def _query(raw: bytes) -> dict[str, Any] | None:
-    """`top_k` (int in 1..100) and `label`; None when `top_k` is invalid (the route's
-    validation then answers, in FastAPI's words)."""
+    """`top_k` (through `rules.parse_top_k`) and `label`; None when `top_k` is invalid, so
+    the route answers it in FastAPI's words as for any other invalid parameter."""
     if not raw:
         return {}
     out: dict[str, Any] = {}
     for key, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
         if key == "top_k":
-            if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 100:
+            try:
+                out["top_k"] = parse_top_k(value)
+            except ServeError:
                 return None
-            out["top_k"] = int(value)
         elif key == "label":
             out["label"] = value
     return out
-
-
-def _readable(content_type: str) -> bool:
-    kind = content_type.split(";")[0].strip().lower()
-    return kind in _READABLE or kind.startswith("image/")

@@ -7,8 +7,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "BatchItem", "BatchResponse", "ClassScore", "ErrorBody", "ExplainResponse", "HealthResponse",
-    "ImageInfoOut", "LabelRequest", "ModelInfo", "ModelRef", "PredictionPage",
+    "BatchItem", "BatchResponse", "ClassConfidence", "ClassScore", "ErrorBody", "ExplainResponse",
+    "HealthResponse", "ImageInfoOut", "LabelRequest", "ModelInfo", "ModelRef", "PredictionPage",
     "PredictionResponse", "ReadyResponse", "ReloadResponse",
 ]  # fmt: skip
 
@@ -24,6 +24,15 @@ class ClassScore(BaseModel):
 
     class_name: str = Field(alias="class", serialization_alias="class")
     probability: float = Field(description="calibrated probability")
+
+
+class ClassConfidence(BaseModel):
+    """One entry of `top3_predictions`, in the CIFAR-10 seed's words."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class", serialization_alias="class")
+    confidence: float
 
 
 class ModelRef(BaseModel):
@@ -48,6 +57,11 @@ class PredictionResponse(BaseModel):
     latency_ms: float = Field(description="server time for this image")
     image: ImageInfoOut
     label_token: str = Field(description="lets this client attach the true label later")
+    # the CIFAR-10 seed's Flask API answered with these; its clients read them
+    success: bool = Field(True, description="always true on a 200 (seed clients check it)")
+    prediction: str = Field(description="the predicted class (the seed API's name for it)")
+    top3_predictions: list[ClassConfidence] = Field(
+        description="the three most probable classes (the seed API's shape)")
 
 
 class BatchItem(BaseModel):

@@ -1,7 +1,8 @@
-"""The /predict lane: same answers as the route, refusals before reading, and its parser.
+"""The /predict fast path: the same answers as the route, refusals before reading.
 
 test_api.py and test_inputs.py run every request shape and every bad input through both
-the lane and the FastAPI route; this module checks what is specific to the lane.
+the fast path ("lane" in their ids) and the FastAPI route; this module checks what is
+specific to the fast path. Multipart parsing is tested in test_bodies.py.
 """
 
 from __future__ import annotations
@@ -13,73 +14,6 @@ import re
 import pytest
 
 from tests.serve.conftest import learnable_png
-
-# ----------------------------------------------------------------------- the multipart split
-
-
-def _body(parts: list[tuple[str, str | None, bytes]], boundary: str = "b0und4ry") -> bytes:
-    out = b""
-    for name, filename, data in parts:
-        disposition = f'form-data; name="{name}"' + (
-            f'; filename="{filename}"' if filename is not None else "")
-        out += (f"--{boundary}\r\nContent-Disposition: {disposition}\r\n"
-                + ("Content-Type: image/png\r\n" if filename is not None else "")
-                + "\r\n").encode() + data + b"\r\n"
-    return out + f"--{boundary}--\r\n".encode()
-
-
-def _full_parse(body: bytes, boundary: str) -> list[tuple[str, str | None, bytes]]:
-    from visiondeck.serve.api.bodies import _parse_form_fully
-
-    parts = asyncio.run(_parse_form_fully(f"multipart/form-data; boundary={boundary}", body, 8))
-    return [(p.name, p.filename, p.data) for p in parts]
-
-
-@pytest.mark.parametrize("parts", [
-    [("image", "cat.png", b"\x89PNG\r\n\x1a\nDATA")],
-    [("file", "a b;c.png", b"x" * 5000), ("label", None, "Sneaker é".encode())],
-    [("files", "1.png", b"one"), ("files", "2.png", b"--b0und4r\r\n"), ("files", "", b"")],
-    [("label", None, b"")],
-], ids=["curl", "label-and-odd-filename", "several-and-near-boundary", "empty-field"])
-def test_the_split_agrees_with_python_multipart(parts) -> None:
-    from visiondeck.serve.api.bodies import split_multipart
-
-    body = _body(parts)
-    fast = split_multipart(body, b"b0und4ry")
-    assert fast is not None
-    assert [(p.name, p.filename, p.data) for p in fast] == _full_parse(body, "b0und4ry") == [
-        (name, filename, data) for name, filename, data in parts]
-
-
-@pytest.mark.parametrize("body", [
-    b"preamble\r\n" + _body([("image", "x.png", b"abc")]),  # a preamble
-    _body([("image", "x.png", b"abc")])[:-12],  # no closing delimiter
-    _body([("image", 'a\\"b.png', b"abc")]),  # an escaped quote
-    _body([("image", "x.png", b"abc")]).replace(b"Content-Disposition", b"Content-Disposition ",
-                                                  1).replace(b"form-data", b"attachment", 1),
-    _body([("image", "x.png", b"abc")]).replace(b"\r\nContent-Type: image/png", b"\r\nbroken"),
-    _body([("f", "x.png", b"a")] * 17),  # more parts than a form may have
-], ids=["preamble", "unclosed", "escaped-quote", "not-form-data", "header-without-colon",
-        "too-many-parts"])
-def test_the_split_declines_what_it_does_not_fully_understand(body) -> None:
-    from visiondeck.serve.api.bodies import split_multipart
-
-    assert split_multipart(body, b"b0und4ry") is None
-
-
-def test_declined_bodies_still_get_the_full_parser(client) -> None:
-    """An escaped quote in a file name is valid: the fallback parser reads the image."""
-    body = _body([("image", 'my \\"best\\".png', learnable_png("left"))])
-    response = client.post("/predict", content=body,
-                           headers={"content-type": "multipart/form-data; boundary=b0und4ry"})
-    assert response.status_code == 200, response.text
-    garbage = client.post("/predict", content=b"--b0und4ry\r\nno headers at all",
-                          headers={"content-type": "multipart/form-data; boundary=b0und4ry"})
-    assert garbage.status_code in (400, 422) and garbage.json()["error"] in (
-        "bad_multipart", "no_image")
-
-
-# ----------------------------------------------------------------------- the lane itself
 
 
 def _requests_counted(client, path: str = "/predict") -> float:
@@ -163,7 +97,7 @@ def test_the_lane_is_in_front_only_when_on(make_settings) -> None:
     from fastapi import FastAPI
     from fastapi.middleware.cors import CORSMiddleware
 
-    from visiondeck.serve.api.fast_predict import PredictLane
+    from visiondeck.serve.api.fast_predict import PredictFastPath
     from visiondeck.serve.app import create_app
 
     def front(**changes) -> list[object]:
@@ -173,9 +107,9 @@ def test_the_lane_is_in_front_only_when_on(make_settings) -> None:
             layer = layer.app
         return [*kinds, layer.__func__]  # the innermost: FastAPI's own entry point
 
-    assert front(fast_lane=True) == [PredictLane, FastAPI.__call__]
+    assert front(fast_lane=True) == [PredictFastPath, FastAPI.__call__]
     assert front(fast_lane=True, cors_origins=["https://a.example"]) == [
-        CORSMiddleware, PredictLane, FastAPI.__call__]
+        CORSMiddleware, PredictFastPath, FastAPI.__call__]
     assert front(fast_lane=False) == [FastAPI.__call__]
 
 
