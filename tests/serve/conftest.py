@@ -8,6 +8,8 @@ with its SQLite file and key file under the test's tmp_path.
 from __future__ import annotations
 
 import shutil
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from tests.factories import png_bytes
+from tests.servers import free_port
 
 
 @pytest.fixture(scope="session")
@@ -89,3 +92,33 @@ def learnable_png(cls: str, size: int = 16, seed: int = 0) -> bytes:
               "right": (slice(half, size), slice(half, size))}[cls]
     array[region] = 230
     return png_bytes(array)
+
+
+@pytest.fixture
+def live_server(make_settings) -> Iterator[Callable[..., int]]:
+    """Factory: the app under a real uvicorn on loopback (a thread of this process), with
+    the given settings; answers the port. Stopped after the test."""
+    import uvicorn
+
+    from visiondeck.serve.app import create_app
+
+    servers: list[tuple[object, threading.Thread]] = []
+
+    def start(**changes) -> int:
+        settings = make_settings(**changes)
+        port = free_port()
+        server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1",
+                                               port=port, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, daemon=True)
+        thread.start()
+        servers.append((server, thread))
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline and thread.is_alive(), "no server started"
+            time.sleep(0.02)
+        return port
+
+    yield start
+    for server, thread in servers:
+        server.should_exit = True
+        thread.join(10)

@@ -6,14 +6,11 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from tests.serve.conftest import learnable_png
-from tests.servers import free_port
 
 
 @pytest.fixture(params=[True, False], ids=["lane", "route"])
@@ -165,29 +162,6 @@ def test_the_trailing_slash_route_answers_directly(client) -> None:
 # ------------------------------------------------------------------- slow bodies, for real
 
 
-@pytest.fixture
-def live_server(make_settings) -> Iterator[tuple[int, object]]:
-    """The app under a real uvicorn on loopback, one request in flight at most, and a body
-    deadline of 1.5 s."""
-    import uvicorn
-
-    from visiondeck.serve.app import create_app
-
-    settings = make_settings(max_pending=1, body_timeout_s=1.5)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.02)
-    yield port, server
-    server.should_exit = True
-    thread.join(10)
-
-
 def _trickler(port: int) -> socket.socket:
     """A client that declares a 1,000-byte PNG body and sends one byte of it."""
     sock = socket.create_connection(("127.0.0.1", port))
@@ -197,9 +171,12 @@ def _trickler(port: int) -> socket.socket:
 
 
 def test_slow_bodies_neither_lock_out_honest_requests_nor_stay_forever(live_server) -> None:
+    """Six clients declare a body and send one byte of it, against a server that admits one
+    request at a time: honest requests are still answered (bodies are admitted once read),
+    and the slow ones get 408 once their 1.5 s are up."""
     import httpx
 
-    port, _server = live_server
+    port = live_server(max_pending=1, body_timeout_s=1.5)
     slow = [_trickler(port) for _ in range(6)]  # six times the in-flight limit
     time.sleep(0.3)  # they are all in the app, waiting for their bodies
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
