@@ -23,9 +23,33 @@ def test_explain_png_and_json(client) -> None:
     assert body["top_k"][0]["class"] in ("left", "middle", "right")
     heat = Image.open(io.BytesIO(base64.b64decode(body["heatmap_png_base64"])))
     assert heat.size == (224, 224)  # 16 px input, enlarged for display by default
-    other = client.post("/explain?class=left", files=image).json()
-    assert other["class"] == "left" and other["class_index"] == 0
-    assert other["overlay_png_base64"] != body["overlay_png_base64"] or body["class"] == "left"
+    another = next(c for c in ("left", "middle", "right") if c != body["class"])
+    other = client.post(f"/explain?class={another}", files=image).json()
+    assert other["class"] == another
+    assert other["class_index"] == ["left", "middle", "right"].index(another)
+    assert other["heatmap_png_base64"] != body["heatmap_png_base64"]  # another class's map
+
+
+def _pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"),
+                      dtype=np.int16)
+
+
+def test_the_overlay_is_the_blend_of_image_and_heatmap(client) -> None:
+    """Known answers: alpha 0 is the picture itself, alpha 1 the coloured heat-map, and 0.5
+    their mean, pixel for pixel (±1 for rounding)."""
+    image = {"file": learnable_png("left")}
+    picture = client.post("/explain?alpha=0", files=image).json()
+    colours = client.post("/explain?alpha=1", files=image).json()
+    half = client.post("/explain?alpha=0.5", files=image).json()
+    source = _pixels(picture["image_png_base64"])
+    assert source.shape == (224, 224, 3)
+    assert np.array_equal(_pixels(picture["overlay_png_base64"]), source)
+    heat = _pixels(colours["heatmap_png_base64"])
+    assert np.array_equal(_pixels(colours["overlay_png_base64"]), heat)
+    assert heat.std() > 0  # the map says something: not one flat colour
+    mean = (source + heat) / 2
+    assert np.abs(_pixels(half["overlay_png_base64"]) - mean).max() <= 1
 
 
 def test_explain_errors(client) -> None:
