@@ -115,8 +115,18 @@ def test_rows_carry_image_statistics_and_the_embedding_projection(make_client) -
     assert record.contrast == pytest.approx(float(image.std()))
     reference = load_reference(load_bundle(client.app.state.services.engine.model.bundle))
     assert record.features["ref"] == reference.id
-    assert len(record.features["z"]) == reference.embedding.components.shape[0]
-    assert record.features["r"] >= 0
+    # a second computation of the projection: the Bundle's ONNX model run here on the
+    # picture, then the PCA written out (centre, project on the components, residual norm)
+    model = client.app.state.services.engine.model
+    tensor = model.bundle.prepare(image[:, :, None] if image.ndim == 2 else image)
+    embedding = model.session.run(["embedding"], {model.input_name: tensor[None]})[0][0]
+    basis = reference.embedding
+    centred = embedding.astype(np.float64) - basis.mean
+    z = basis.components @ centred
+    residual = np.linalg.norm(centred - z @ basis.components)
+    assert record.features["z"] == pytest.approx(z.tolist(), rel=1e-3, abs=1e-4)
+    assert record.features["r"] == pytest.approx(residual, rel=1e-3, abs=1e-4)
+    assert np.abs(z).max() > 1e-3  # not a projection of zeros
 
 
 def test_uploads_are_kept_content_addressed_off_the_request_path(make_client,

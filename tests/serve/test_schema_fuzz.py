@@ -23,19 +23,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-schemathesis = pytest.importorskip("schemathesis", reason="pip install 'visiondeck[dev]'")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from schemathesis import GenerationMode  # noqa: E402
-from schemathesis.checks import not_a_server_error  # noqa: E402
-from schemathesis.specs.openapi.checks import (  # noqa: E402
+import schemathesis  # a dev dependency: missing, the suite fails rather than skips
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import (
     content_type_conformance,
     response_schema_conformance,
     status_code_conformance,
 )
 
-from visiondeck.serve.api.auth import KeyRing  # noqa: E402
+from visiondeck.serve.api.auth import KeyRing
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
