@@ -1,4 +1,5 @@
-"""scripts/audit_deps.py: a vulnerability fails the build, an unusable service only warns."""
+"""scripts/audit_deps.py: a vulnerability or a package the answering service could not audit
+fails the build; an unusable service only warns."""
 
 from __future__ import annotations
 
@@ -55,10 +56,39 @@ def test_a_service_that_knows_none_of_our_packages_is_not_a_clean_audit(audit) -
 
 def test_a_clean_audit(audit) -> None:
     report = {"dependencies": [{"name": "numpy", "version": "2.0.0", "vulns": []},
-                               {"name": "local", "skip_reason": "not on PyPI"}]}
+                               {"name": "visiondeck", "skip_reason": "distribution marked "
+                                                                     "as editable"}]}
     verdict = audit.classify(report, 0)
     assert verdict.status == "clean" and verdict.exit_code == 0
-    assert verdict.audited == ["numpy"] and verdict.skipped == ["local"]
+    assert verdict.audited == ["numpy"] and verdict.skipped == []
+
+
+def test_an_unauditable_package_fails_where_the_service_answers(audit, monkeypatch) -> None:
+    report = {"dependencies": [{"name": "numpy", "version": "2.0.0", "vulns": []},
+                               {"name": "local", "skip_reason": "Dependency not found on "
+                                                                "PyPI and could not be audited"}]}
+    verdict = audit.classify(report, 0)
+    assert verdict.status == "unaudited" and verdict.exit_code == 1
+    assert verdict.unaudited == {"local": "Dependency not found on PyPI and could not be "
+                                          "audited"}
+    # knowingly accepted, with its reason: the audit passes and says so
+    monkeypatch.setattr(audit, "UNAUDITABLE", {"local": "built here, not published"})
+    accepted = audit.classify(report, 0)
+    assert accepted.status == "clean" and accepted.exit_code == 0
+    assert accepted.skipped == ["local"]
+
+
+def test_a_vulnerability_beside_an_unaudited_package_names_both(audit, capsys,
+                                                                monkeypatch) -> None:
+    report = {"dependencies": [
+        {"name": "jinja2", "version": "3.1.2", "vulns": [
+            {"id": "GHSA-h5c8-rqwp-cp95", "fix_versions": ["3.1.3"], "aliases": []}]},
+        {"name": "local", "skip_reason": "not on PyPI"}]}
+    monkeypatch.setattr(audit, "run_audit", lambda service: audit.classify(report, 1))
+    assert audit.main() == 1
+    err = capsys.readouterr().err
+    assert "VULNERABLE" in err and "GHSA-h5c8-rqwp-cp95" in err
+    assert "UNAUDITED" in err and "local: not on PyPI" in err
 
 
 def test_ignored_ids_are_passed_to_pip_audit(audit, monkeypatch) -> None:

@@ -1,21 +1,32 @@
 """Files written whole, and content digests of files and folders.
 
-Writing: a reader, or another process writing the same file, never sees half a file.
+Writing: a reader, or another process writing the same file, never sees half a file, and a
+write that fails halfway (a value that cannot be serialised, a full disk, a kill) leaves the
+previous file exactly as it was. Every file a resume or a later stage reads back (run.json,
+history, checkpoints, split, catalog, pipeline state, mlflow.json...) goes through
+`atomic_path` or one of the helpers built on it; this is the one home of that rule.
 
 Several processes may prepare the same data at once (torchrun starts every rank side by
 side; two pipelines may share a prepared folder): each writes to a temporary name of its
-own (pid and thread in the name) and renames it over the target, which is atomic on POSIX,
-so the last writer wins and every reader sees a whole file.
+own (pid and thread in the name), syncs it to disk and renames it over the target, which is
+atomic on POSIX, so the last writer wins and every reader sees a whole file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import json
 import os
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
-__all__ = ["atomic_write_text", "file_sha256", "private_tmp", "tree_sha256"]
+__all__ = [
+    "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
+    "atomic_writer", "file_sha256", "private_tmp", "tree_sha256",
+]  # fmt: skip
 
 
 def private_tmp(path: str | os.PathLike[str]) -> Path:
@@ -24,15 +35,66 @@ def private_tmp(path: str | os.PathLike[str]) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A private temporary path to write `path`'s new content to (for writers that want a
+    file name, e.g. safetensors): synced and renamed over `path` when the block ends
+    normally, removed when it raises, so `path` holds either the old or the new content."""
     path = Path(path)
     tmp = private_tmp(path)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    return path
+
+
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike[str], *, binary: bool = False,
+                  newline: str | None = None) -> Iterator[IO[Any]]:
+    """An open file (UTF-8 text, or bytes with `binary`) whose content replaces `path` only
+    when the block ends normally."""
+    with atomic_path(path) as tmp:
+        if binary:
+            with open(tmp, "wb") as handle:
+                yield handle
+        else:
+            with open(tmp, "w", encoding="utf-8", newline=newline) as handle:
+                yield handle
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    with atomic_writer(path) as handle:
+        handle.write(text)
+    return Path(path)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    with atomic_writer(path, binary=True) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike[str], value: Any, *, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None,
+                      allow_nan: bool = True) -> Path:
+    """`value` as JSON (and a final newline), streamed into a temporary: a value that fails
+    to serialise halfway through leaves the previous file untouched."""
+    with atomic_writer(path) as handle:
+        json.dump(value, handle, indent=indent, default=default, allow_nan=allow_nan)
+        handle.write("\n")
+    return Path(path)
+
+
+def _fsync(path: Path) -> None:
+    """Flush a finished temporary to disk before the rename makes it the file, so a crash
+    after the rename cannot leave an empty file under the real name."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -201,3 +201,12 @@ def test_a_second_pipeline_on_the_same_recipe_stops_at_once(tiny: list[str],
         run_pipeline(None, overrides=tiny, progress=False)
     assert statuses(run_pipeline(None, overrides=tiny, steps=["check"], progress=False)) \
         ["check"] == "ran"
+
+
+def test_a_recipe_name_the_registry_would_refuse_fails_before_any_step(
+        tiny: list[str], tmp_path: Path) -> None:
+    from visiondeck.registry.errors import RegistryError
+
+    with pytest.raises(RegistryError, match="not a valid model name"):
+        run_pipeline(None, overrides=[*tiny, "name=x' OR name LIKE '%"], progress=False)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "prepared").exists()

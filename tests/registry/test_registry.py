@@ -160,7 +160,9 @@ def test_a_lost_artifact_is_detected_not_served(tracked, bundles, model_name) ->
 
 def test_model_uris_are_parsed_strictly() -> None:
     assert parse_model_uri("models:/digits@champion").alias == "champion"
-    assert parse_model_uri("models:/team/digits/3").name == "team/digits"
+    assert parse_model_uri("models:/digits.v2_a-b/3").name == "digits.v2_a-b"
+    with pytest.raises(RegistryError, match="not a valid model name"):  # MLflow refuses "/"
+        parse_model_uri("models:/team/digits/3")
     assert parse_model_uri("models:/digits/latest").version == "latest"
     for bad in ("models:/", "models:/digits", "models:/digits/v3", "runs:/abc/model",
                 "models:/@champion"):

@@ -60,6 +60,14 @@ def check(
         moved = move_aside(report, dest)
         console.print(f"[yellow]quarantined {len(moved.moved)} file(s)[/] into {moved.destination}"
                       f" (list: {moved.manifest})")
+        if moved.outside:
+            console.print(f"[yellow]left {len(moved.outside)} problem file(s) in place: outside "
+                          f"the data root {report.root}[/] (never moved)")
+            for relpath in moved.outside[:show]:
+                console.print(f"  outside the data root: {relpath}", markup=False,
+                              highlight=False, soft_wrap=True)
+        for relpath, error in moved.failed:
+            console.print(f"[red]could not move[/] {relpath}: {error}")
     if report.has_issues:
         raise typer.Exit(EXIT_ISSUES)
 

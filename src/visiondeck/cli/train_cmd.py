@@ -65,6 +65,9 @@ def _report(result) -> None:
     if result.skipped_files:
         table.add_row("[yellow]skipped bad files[/]", str(result.skipped_files))
     console.print(table)
+    if result.extra.get("already_finished"):
+        console.print("[dim]this run had already finished: reported as recorded, nothing "
+                      "retrained or rewritten[/]")
     if result.gate is not None:
         verdict = "[green]passed[/]" if result.gate.passed else "[red]FAILED[/]"
         console.print(f"quality gate {result.gate.metric} ≥ {result.gate.threshold}: {verdict} "

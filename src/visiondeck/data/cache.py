@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visiondeck._files import atomic_write_text, private_tmp
+from visiondeck._files import atomic_write_json, atomic_writer
 from visiondeck.data.catalog import default_workers
 from visiondeck.data.split import SplitRecord
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image, resize_image
@@ -121,12 +121,11 @@ def _load(folder: Path, key: str) -> DecodedArrays | None:
 def _save(folder: Path, key: str, result: DecodedArrays) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     for suffix, array in (("", result.images), ("-labels", result.labels)):
-        tmp = private_tmp(folder / f"decoded-{key}{suffix}.npy")
-        with open(tmp, "wb") as handle:  # a file object: np.save would append ".npy" to a name
+        # a file object: np.save would append ".npy" to a name
+        with atomic_writer(folder / f"decoded-{key}{suffix}.npy", binary=True) as handle:
             np.save(handle, array)
-        os.replace(tmp, folder / f"decoded-{key}{suffix}.npy")
     meta = {"relpaths": result.relpaths, "failed": result.failed}
-    atomic_write_text(folder / f"decoded-{key}.json", json.dumps(meta))
+    atomic_write_json(folder / f"decoded-{key}.json", meta, indent=None)
 
 
 def _track(items: Iterator, total: int, progress: bool) -> Iterator:

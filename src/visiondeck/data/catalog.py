@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
 
-from visiondeck._files import private_tmp
+from visiondeck._files import atomic_writer
 from visiondeck.config import DataConfig
 from visiondeck.data.sources import Source, SourceFile, open_source
 from visiondeck.errors import DataError
@@ -106,18 +106,16 @@ class Catalog:
         """JSON lines: a header line, then one line per file (streams, diffs well)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = private_tmp(path)
         header = {
             "catalog_version": CATALOG_VERSION,
             "root": str(self.root),
             "unlabelled": self.unlabelled,
             "limits": asdict(self.limits),
         }
-        with tmp.open("w", encoding="utf-8") as handle:
+        with atomic_writer(path) as handle:
             handle.write(json.dumps(header) + "\n")
             for entry in self.entries:
                 handle.write(json.dumps(entry.to_json()) + "\n")
-        os.replace(tmp, path)
         return path
 
     @classmethod

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from visiondeck._files import atomic_write_bytes
 from visiondeck.errors import DataError
 
 __all__ = [
@@ -180,11 +181,8 @@ def write_idx(
         compress = target.name.endswith(".gz")
     if compress:
         data = _gzip_bytes(data, compresslevel)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        atomic_write_bytes(target, data)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise DataError(f"Cannot write IDX file {target}: {exc}") from exc
     return target

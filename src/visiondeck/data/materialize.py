@@ -58,7 +58,7 @@ def _encode_png(image: np.ndarray) -> bytes:
 
 def _png_matches(path: str, image: np.ndarray) -> bool:
     try:
-        with Image.open(path) as im:
+        with Image.open(path, formats=("PNG",)) as im:  # only ever our own PNGs
             return im.mode == ("L" if image.ndim == 2 else "RGB") and np.array_equal(
                 np.asarray(im), image
             )

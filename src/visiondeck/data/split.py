@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from visiondeck._files import atomic_write_text, private_tmp
+from visiondeck._files import atomic_write_json, atomic_writer
 from visiondeck.data.catalog import Catalog, CatalogEntry, FileStatus
 from visiondeck.errors import DataError, SplitMismatchError
 
@@ -159,13 +159,11 @@ def save_split(split: Split, folder: str | os.PathLike[str]) -> Path:
     """Write split.csv (one row per file), split.json (parameters) and classes.json."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = private_tmp(folder / "split.csv")
-    with tmp.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_writer(folder / "split.csv", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["relpath", "label", "sha256", "subset", "fold"])
         for r in split.records:
             writer.writerow([r.relpath, r.label, r.sha256, r.subset, r.fold])
-    os.replace(tmp, folder / "split.csv")
     meta = {
         "split_version": SPLIT_VERSION,
         "id": split.id,
@@ -178,8 +176,8 @@ def save_split(split: Split, folder: str | os.PathLike[str]) -> Path:
         "counts": split.counts(),
         **split.meta,
     }
-    atomic_write_text(folder / "split.json", json.dumps(meta, indent=2) + "\n")
-    atomic_write_text(folder / "classes.json", json.dumps(split.classes, indent=2) + "\n")
+    atomic_write_json(folder / "split.json", meta)
+    atomic_write_json(folder / "classes.json", split.classes)
     return folder
 
 

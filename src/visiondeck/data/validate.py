@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from visiondeck._files import atomic_write_text
+from visiondeck._files import atomic_write_json
 from visiondeck.data.catalog import Catalog, CatalogEntry, FileStatus
 from visiondeck.errors import DataError
 
@@ -99,7 +99,7 @@ class DataReport:
     def save(self, path: str | os.PathLike[str]) -> Path:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write_text(path, json.dumps(self.to_json(), indent=2) + "\n")
+        return atomic_write_json(path, self.to_json())
 
 
 def _problem_json(entry: CatalogEntry) -> dict:
@@ -180,11 +180,21 @@ class QuarantineResult:
     destination: Path
     moved: list[tuple[str, str]]  # (relpath, status)
     manifest: Path | None
+    #: problem files whose real location is outside the data root (a manifest row naming an
+    #: outside path, a `..` path, a symlink leading out): reported, never moved or renamed
+    outside: list[str] = field(default_factory=list)
+    #: (relpath, error) for files that could not be moved; the others still were
+    failed: list[tuple[str, str]] = field(default_factory=list)
 
 
 def quarantine(report: DataReport, destination: str | os.PathLike[str]) -> QuarantineResult:
     """Move every problem file aside (never delete), keeping its relative path, and write a
-    manifest so the move can be reviewed or undone."""
+    manifest so the move can be reviewed or undone.
+
+    Only files that really live below the data root are moved: a manifest may name any path
+    on the machine, and quarantining must never rename someone else's file. Those are listed
+    in `outside` instead, and one file that cannot be moved does not stop the others.
+    """
     dest = Path(destination).resolve()
     root = report.root.resolve()
     if dest == root or root in dest.parents:
@@ -193,21 +203,48 @@ def quarantine(report: DataReport, destination: str | os.PathLike[str]) -> Quara
             hint="choose a folder outside the data, so quarantined files are not scanned again",
         )
     moved: list[tuple[str, str]] = []
+    outside: list[str] = []
+    failed: list[tuple[str, str]] = []
     records = []
     for entry in report.problems:
-        src = root / entry.relpath
-        if entry.status is FileStatus.MISSING or not src.exists():
+        if entry.status is FileStatus.MISSING:
+            continue
+        src = _inside_root(root, entry.relpath)
+        if src is None:
+            outside.append(entry.relpath)
+            continue
+        if not src.exists() and not src.is_symlink():
             continue
         target = dest / entry.status.value / entry.relpath
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            target = target.with_name(f"{target.stem}.{entry.sha256[:8]}{target.suffix}")
-        shutil.move(src, target)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists() or target.is_symlink():
+                target = target.with_name(f"{target.stem}.{entry.sha256[:8]}{target.suffix}")
+            shutil.move(src, target)
+        except OSError as exc:
+            failed.append((entry.relpath, str(exc)))
+            continue
         moved.append((entry.relpath, entry.status.value))
-        records.append({**_problem_json(entry), "moved_to": str(target.relative_to(dest))})
+        records.append({**_problem_json(entry), "moved_to": target.relative_to(dest).as_posix()})
     manifest = None
     if records:
         manifest = dest / "quarantine.json"
         previous = json.loads(manifest.read_text()) if manifest.exists() else []
-        manifest.write_text(json.dumps(previous + records, indent=2) + "\n", encoding="utf-8")
-    return QuarantineResult(dest, moved, manifest)
+        atomic_write_json(manifest, previous + records)
+    return QuarantineResult(dest, moved, manifest, outside, failed)
+
+
+def _inside_root(root: Path, relpath: str) -> Path | None:
+    """The path of `relpath` below `root` when the file it names really lies there, else None.
+
+    Refuses absolute paths, `..` steps and any symlink (of the file or of a folder on the
+    way) whose target is outside the root; `root` must already be resolved.
+    """
+    rel = Path(relpath)
+    if rel.is_absolute() or ".." in rel.parts:
+        return None
+    path = root / rel
+    real = path.resolve()
+    if real != root and root not in real.parents:
+        return None
+    return path

@@ -26,7 +26,7 @@ from visiondeck.pipeline.state import (
     hash_json,
     pipeline_lock,
 )
-from visiondeck.pipeline.steps import STEP_NAMES, STEPS, Context, Step
+from visiondeck.pipeline.steps import STEP_NAMES, STEPS, Context, Step, model_name, tracking_on
 
 __all__ = [
     "PipelineFailed",
@@ -176,6 +176,12 @@ def run_pipeline(recipe: RecipeLike, *, overrides: Sequence[str] = (), force: bo
     """
     resolved = resolve_recipe(recipe, overrides)
     selected = _select(steps)
+    if "register" in selected and tracking_on(resolved):
+        from visiondeck.registry.names import check_model_name
+
+        # the model is registered under the recipe's name: a name the registry refuses
+        # fails now, not after the training
+        check_model_name(model_name(resolved))
     folder = state_dir(resolved)
     started = time.perf_counter()
     reports: list[StepReport] = []

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from visiondeck._files import file_sha256, tree_sha256
+from visiondeck._files import atomic_write_json, file_sha256, tree_sha256
 from visiondeck.errors import VisionDeckError
 
 __all__ = [
@@ -112,9 +112,7 @@ class PipelineState:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         data = {"state_version": STATE_VERSION, "recipe": self.recipe_name,
                 "steps": {name: rec.to_json() for name, rec in self.steps.items()}}
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-        os.replace(tmp, self.path)
+        atomic_write_json(self.path, data, default=str)
 
 
 @contextlib.contextmanager

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from visiondeck.registry.errors import RegistryError, RegistryRefusal
-from visiondeck.registry.runlog import bundle_digest, upload_bundle
+from visiondeck.registry.names import check_model_name
+from visiondeck.registry.runlog import DIGEST_TAG, bundle_digest, upload_bundle
 from visiondeck.registry.store import Store, open_store, read_link, write_link
 from visiondeck.registry.tracking import TAG, log_batch, read_json
 
@@ -97,6 +98,7 @@ def register(target: str | os.PathLike[str], name: str, *, force: bool = False,
     """
     from visiondeck.export.bundle import load_bundle
 
+    check_model_name(name)
     bundle_dir, run_dir = _locate(Path(target))
     bundle = load_bundle(bundle_dir)
     gate, refusal = _gate(run_dir)
@@ -112,7 +114,7 @@ def register(target: str | os.PathLike[str], name: str, *, force: bool = False,
     digest = bundle_digest(bundle_dir)
     artifact = upload_bundle(store, run_id, bundle_dir, digest)
     _ensure_model(store, name, description)
-    tags = {f"{TAG}gate": gate, f"{TAG}bundle_digest": digest,
+    tags = {f"{TAG}gate": gate, DIGEST_TAG: digest,
             f"{TAG}architecture": bundle.architecture,
             f"{TAG}data_fingerprint": str((bundle.info.get("data") or {}).get("fingerprint")),
             f"{TAG}source_run": str(run_dir.resolve()) if run_dir else ""}
@@ -191,6 +193,7 @@ def promote(name: str, version: str | int, *, alias: str = "champion", force: bo
     Bundles report), measured on the same data fingerprint; otherwise `RegistryRefusal`
     unless `force` (recorded on the version with the reason).
     """
+    check_model_name(name)
     store = open_store(tracking_uri, runs_root, must_exist=True)
     version = str(version)
     model_version(store, name, version)

@@ -34,7 +34,7 @@ from visiondeck.registry.store import Store, read_link
 from visiondeck.registry.tracking import TAG, MlflowTracker, finite, log_batch, read_json
 
 __all__ = [
-    "BundleArtifact", "bundle_digest", "close_run", "log_artifacts", "log_bundle",
+    "DIGEST_TAG", "BundleArtifact", "bundle_digest", "close_run", "log_artifacts", "log_bundle",
     "log_evaluation", "log_metrics", "open_run", "upload_bundle",
 ]  # fmt: skip
 
@@ -180,6 +180,10 @@ class BundleArtifact:
     @property
     def source(self) -> str:
         return f"runs:/{self.run_id}/{self.artifact_path}"
+
+
+#: the model-version tag `register` records a Bundle's digest under, and `resolve` checks
+DIGEST_TAG = f"{TAG}bundle_digest"
 
 
 def bundle_digest(bundle_dir: str | os.PathLike[str]) -> str:

@@ -27,6 +27,7 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from visiondeck._files import atomic_write_json
 from visiondeck.registry.errors import RegistryError
 
 __all__ = [
@@ -239,8 +240,5 @@ def write_link(folder: str | os.PathLike[str], *, tracking_uri: str, run_id: str
     """Record the MLflow run in `folder/mlflow.json` atomically (never a password)."""
     shown = redact_uri(tracking_uri)
     link = RunLink(shown, run_id, experiment_id, experiment, redacted=shown != tracking_uri)
-    target = Path(folder) / LINK_FILE
-    tmp = target.with_name(f".{LINK_FILE}.tmp")
-    tmp.write_text(json.dumps(asdict(link), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
+    atomic_write_json(Path(folder) / LINK_FILE, asdict(link))
     return link

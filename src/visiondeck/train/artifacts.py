@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from visiondeck._files import atomic_path, atomic_write_json
 from visiondeck.config import ModelConfig, Recipe, load_recipe
 from visiondeck.data.dataset import PrepareSpec
 from visiondeck.errors import VisionDeckError
@@ -56,9 +57,9 @@ def save_trained(folder: Path, model: Any, *, recipe: Recipe, spec: PrepareSpec,
     target.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
              if isinstance(v, torch.Tensor)}
-    tmp = target / "weights.safetensors.tmp"
-    save_file(state, str(tmp), metadata={"format": "visiondeck", "version": str(FORMAT_VERSION)})
-    os.replace(tmp, target / "weights.safetensors")
+    with atomic_path(target / "weights.safetensors") as tmp:
+        save_file(state, str(tmp), metadata={"format": "visiondeck",
+                                             "version": str(FORMAT_VERSION)})
     info = {
         "format_version": FORMAT_VERSION,
         "model": recipe.model.model_dump(),
@@ -67,9 +68,7 @@ def save_trained(folder: Path, model: Any, *, recipe: Recipe, spec: PrepareSpec,
         "prepare": asdict(spec),
         **(extra or {}),
     }
-    tmp_json = target / "model.json.tmp"
-    tmp_json.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp_json, target / "model.json")
+    atomic_write_json(target / "model.json", info)
     return target
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import time
 from pathlib import Path
@@ -21,21 +20,19 @@ import numpy as np
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from visiondeck._files import atomic_write_json, atomic_writer
+
 __all__ = ["AtomicCheckpointIO", "HistoryWriter", "RngState"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write to `NAME.tmp`, fsync, then rename over `NAME`."""
+    """Write to a private temporary, fsync, then rename over `NAME` (`_files.atomic_writer`)."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        with tmp.open("wb") as handle:
+        with atomic_writer(path, binary=True) as handle:
             torch.save(checkpoint, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only: bool | None = None):
         # never unpickle: our checkpoints hold only tensors, numbers, strings and containers
@@ -110,13 +107,12 @@ class HistoryWriter(L.Callback):
     def _write(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         columns = ["epoch", "step", "time_s", *_KEPT, "lr"]
-        tmp = self.run_dir / "history.csv.tmp"
-        with tmp.open("w", newline="") as handle:
+        with atomic_writer(self.run_dir / "history.csv", newline="") as handle:
             writer = csv.DictWriter(handle, columns, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(self.rows)
-        os.replace(tmp, self.run_dir / "history.csv")
-        (self.run_dir / "history.json").write_text(json.dumps(self.rows, indent=1) + "\n")
+        # a resume reads history.json back (on_train_start): never half a file
+        atomic_write_json(self.run_dir / "history.json", self.rows, indent=1)
 
 
 _KEPT = ("train_loss_epoch", "train_acc", "val_loss", "val_acc", "skipped_files")

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visiondeck._files import atomic_write_text
+from visiondeck._files import atomic_write_json, atomic_write_text
 from visiondeck.config import Recipe, load_recipe, save_recipe
 from visiondeck.errors import VisionDeckError
 
@@ -164,6 +164,9 @@ def resume(run_dir: str | os.PathLike[str], *, progress: bool = True,
     if not recipe_file.exists():
         raise TrainingError(f"{folder} is not a run folder (no recipe.yaml)",
                             hint="give the folder `visiondeck train` printed, e.g. runs/NAME")
+    finished = _finished_run(folder)
+    if finished is not None:  # nothing to continue: every file and the tracked run stay as is
+        return finished
     last = folder / "checkpoints" / "last.ckpt"
     if not last.exists():
         raise TrainingError(f"{folder} has no checkpoint to resume from",
@@ -171,6 +174,37 @@ def resume(run_dir: str | os.PathLike[str], *, progress: bool = True,
     recipe = load_recipe(recipe_file)
     return _fit(recipe, folder, ckpt_path=last, progress=progress, callbacks=callbacks,
                 tracker=tracker)
+
+
+#: run.json statuses written once training has ended (see `_fit`)
+FINISHED_STATUSES = ("passed", "failed_gate", "completed")
+
+
+def _finished_run(folder: Path) -> RunResult | None:
+    """The recorded outcome of a run that already finished, read from its run.json.
+
+    Resuming such a run through Lightning would restore the last checkpoint, run no epoch
+    and then rewrite run.json (and the tracked run) from the few metrics a loop that never
+    ran still holds; reporting what was recorded changes nothing.
+    """
+    try:
+        info = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(info, dict) or info.get("status") not in FINISHED_STATUSES:
+        return None
+    gate = info.get("gate") or None
+    last = folder / "checkpoints" / "last.ckpt"
+    best = info.get("best_checkpoint")
+    return RunResult(
+        folder, str(info["status"]), dict(info.get("metrics") or {}),
+        Path(best) if best else None, last if last.exists() else None,
+        int(info.get("epochs_run") or 0), float(info.get("duration_s") or 0.0),
+        GateResult(gate["metric"], gate["threshold"], gate["value"]) if gate else None,
+        info.get("class_weights"), int(info.get("skipped_files") or 0),
+        {**{k: info[k] for k in ("split_id", "in_memory", "decode_failures") if k in info},
+         "already_finished": True},
+    )
 
 
 @dataclass
@@ -198,7 +232,7 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> Buil
     L.seed_everything(recipe.train.seed, workers=True, verbose=False)
     outcome = prepare_split(recipe.data, progress=progress, force=False)
     split = outcome.split
-    atomic_write_text(folder / "classes.json", json.dumps(split.classes, indent=2) + "\n")
+    atomic_write_json(folder / "classes.json", split.classes)
     spec_info = model_spec(recipe.model.name)
     spec = resolve_spec(recipe.data, spec_info.mean if recipe.model.pretrained else None,
                         spec_info.std if recipe.model.pretrained else None)
@@ -325,9 +359,7 @@ def _write_run_json(folder: Path, recipe: Recipe, split_ref: dict[str, Any], spe
             "skipped_files": result.skipped_files,
             **result.extra,
         })
-    tmp = folder / "run.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2) + "\n")
-    os.replace(tmp, folder / "run.json")
+    atomic_write_json(folder / "run.json", info)
 
 
 def _versions() -> dict[str, str]:
