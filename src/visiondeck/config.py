@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from visiondeck._files import atomic_write_text
 from visiondeck.errors import ConfigError
 
 __all__ = [
@@ -269,7 +270,7 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(recipe_to_yaml(recipe), encoding="utf-8")
+    atomic_write_text(path, recipe_to_yaml(recipe))  # resume reads it back
     return path
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from visiondeck._files import atomic_write_json, atomic_writer
 from visiondeck.config import Recipe, apply_overrides, parse_overrides
 from visiondeck.errors import ConfigError
 from visiondeck.evaluate.tracking import StudyTracker, metric_key, unfinished_on_error
@@ -224,13 +225,13 @@ def _write_results(recipe: Recipe, root: Path, factors: dict[str, list[str]], me
     table, effects = _summarize(done, factors, metric)
     result = AblationResult(root, factors, metric, done, table, effects)
     result.chart = _chart(result)
-    (root / "results.json").write_text(json.dumps(clean_json({
+    atomic_write_json(root / "results.json", clean_json({
         "design": design, "metric": metric, "factors": factors, "seeds": list(seeds),
         "recipe": recipe.model_dump(mode="json"), "table": table, "effects": effects,
         "cells": [{"factors": c.factors, "seed": c.seed, "run": str(c.run_dir),
                    "headline": c.headline} for c in done],
-    }), indent=2, allow_nan=False) + "\n")
-    with (root / "table.csv").open("w", newline="", encoding="utf-8") as handle:
+    }), allow_nan=False)
+    with atomic_writer(root / "table.csv", newline="") as handle:
         writer = csv.DictWriter(handle, [*factors, "mean", "std", "seeds"])
         writer.writeheader()
         writer.writerows(table)

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from visiondeck._files import atomic_write_json, atomic_writer
 from visiondeck.config import Recipe, save_recipe
 from visiondeck.evaluate.predict import EvaluationError
 from visiondeck.evaluate.tracking import StudyTracker, metric_key, unfinished_on_error
@@ -89,7 +90,7 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
                   "test_prepared": None},
         "prepare": asdict(built.spec), "class_weights": weights,
     }
-    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")  # tags read it
+    atomic_write_json(folder / "run.json", info)  # tags read it
     if tracker is not None:
         tracker.start(folder, recipe, resumed=False)
     try:
@@ -112,7 +113,7 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
         "metrics": metrics, "epochs_run": trainer.current_epoch,
         "duration_s": round(time.perf_counter() - started, 2),
     })
-    (folder / "run.json").write_text(json.dumps(info, indent=2) + "\n")
+    atomic_write_json(folder / "run.json", info)
     if tracker is not None:
         tracker.finish(folder, "completed", metrics)
     return folder
@@ -194,12 +195,12 @@ def _write_results(result: CVResult, recipe: Recipe) -> None:
     import csv
 
     root = result.out_dir
-    (root / "cv.json").write_text(json.dumps(
-        {"folds": result.folds, "recipe": recipe.model_dump(mode="json"),
-         "runs": [str(r) for r in result.runs], "per_fold": result.per_fold,
-         "summary": result.summary}, indent=2) + "\n")
+    atomic_write_json(root / "cv.json", {
+        "folds": result.folds, "recipe": recipe.model_dump(mode="json"),
+        "runs": [str(r) for r in result.runs], "per_fold": result.per_fold,
+        "summary": result.summary})
     keys = list(result.summary)
-    with (root / "folds.csv").open("w", newline="", encoding="utf-8") as handle:
+    with atomic_writer(root / "folds.csv", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["fold", *keys])
         for fold, headline in enumerate(result.per_fold):

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from visiondeck._files import atomic_write_text
 from visiondeck.monitor.errors import MonitorError
 from visiondeck.monitor.stats import FeatureSummary, rounded
 
@@ -271,7 +272,7 @@ def save_reference(folder: str | os.PathLike[str], reference: ReferenceStats
     """Write `folder/reference.json`; returns the entry to put under bundle.json "reference"."""
     text = json.dumps(reference.to_dict(), separators=(",", ":"), allow_nan=False)
     path = Path(folder) / REFERENCE_FILE
-    path.write_text(text + "\n", encoding="utf-8")
+    atomic_write_text(path, text + "\n")
     return {"file": REFERENCE_FILE, "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
             "id": reference.id, "n": reference.n, "source": reference.source,
             "features": sorted(reference.features)
