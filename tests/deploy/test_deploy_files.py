@@ -193,6 +193,107 @@ def test_compose_services_are_healthy_and_wired() -> None:
     check_setting_names(names, "deploy/compose.yaml")
 
 
+# ------------------------------------------------------------------ secrets (compose, k8s)
+
+#: names that hold a secret (passwords, secrets, keys, tokens)
+SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|(^|_)KEY(_ID)?$", re.I)
+#: names whose value carries a secret inside (a database URL with its password)
+SECRET_BEARING = {"VISIONDECK_DATABASE_URL", "VISIONDECK_JWT_SECRET", "VISIONDECK_LABEL_SECRET"}
+#: ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}, ${NAME:+alt}
+INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(:?[-?+])?[^}]*\}")
+REQUIRED = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*:\?[^}]*\}$")
+URL_PASSWORD = re.compile(r"://[^/\s:@]*:([^@\s]+)@")
+
+
+def secret_problems_in_compose(text: str) -> list[str]:
+    """Every way compose.yaml could start with a secret nobody chose: a `${SECRET}` with a
+    default (or none, so empty), a secret setting with a literal value, a URL with a
+    literal password."""
+    problems = [f"${{{name}}} is not required (write ${{{name}:?...}})"
+                for name, operator in INTERPOLATION.findall(text)
+                if SECRET_NAME.search(name) and operator != ":?"]
+    problems += [f"a URL with a literal password: {password}"
+                 for password in URL_PASSWORD.findall(text) if not REQUIRED.match(password)]
+    compose = yaml.safe_load(text)
+    for name, service in compose["services"].items():
+        environment = service.get("environment") or {}
+        for key, value in environment.items():
+            if (SECRET_NAME.search(key) or key in SECRET_BEARING) and not (
+                    isinstance(value, str) and INTERPOLATION.search(value)):
+                problems.append(f"{name}: {key} has a literal value")
+    return problems
+
+
+def test_compose_secrets_have_no_defaults() -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    assert secret_problems_in_compose(text) == []
+    required = {name for name, operator in INTERPOLATION.findall(text) if operator == ":?"}
+    assert {"POSTGRES_PASSWORD", "VISIONDECK_LABEL_SECRET", "S3_ACCESS_KEY",
+            "S3_SECRET_KEY"} <= required
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ("${VISIONDECK_LABEL_SECRET:?", "${VISIONDECK_LABEL_SECRET:-change-me-"),
+    ("${POSTGRES_PASSWORD:?", "${POSTGRES_PASSWORD-visiondeck"),
+    ("${S3_SECRET_KEY:?see deploy/README.md}", "${S3_SECRET_KEY}"),
+    ("visiondeck:${POSTGRES_PASSWORD:?see deploy/README.md}@postgres:5432/visiondeck",
+     "visiondeck:visiondeck@postgres:5432/visiondeck"),
+])
+def test_compose_secret_check_is_not_a_no_op(before: str, after: str) -> None:
+    text = (DEPLOY / "compose.yaml").read_text()
+    assert before in text
+    assert secret_problems_in_compose(text.replace(before, after, 1))
+
+
+def secret_problems_in_k8s(docs: list[dict]) -> list[str]:
+    """Secrets reach pods only through a Secret the operator creates: no Secret object with
+    data in the repository, no literal or optional secret in a container's env, none in
+    a ConfigMap."""
+    problems = []
+    for doc in docs:
+        kind = doc["kind"]
+        if kind == "Secret":
+            problems.append(f"a Secret in the manifests: {doc['metadata']['name']}")
+        if kind == "ConfigMap":
+            for key, value in (doc.get("data") or {}).items():
+                if SECRET_NAME.search(key) or key in SECRET_BEARING:
+                    problems.append(f"ConfigMap {key}: a secret in plain configuration")
+                if URL_PASSWORD.search(str(value)):
+                    problems.append(f"ConfigMap {key}: a URL with a password")
+        if kind == "Deployment":
+            for container in doc["spec"]["template"]["spec"]["containers"]:
+                for entry in container.get("env", []):
+                    name = entry["name"]
+                    if not (SECRET_NAME.search(name) or name in SECRET_BEARING):
+                        continue
+                    ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+                    if "value" in entry or ref is None:
+                        problems.append(f"env {name}: not from a Secret")
+                    elif ref.get("optional"):
+                        problems.append(f"env {name}: an optional Secret (absent = unset)")
+    return problems
+
+
+def test_kubernetes_secrets_come_from_a_secret() -> None:
+    docs = [doc for name in MANIFESTS for doc in load_yaml_documents(DEPLOY / "k8s" / name)]
+    assert secret_problems_in_k8s(docs) == []
+    [deployment] = [d for d in docs if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    from_secret = {e["name"] for e in container["env"] if "valueFrom" in e}
+    assert {"VISIONDECK_DATABASE_URL", "VISIONDECK_LABEL_SECRET"} <= from_secret
+    # and the check sees a literal, an optional Secret and a password in the ConfigMap
+    label = next(e for e in container["env"] if e["name"] == "VISIONDECK_LABEL_SECRET")
+    literal = dict(label, value="change-me-to-a-long-random-string")
+    literal.pop("valueFrom")
+    optional = {**label, "valueFrom": {"secretKeyRef": {
+        **label["valueFrom"]["secretKeyRef"], "optional": True}}}
+    for bad in (literal, optional):
+        container["env"] = [bad if e is label else e for e in container["env"]]
+        assert secret_problems_in_k8s(docs), bad
+    leaky = {"kind": "ConfigMap", "data": {"VISIONDECK_REDIS_URL": "redis://:hunter2@r:6379"}}
+    assert secret_problems_in_k8s([leaky])
+
+
 # -------------------------------------------------------------------------- Kubernetes
 
 

@@ -6,16 +6,25 @@ to brute-force - and comparison is constant-time). The key file holds only hashe
 key itself is shown once, by `visiondeck keys create`. The server re-reads the file when
 it changes, so a new or revoked key takes effect without a restart.
 
-Scopes: "predict" (predict, explain, history) and "admin" (reload, labels of any row).
-Admin endpoints always need a credential; predict ones only with `require_api_key`.
+Scopes: "predict" (predict, explain, history, thumbnails, monitoring, /metrics, labels with
+the prediction's token) and "admin" (reload, labels of any row, /ready's database error).
+Admin endpoints always need a credential; predict ones only with `require_api_key`. Public
+whatever the settings: /health, /ready (readiness, model, coarse database state), the
+served model's description (/model, the page shells and their static files), /docs.
+tests/serve/test_access.py walks every route to hold that line.
 A key may carry its own rate limit (`visiondeck keys create NAME --rate 10/s`), which
 replaces the server's `rate_limit` for that key (see `serve.limits`).
 JWTs (when `jwt_secret` is set) must be HS256, carry `exp` and `sub`, and list scopes in
 `scope` (space separated) or `scopes`.
+
+Label tokens (`Services.label_token`) are HMACs under one label key that every worker and
+replica must share: `label_secret` when configured, else DATA_DIR/label_secret, created once
+(mode 0600) by whichever process starts first (`load_label_key`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
@@ -29,14 +38,19 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
+
 from visiondeck.errors import ConfigError
 from visiondeck.serve.errors import Forbidden, Unauthorized
 from visiondeck.serve.settings import RateLimit, parse_rate_limit
 
-__all__ = ["SCOPES", "ApiKey", "Authenticator", "KeyRing", "Principal", "create_key"]
+__all__ = ["LABEL_SECRET_FILE", "SCOPES", "ApiKey", "Authenticator", "KeyRing", "Principal",
+           "create_key", "load_label_key"]
 
 SCOPES = ("predict", "admin")
 _PREFIX = "vd_"
+LABEL_SECRET_FILE = "label_secret"  # in DATA_DIR, when `label_secret` is not configured
+_MIN_SECRET_CHARS = 32  # as ServeSettings.label_secret: a short HMAC key is guessable offline
 
 
 @dataclass(frozen=True)
@@ -250,3 +264,73 @@ class Authenticator:
             raise Forbidden(f"this credential lacks the {scope!r} scope",
                             hint="create a key with that scope")
         return principal
+
+
+# ------------------------------------------------------------------------ the label key
+
+
+def load_label_key(configured: SecretStr | None, data_dir: Path) -> bytes:
+    """The key that signs label tokens, the same in every worker and replica.
+
+    A configured secret wins (replicas on several hosts must be given one). Otherwise the
+    key is DATA_DIR/label_secret, created by the first process to start: `--workers N`
+    start their apps at the same moment, so the file is written whole under a temporary
+    name and linked into place - `link` fails when the name exists, so exactly one
+    secret wins and nobody reads a half-written file. A file that group or others can
+    read or write is refused, as ssh refuses such a private key: whoever reads it can
+    forge a label for any prediction.
+    """
+    if configured is not None:
+        return configured.get_secret_value().encode()
+    path = data_dir / LABEL_SECRET_FILE
+    if not os.path.lexists(path):
+        _create_label_secret(path)
+    return _read_label_secret(path)
+
+
+def _create_label_secret(path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:
+        raise _uncreatable(path, exc) from None
+    try:
+        with os.fdopen(fd, "w", encoding="ascii") as fh:
+            fh.write(secrets.token_hex(32) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        with contextlib.suppress(FileExistsError):  # another worker's link won: all read it
+            os.link(tmp, path)
+    except OSError as exc:
+        raise _uncreatable(path, exc) from None
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _uncreatable(path: Path, exc: OSError) -> ConfigError:
+    return ConfigError(f"cannot create the label secret file {path}: {exc}",
+                       hint="make the data folder writable, or set VISIONDECK_LABEL_SECRET "
+                            "(the same long random string on every replica)")
+
+
+def _read_label_secret(path: Path) -> bytes:
+    hint = (f"delete {path} to have a new one made (label tokens handed out so far stop "
+            "working), or set VISIONDECK_LABEL_SECRET")
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError as exc:
+        raise ConfigError(f"cannot read the label secret file {path}: {exc}",
+                          hint=hint) from None
+    with os.fdopen(fd, "rb") as fh:
+        info = os.fstat(fh.fileno())
+        if os.name == "posix" and info.st_mode & 0o077:  # elsewhere ACLs, not mode bits
+            raise ConfigError(
+                f"the label secret file {path} is open to group or others "
+                f"(mode {info.st_mode & 0o777:o}): anyone who reads it can label any prediction",
+                hint=f"chmod 600 {path}, or set VISIONDECK_LABEL_SECRET")
+        secret = fh.read(4096).strip()
+    if len(secret) < _MIN_SECRET_CHARS:
+        raise ConfigError(f"the label secret file {path} holds {len(secret)} characters, "
+                          f"fewer than {_MIN_SECRET_CHARS}", hint=hint)
+    return secret

@@ -10,7 +10,8 @@ from visiondeck.serve.api.auth import Principal
 from visiondeck.serve.errors import RateLimited
 from visiondeck.serve.services import Services
 
-__all__ = ["AdminCaller", "PredictCaller", "ServicesDep", "check_caller", "client_id"]
+__all__ = ["AdminCaller", "MaybeCaller", "PredictCaller", "ServicesDep", "UnmeteredCaller",
+           "check_caller", "client_id"]
 
 
 async def get_services(request: Request) -> Services:
@@ -56,5 +57,21 @@ async def admin_caller(request: Request, services: ServicesDep) -> Principal:
     return await _caller(request, services, "admin", 1.0)
 
 
+async def unmetered_caller(request: Request, services: ServicesDep) -> Principal:
+    """As `predict_caller` (a key when keys are required) without charging the rate limit:
+    for /metrics (a scraper's fixed cadence is no abuse, and a server whose clients spent
+    their budget must still be observable) and label PUTs (never limited: a label is the
+    answer to a prediction already paid for)."""
+    return services.auth.authorize(services.auth.identify(request.headers), "predict")
+
+
+async def maybe_caller(request: Request, services: ServicesDep) -> Principal | None:
+    """Who is calling a public route (None: nobody said), to decide how much it may see;
+    a credential that is sent but wrong is still a 401."""
+    return services.auth.identify(request.headers)
+
+
 PredictCaller = Annotated[Principal, Depends(predict_caller)]
 AdminCaller = Annotated[Principal, Depends(admin_caller)]
+UnmeteredCaller = Annotated[Principal, Depends(unmetered_caller)]
+MaybeCaller = Annotated[Principal | None, Depends(maybe_caller)]

@@ -7,11 +7,10 @@ import asyncio
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Path, Query, Request
+from fastapi import APIRouter, Path, Query
 from fastapi.responses import JSONResponse, Response
 
-from visiondeck.serve.api.auth import Principal
-from visiondeck.serve.api.deps import PredictCaller, ServicesDep
+from visiondeck.serve.api.deps import PredictCaller, ServicesDep, UnmeteredCaller
 from visiondeck.serve.api.schemas import ErrorBody, LabelRequest, PredictionPage
 from visiondeck.serve.errors import ServeError
 from visiondeck.serve.history.store import (
@@ -110,14 +109,17 @@ async def get_thumbnail(prediction_id: PredictionId, services: ServicesDep,
 
 @router.put("/predictions/{prediction_id}/label", responses={
     400: {"model": ErrorBody, "description": "the body is not JSON"},
-    403: {"model": ErrorBody}, **_ERRORS})
-async def set_label(prediction_id: PredictionId, body: LabelRequest, request: Request,
-                    services: ServicesDep) -> dict:
-    """Attach the true label: with the prediction's `label_token`, or an admin credential."""
+    401: {"model": ErrorBody}, 403: {"model": ErrorBody}, **_ERRORS})
+async def set_label(prediction_id: PredictionId, body: LabelRequest, services: ServicesDep,
+                    caller: UnmeteredCaller) -> dict:
+    """Attach the true label: with the prediction's `label_token`, or an admin credential.
+
+    The token proves the caller saw that prediction; it does not stand in for the key a
+    server with `require_api_key` asks of every caller (`UnmeteredCaller` first).
+    """
     allowed = body.token is not None and services.check_label_token(prediction_id, body.token)
     if not allowed:
-        principal: Principal | None = services.auth.identify(request.headers)
-        services.auth.authorize(principal, "admin")
+        services.auth.authorize(None if caller.anonymous else caller, "admin")
     label = body.label.strip() if body.label else None
     store = _store(services)
     if services.writer is not None and services.writer.update_pending(prediction_id, label):

@@ -6,6 +6,11 @@ the JSON API from the browser. What a page needs from the server at render time 
 upload limits, which features are on) goes into one `<script type="application/json">`
 block, so no script is inlined and every page carries a strict Content-Security-Policy.
 
+The pages are public even with `require_api_key`: they render the served model's
+description only (classes, card), never traffic. Predictions, history, thumbnails,
+monitoring and labels reach them through the API with the key typed into the page
+(static/js/api.js sends it as X-API-Key).
+
 The model card is rendered here in full from the served Bundle: bundle.json and, when
 `visiondeck bench` wrote one, the Bundle's bench.json (a fixed name inside the Bundle,
 never a path from a request).

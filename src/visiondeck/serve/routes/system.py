@@ -1,4 +1,11 @@
-"""GET /health, /ready, /model and /metrics: what operators and load balancers ask."""
+"""GET /health, /ready, /model and /metrics: what operators and load balancers ask.
+
+/health, /ready and /model answer anyone (probes send no key); /ready keeps its error texts
+for callers entitled to them. /metrics follows `require_api_key` like the rest of the
+traffic data: its series count predictions per class, live accuracy and drift, so a server
+that wants a key for history wants one here too (Prometheus sends it with
+`authorization: {credentials_file: ...}`; see deploy/README.md).
+"""
 
 from __future__ import annotations
 
@@ -8,8 +15,14 @@ import time
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
-from visiondeck.serve.api.deps import ServicesDep
-from visiondeck.serve.api.schemas import HealthResponse, ModelInfo, ModelRef, ReadyResponse
+from visiondeck.serve.api.deps import MaybeCaller, ServicesDep, UnmeteredCaller
+from visiondeck.serve.api.schemas import (
+    ErrorBody,
+    HealthResponse,
+    ModelInfo,
+    ModelRef,
+    ReadyResponse,
+)
 from visiondeck.serve.metrics import CONTENT_TYPE_LATEST
 
 __all__ = ["router"]
@@ -25,8 +38,16 @@ async def health(services: ServicesDep) -> HealthResponse:
 
 @router.get("/ready", response_model=ReadyResponse,
             responses={503: {"model": ReadyResponse, "description": "model not loaded"}})
-async def ready(services: ServicesDep) -> JSONResponse:
-    """Ready when the model is loaded and warmed; the database only degrades readiness."""
+async def ready(services: ServicesDep, caller: MaybeCaller) -> JSONResponse:
+    """Ready when the model is loaded and warmed; the database only degrades readiness.
+
+    The database's error text names its host, port and user: only an admin credential
+    sees it (the writer logs every failure for operators); anyone else gets the coarse
+    state, ok/degraded/off. The model's load error goes to whoever may predict, as
+    /predict's own 503 would tell them.
+    """
+    admin = caller is not None and "admin" in caller.scopes
+    may_predict = caller is not None or not services.auth.require_for_predict
     engine = services.engine
     model = engine._model
     writer = services.writer
@@ -36,9 +57,9 @@ async def ready(services: ServicesDep) -> JSONResponse:
                                                   variant=model.variant),
         database="off" if writer is None else writer.status,
         database_pending=0 if writer is None else writer.pending,
-        database_error=None if writer is None else writer.last_error,
+        database_error=writer.last_error if admin and writer is not None else None,
         queue=engine.batcher.queued, in_flight=engine.in_flight,
-        torch_loaded="torch" in sys.modules, error=engine.load_error,
+        torch_loaded="torch" in sys.modules, error=engine.load_error if may_predict else None,
     )
     return JSONResponse(body.model_dump(), status_code=200 if model is not None else 503)
 
@@ -64,7 +85,7 @@ async def model_info(services: ServicesDep) -> ModelInfo:
 
 
 @router.get("/metrics", response_class=Response,
-            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-async def metrics(services: ServicesDep) -> Response:
-    """Prometheus text format."""
+            responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, 401: {"model": ErrorBody}})
+async def metrics(services: ServicesDep, caller: UnmeteredCaller) -> Response:
+    """Prometheus text format (with `require_api_key`, for a key; never rate limited)."""
     return Response(services.metrics.render(), media_type=CONTENT_TYPE_LATEST)
