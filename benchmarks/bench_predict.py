@@ -67,6 +67,7 @@ def _naive(bundle_dir: Path, files: list[str]) -> tuple[float, list[str]]:
 
     from visiondeck.export.bundle import load_bundle
     from visiondeck.export.torch_model import load_torch_model
+    from visiondeck.imaging import ALLOWED_FORMATS
 
     torch.set_num_threads(1)
     bundle = load_bundle(bundle_dir)
@@ -79,7 +80,8 @@ def _naive(bundle_dir: Path, files: list[str]) -> tuple[float, list[str]]:
     start = time.perf_counter()
     with torch.inference_mode():
         for path in files:
-            image = Image.open(path).convert(mode).resize((spec.image_size, spec.image_size))
+            image = Image.open(path, formats=sorted(ALLOWED_FORMATS)).convert(mode)
+            image = image.resize((spec.image_size, spec.image_size))
             x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
             x = x.view(spec.image_size, spec.image_size, -1).permute(2, 0, 1)
             x = ((x - mean) / std).unsqueeze(0)

@@ -14,17 +14,20 @@ import threading
 import time
 import warnings
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skimage.data
-from PIL import Image, ImageFile
+from PIL import Image, ImageFile, PngImagePlugin
 
 from visiondeck import imaging
 from visiondeck.errors import DataError, VisionDeckError
 from visiondeck.imaging import (
     ALLOWED_FORMATS,
+    MODEL_SIDE_FACTOR,
+    PNG_METADATA_BUDGET,
     DecodedImage,
     DecodeLimits,
     ImageDecodeError,
@@ -33,6 +36,7 @@ from visiondeck.imaging import (
     decode_image,
     dhash,
     dhash_distance,
+    model_decode_limits,
     probe_image,
     resize_image,
     sniff_format,
@@ -700,3 +704,162 @@ def test_module_imports_neither_torch_nor_anything_heavy() -> None:
             "sys.exit(str(bad) if bad else 0)")  # fmt: skip
     env = {**os.environ, "PYTHONPATH": f"{src}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=60)
+
+
+# ------------------------------------- served models: a cap from the model, tamed metadata
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What `model_decode_limits` reads of a Bundle's `InputSpec`."""
+
+    image_size: int = 28
+    max_pixels: int = 64_000_000
+    max_bytes: int | None = 32 * 1024 * 1024
+
+
+def test_model_decode_limits_derive_the_pixel_cap_from_the_input_side() -> None:
+    limits = model_decode_limits(Spec(28), max_pixels=40_000_000, max_bytes=10 << 20)
+    assert MODEL_SIDE_FACTOR == 32 and limits.max_pixels == 896 * 896 == 802_816
+    assert limits.max_bytes == 10 << 20 and limits.reduce_jpeg and limits.min_side == 1
+    assert "896×896" in limits.pixels_from and "28 px" in limits.pixels_from
+    # a bigger model meets the server's ceiling first; a Bundle's own limits still bind
+    big = model_decode_limits(Spec(224), max_pixels=40_000_000, max_bytes=10 << 20)
+    assert big.max_pixels == 40_000_000 and "VISIONDECK_MAX_PIXELS" in big.pixels_from
+    own = model_decode_limits(Spec(224, max_pixels=1_000, max_bytes=500), max_pixels=40_000_000,
+                              max_bytes=10 << 20)  # fmt: skip
+    assert (own.max_pixels, own.max_bytes) == (1_000, 500) and "Bundle" in own.pixels_from
+    assert model_decode_limits(Spec(max_bytes=None), max_pixels=9, max_bytes=None).max_bytes is None
+
+
+def grey_png_of(width: int, height: int) -> bytes:
+    """A genuine all-black grey PNG, compressed row by row (6300×6300: 40 KB, ~0.1 s)."""
+    packer, row = zlib.compressobj(9), b"\0" * (width + 1)
+    idat = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat)
+            + png_chunk(b"IEND", b""))  # fmt: skip
+
+
+def test_a_huge_png_on_a_small_model_is_refused_before_any_pixel(
+        no_pixel_decoding: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    # issue 18 (4): 38 KB, 6300×6300, decoded in 0.3-1.1 s under the 40 M default
+    data = grey_png_of(6300, 6300)
+    assert len(data) < 64 * 1024
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the plain-PNG path must not inflate pixels either")
+
+    monkeypatch.setattr(Image, "frombytes", refuse)
+    limits = model_decode_limits(Spec(28), max_pixels=40_000_000, max_bytes=10 << 20)
+    for call in (decode_image, probe_image):
+        with pytest.raises(ImageDecodeError) as caught:
+            call(data, limits=limits)
+        error = caught.value
+        assert error.problem is Problem.BOMB
+        assert "6,300×6,300 = 39,690,000 pixels, above the limit of 802,816" in error.message
+        assert "32× the model's 28 px input side" in error.message
+        assert "896×896" in error.hint and "data.max_pixels" not in error.message + error.hint
+
+
+def test_a_jpeg_over_the_cap_is_decoded_at_a_reduced_dct_scale() -> None:
+    photo = encode(Image.new("RGB", (1000, 600), (200, 30, 30)), "JPEG", quality=90)
+    limits = DecodeLimits(max_pixels=100_000, reduce_jpeg=True)
+    decoded = decode_image(photo, limits=limits)
+    # 1/2 would still be 150,000 pixels: libjpeg decodes at 1/4
+    assert decoded.array.shape == (150, 250, 3)
+    assert decoded.info.notes == ("reduced",) and decoded.info.width == 250
+    assert probe_image(photo, limits=limits) == decoded.info
+    assert np.abs(decoded.array.reshape(-1, 3).mean(0) - (200, 30, 30)).max() < 4
+    # within the cap: full size, the very array a plain decode gives
+    within = decode_image(photo, limits=DecodeLimits(max_pixels=600_000, reduce_jpeg=True))
+    assert within.info.notes == () and np.array_equal(within.array, decode_image(photo).array)
+    # orientation still applies to the reduced picture
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    turned = encode(Image.new("RGB", (1000, 600), (200, 30, 30)), "JPEG", exif=exif)
+    assert decode_image(turned, limits=limits).array.shape == (250, 150, 3)
+    # without reduce_jpeg, too big even at 1/8 (125×75), or not a JPEG: refused
+    assert problem_of(photo, limits=DecodeLimits(max_pixels=100_000)) is Problem.BOMB
+    assert problem_of(photo, limits=DecodeLimits(9_000, reduce_jpeg=True)) is Problem.BOMB
+    as_png = encode(Image.new("RGB", (1000, 600)), "PNG")
+    assert problem_of(as_png, limits=limits) is Problem.BOMB
+
+
+def ztxt_chunk(key: bytes, text: bytes) -> bytes:
+    return png_chunk(b"zTXt", key + b"\0\0" + zlib.compress(text, 9))
+
+
+def with_chunks(png: bytes, *chunks: bytes) -> bytes:
+    """`png` with `chunks` right after IHDR (read by `Image.open`, before any pixel)."""
+    return png[:33] + b"".join(chunks) + png[33:]
+
+
+@pytest.fixture
+def inflated(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Bytes each Python-level zlib inflate produced (ours and Pillow's metadata chunks)."""
+    sizes: list[int] = []
+    real = zlib.decompressobj
+
+    class Counting:
+        def __init__(self, *args: object) -> None:
+            self.inner = real(*args)
+
+        def decompress(self, data: bytes, max_length: int = 0) -> bytes:
+            out = self.inner.decompress(data, max_length)
+            sizes.append(len(out))
+            return out
+
+        def __getattr__(self, name: str) -> object:
+            return getattr(self.inner, name)
+
+    monkeypatch.setattr(zlib, "decompressobj", Counting)
+    return sizes
+
+
+def test_a_ztxt_bomb_is_never_inflated_past_the_budget(inflated: list[int]) -> None:
+    # issue 18 (4): 30 KB of PNG, 30 zTXt chunks of 1 MB each (Pillow's per-chunk limit)
+    plain = encode(Image.new("L", (28, 28), 77), "PNG")
+    bomb = with_chunks(plain, *(ztxt_chunk(b"n%d" % i, b"a" * 1_000_000) for i in range(30)))
+    assert len(bomb) < 40_000
+    decoded = decode_image(bomb, mode="L")
+    assert decoded.array.shape == (28, 28, 1) and (decoded.array == 77).all()
+    probe_image(bomb)
+    assert sum(inflated) <= 2 * (PNG_METADATA_BUDGET + 1)  # two calls, one budget each
+    assert PngImagePlugin.MAX_TEXT_CHUNK == ImageFile.SAFEBLOCK  # no Pillow global touched
+
+
+def test_many_small_text_chunks_share_one_budget(inflated: list[int]) -> None:
+    plain = encode(Image.new("L", (16, 16), 5), "PNG")
+    chunks = [ztxt_chunk(b"k%d" % i, b"b" * 5_000) for i in range(2_000)]  # 10 MB of text
+    itxt = png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(b"c" * 10**6))
+    iccp = png_chunk(b"iCCP", b"icc\0\0" + zlib.compress(b"d" * 10**6))
+    data = with_chunks(plain, *chunks, itxt, iccp)
+    tamed = imaging._tame_png(data)
+    kept = tamed.count(b"zTXt")
+    assert 0 < kept <= PNG_METADATA_BUDGET // 5_000 and b"iTXt" not in tamed
+    assert b"iCCP" not in tamed
+    assert sum(inflated) <= PNG_METADATA_BUDGET + 1
+    assert decode_image(data, mode="L").array.shape == (16, 16, 1)
+
+
+def test_small_metadata_stays_and_still_orients_the_picture() -> None:
+    """ImageMagick stores EXIF as a zTXt "Raw profile type exif"; Pillow reads orientation
+    from it and from an XMP packet (an iTXt chunk): small ones must survive the taming."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    raw = exif.tobytes()
+    profile = f"\nexif\n{len(raw):8d}\n{raw.hex()}\n".encode()
+    picture = np.zeros((10, 30), np.uint8)
+    picture[:, :5] = 255  # a bright left edge
+    plain = encode(picture, "PNG")
+    tagged = with_chunks(plain, ztxt_chunk(b"Raw profile type exif", profile))
+    assert imaging._tame_png(tagged) is tagged  # nothing dropped, not even copied
+    decoded = decode_image(tagged, mode="L")
+    assert decoded.info.notes == ("exif_rotated",) and decoded.array.shape == (30, 10, 1)
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    packet = png_chunk(b"iTXt", b"XML:com.adobe.xmp\0\1\0\0\0" + zlib.compress(xmp))
+    assert decode_image(with_chunks(plain, packet), mode="L").array.shape == (30, 10, 1)
+    # behind a bomb the budget is spent: the picture still decodes, unrotated
+    bombed = with_chunks(plain, ztxt_chunk(b"big", b"a" * 10**6), packet)
+    assert decode_image(bombed, mode="L").array.shape == (10, 30, 1)

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 from visiondeck import imaging
-from visiondeck.imaging import DecodeLimits, ImageDecodeError, Problem, decode_image
+from visiondeck.imaging import DecodeLimits, ImageDecodeError, Problem, decode_image, plain_png_size
 
 FILL = (255, 255, 255)
 DEFAULT = DecodeLimits()
@@ -217,3 +217,23 @@ def test_damaged_chunks_with_right_crcs_end_the_same_way() -> None:
             data = _assemble(mutated)
             mode = rnd.choice(["L", "RGB"])
             assert _outcome(data, mode) == _full(data, mode), data
+
+
+def test_plain_png_size_names_exactly_the_layouts_the_shortcut_walks() -> None:
+    """`plain_png_size` is what lets the server decode a PNG on its event loop: it must
+    answer for every layout the shortcut takes, and for nothing with a chunk, depth or
+    colour type the shortcut would hand to `Image.open`."""
+    for name, data in _images():
+        with Image.open(io.BytesIO(data), formats=("PNG",)) as im:
+            assert plain_png_size(data) == im.size, name
+    layout_fine = {"zlib data damaged", "too few pixels", "over the pixel limit",
+                   "under the minimum side"}  # the walk accepts these; the decode declines
+    for name, data, _limits in _declined():
+        assert (plain_png_size(data) is not None) == (name in layout_fine), name
+    rnd = random.Random(17)
+    original = _png(np.arange(60, dtype=np.uint8).reshape(6, 10))
+    for _ in range(300):
+        data = bytearray(original)
+        data[rnd.randrange(len(data))] ^= 1 << rnd.randrange(8)
+        if plain_png_size(bytes(data)) is None:
+            assert imaging._plain_png(bytes(data), "L", DEFAULT, FILL) is None

@@ -5,15 +5,20 @@ request at a time, so micro-batching, the history writer and rate limits (API Ga
 its own throttling) would be dead weight on every cold start. What it shares with the REST
 API is everything that decides the answer: the Bundle (`load_bundle`), the safe decoder
 (`visiondeck.imaging`), the training preparation (`Bundle.prepare`), ONNX Runtime and the
-Bundle's calibration (`Predictor`), and the decoder-error → status mapping of the API.
+Bundle's calibration (`Predictor`), the decoder-error → status mapping of the API, the
+decode limits of a served model (`imaging.model_decode_limits`: a pixel cap derived from
+the model's input size) and the request rules (`serve/api/rules.py`: JSON body parsing,
+`top_k` bounds - a module that imports no web framework, for this image's sake).
 
 Events: API Gateway REST APIs (payload v1) and HTTP APIs (payload v2). The image is the
 body - raw bytes (base64-encoded by API Gateway: `isBase64Encoded`) or JSON
 `{"image": "<base64>"}`. `POST` predicts (`?top_k=N`), `GET .../health` answers without
 touching the model, any other `GET` describes the model. Every refusal is a JSON
 `{"error", "detail", "hint"}` with a 4xx status: 400 for a request without an image or
-with broken JSON/base64, 413 past the size limit (checked before anything is decoded),
-415 for bytes that are no supported image, 422 for a damaged one - the REST API's codes.
+with broken JSON/base64 (JSON nested too deeply included), 413 past the size limit
+(checked before anything is decoded), 415 for bytes that are no supported image, 422 for
+a damaged one, one with more pixels than the model's cap, or a `top_k` that is not a
+whole number from 1 to 100 - the REST API's codes. Nothing a client sends produces a 5xx.
 
 Where the model comes from (read once per container, i.e. per cold start):
   VISIONDECK_BUNDLE      a Bundle folder baked into the image (/opt/bundle), or a
@@ -25,8 +30,8 @@ Where the model comes from (read once per container, i.e. per cold start):
                          S3-compatible store (MinIO, seaweedfs).
 Other settings: VISIONDECK_VARIANT (fp32 | int8), VISIONDECK_TOP_K (3),
 VISIONDECK_MAX_UPLOAD_BYTES (4 MiB: a synchronous Lambda payload is at most 6 MB, and
-base64 adds a third), VISIONDECK_MAX_PIXELS (40 million) - the names `visiondeck serve`
-uses.
+base64 adds a third), VISIONDECK_MAX_PIXELS (40 million: the absolute ceiling above the
+model-derived cap) - the names `visiondeck serve` uses.
 """
 
 from __future__ import annotations
@@ -48,8 +53,9 @@ from typing import Any
 from visiondeck.export.bundle import Bundle, load_bundle
 from visiondeck.export.errors import BundleError
 from visiondeck.export.predictor import Predictor
-from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image
-from visiondeck.serve.errors import decode_error_status
+from visiondeck.imaging import ImageDecodeError, decode_image, model_decode_limits
+from visiondeck.serve.api.rules import TOP_K_MAX, TOP_K_MIN, parse_json_body, parse_top_k
+from visiondeck.serve.errors import ServeError, decode_error_status
 
 __all__ = ["Refusal", "handler", "load_model"]
 
@@ -109,6 +115,9 @@ def handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     except Refusal as exc:
         log.info("%s refused: %s %s", request_id, exc.status, exc.code)
         return _answer(exc.status, {"error": exc.code, "detail": exc.detail, "hint": exc.hint})
+    except ServeError as exc:  # a request rule of serve/api/rules.py
+        log.info("%s refused: %s %s", request_id, exc.status, exc.code)
+        return _answer(exc.status, exc.body())
     except Exception:  # a fault of ours, never of the input: logged with its traceback
         log.exception("%s failed", request_id)
         return _answer(500, {"error": "internal", "detail": "internal error; it has been "
@@ -121,9 +130,9 @@ def _predict(event: dict[str, Any], started: float) -> dict[str, Any]:
     model = load_model()
     top_k = _top_k(event, len(model.bundle.classes))
     spec = model.bundle.input
-    limits = DecodeLimits(
-        max_pixels=min(spec.max_pixels, _env_int("VISIONDECK_MAX_PIXELS", DEFAULT_MAX_PIXELS)),
-        max_bytes=max_upload if spec.max_bytes is None else min(spec.max_bytes, max_upload))
+    limits = model_decode_limits(
+        spec, max_pixels=_env_int("VISIONDECK_MAX_PIXELS", DEFAULT_MAX_PIXELS),
+        max_bytes=max_upload)
     try:
         decoded = decode_image(data, mode=spec.mode, limits=limits)  # type: ignore[arg-type]
     except ImageDecodeError as exc:
@@ -181,7 +190,7 @@ def _image_bytes(event: dict[str, Any], max_bytes: int) -> bytes:
     # base64 carries 3 bytes in 4 characters; JSON adds its key and quotes
     if len(body) > (max_bytes + 2) // 3 * 4 + 1024:
         raise _too_large(f"the request body is {len(body):,} characters", max_bytes)
-    raw = _b64(body, "the body") if encoded else body.encode("utf-8", "surrogateescape")
+    raw = _b64(body, "the body") if encoded else _utf8(body)
     if content_type == "application/json" or (not content_type and raw[:1] == b"{"):
         raw = _from_json(raw)
     elif content_type and not (content_type.startswith("image/")
@@ -196,11 +205,18 @@ def _image_bytes(event: dict[str, Any], max_bytes: int) -> bytes:
     return raw
 
 
-def _from_json(raw: bytes) -> bytes:
+def _utf8(body: str) -> bytes:
+    """A text body's bytes (surrogate escapes round-trip to the bytes they stand for); a
+    lone surrogate no encoding can hold is the client's broken text: 400."""
     try:
-        payload = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        raise Refusal(400, "bad_json", "the JSON body is not valid JSON") from None
+        return body.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        raise Refusal(400, "bad_body", "the body is not valid text",
+                      "send the image as binary (base64 through API Gateway)") from None
+
+
+def _from_json(raw: bytes) -> bytes:
+    payload = parse_json_body(raw)  # 400 for invalid or too deeply nested JSON
     image = payload.get("image") if isinstance(payload, dict) else None
     if not isinstance(image, str) or not image:
         raise Refusal(400, "no_image", "the JSON body has no \"image\" string",
@@ -223,12 +239,12 @@ def _too_large(what: str, limit: int) -> Refusal:
 
 
 def _top_k(event: dict[str, Any], classes: int) -> int:
-    text = _query(event).get("top_k")
-    if text is None:
-        return min(classes, _env_int("VISIONDECK_TOP_K", DEFAULT_TOP_K))
-    if not text.isdigit() or not 1 <= int(text) <= 100:
-        raise Refusal(400, "invalid_request", f"top_k must be an integer in 1..100, not {text!r}")
-    return min(classes, int(text))
+    """`?top_k=` by the REST API's rule (422 outside 1..100, checked before any int()),
+    else VISIONDECK_TOP_K held to the same bounds; never more than the classes."""
+    requested = parse_top_k(_query(event).get("top_k"))
+    if requested is None:
+        requested = min(TOP_K_MAX, max(TOP_K_MIN, _env_int("VISIONDECK_TOP_K", DEFAULT_TOP_K)))
+    return min(classes, requested)
 
 
 def _request_id(event: Any, context: Any) -> str:

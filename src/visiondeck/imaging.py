@@ -27,6 +27,28 @@ Policies
   correct because the `max_pixels` check above is authoritative. A limit above twice
   `PIL.Image.MAX_IMAGE_PIXELS` still meets Pillow's hard ceiling.
 * `TOO_SMALL`: the smaller side is below `min_side` (orientation cannot change it).
+* Served models: `model_decode_limits` is the one place a served upload's limits come
+  from (REST API, /explain, the Lambda handler). Its pixel cap is derived from the model:
+  `(MODEL_SIDE_FACTOR * input side)²`, 32× the side - a 28 px model takes up to
+  896×896 pixels (or any shape of that area), a 224 px one 7168×7168 - below the server's
+  own `max_pixels` (an absolute ceiling) and the Bundle's. Decoding costs time and memory
+  in proportion to pixels while the model only ever sees `image_size`², so a pixel past
+  1,024 times the model's input area is work nobody uses: at 32× the resize already
+  discards 99.9 % of what was decoded. A BOMB message then names that cap and where it
+  comes from. With `reduce_jpeg` (on for served models), a JPEG over the cap is not
+  refused but decoded at the largest DCT scale (1/2, 1/4, 1/8) that fits, by libjpeg
+  itself (Pillow's `draft`): a 6000×6000 photo on a 28 px model decodes at 750×750 in
+  14 ms instead of 110 ms and 108 MB ("reduced"); JPEGs within the cap decode at full
+  size, as in evaluation. Pillow's own ceiling (`Image.MAX_IMAGE_PIXELS`) still refuses
+  bigger JPEGs before any scale is chosen.
+* PNG metadata: Pillow inflates compressed metadata chunks (zTXt, compressed iTXt,
+  iCCP) while opening - up to 1 MB a chunk and 64 MB of text a file, so 30 KB of zTXt
+  costs 30 MB and 0.1 s before a single pixel (1 ms once tamed). We never read image
+  text, so before Pillow sees a PNG, every such chunk that would take the file's inflated
+  metadata past `PNG_METADATA_BUDGET` (256 KiB) is dropped, uninflated (the check
+  inflates at most the budget, once per file). Small ones - an XMP packet, ImageMagick's
+  raw EXIF profile - stay, so the orientation they carry still applies. No Pillow global
+  is changed for this.
 * Multi-frame files (animated GIF/WebP/APNG, multi-page TIFF, MPO): first frame only;
   `n_frames` counts them ("multi_frame"). Damage in any frame fails the decode.
 * EXIF orientation is applied with `ImageOps.exif_transpose`'s table ("exif_rotated" when the
@@ -52,14 +74,17 @@ Policies
   benchmark upload, the two paths timed in the same minute).
   Anything else, and anything that fails there, takes the full path above, so every error,
   array and note is the full path's.
-* `notes` follow the order of `NOTE_VOCABULARY`. `probe_image` returns what `decode_image`
-  would, except that EXIF stored after a PNG's pixel data is only seen by a full decode.
+* `notes` follow the order of `NOTE_VOCABULARY`; "reduced" marks a JPEG decoded at a
+  DCT scale below 1 (width/height are then the decoded ones). `probe_image` returns what
+  `decode_image` would, except that EXIF stored after a PNG's pixel data is only seen by a
+  full decode.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+import math
 import os
 import re
 import stat
@@ -68,7 +93,7 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, BinaryIO, Literal
+from typing import Any, BinaryIO, Literal, Protocol
 
 import numpy as np
 from PIL import Image
@@ -76,15 +101,22 @@ from PIL import Image
 from visiondeck.errors import DataError
 
 __all__ = [
-    "ALLOWED_FORMATS", "NOTE_VOCABULARY", "DecodeLimits", "DecodedImage", "ImageDecodeError",
-    "ImageInfo", "Problem", "decode_image", "dhash", "dhash_distance", "probe_image",
-    "resize_image", "sniff_format",
+    "ALLOWED_FORMATS", "MODEL_SIDE_FACTOR", "NOTE_VOCABULARY", "PNG_METADATA_BUDGET",
+    "DecodeLimits", "DecodedImage", "ImageDecodeError", "ImageInfo", "ModelInput", "Problem",
+    "decode_image", "dhash", "dhash_distance", "model_decode_limits", "plain_png_size",
+    "probe_image", "resize_image", "sniff_format",
 ]  # fmt: skip
 
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
 NOTE_VOCABULARY: tuple[str, ...] = (
     "cmyk", "16bit", "palette", "alpha", "exif_rotated", "multi_frame", "float", "bilevel",
+    "reduced",
 )  # fmt: skip
+#: a served model takes pictures of up to (this × its input side)² pixels (module docstring)
+MODEL_SIDE_FACTOR = 32
+#: inflated bytes of compressed PNG metadata a file may hand Pillow: XMP packets are a few
+#: KB, a hex-encoded 64 KB EXIF profile 130 KB; beyond that it is a bomb, not metadata
+PNG_METADATA_BUDGET = 256 * 1024
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 
 
@@ -136,9 +168,15 @@ def _rebuild_error(problem: Problem, message: str, hint: str | None) -> ImageDec
 
 @dataclass(frozen=True)
 class DecodeLimits:
+    """What a decode may cost. `reduce_jpeg`: a JPEG over `max_pixels` is decoded at a
+    smaller DCT scale instead of refused; `pixels_from`: where `max_pixels` comes from,
+    for the BOMB message (see `model_decode_limits`)."""
+
     max_pixels: int = 64_000_000
     max_bytes: int | None = None
     min_side: int = 1
+    reduce_jpeg: bool = False
+    pixels_from: str | None = None
 
     def __post_init__(self) -> None:
         if self.max_pixels < 1 or self.min_side < 1:
@@ -161,6 +199,43 @@ class ImageInfo:
 class DecodedImage:
     array: np.ndarray
     info: ImageInfo
+
+
+class ModelInput(Protocol):
+    """What `model_decode_limits` reads of a model's input (a Bundle's `InputSpec`)."""
+
+    @property
+    def image_size(self) -> int: ...
+
+    @property
+    def max_pixels(self) -> int: ...
+
+    @property
+    def max_bytes(self) -> int | None: ...
+
+
+def model_decode_limits(spec: ModelInput, *, max_pixels: int, max_bytes: int | None
+                        ) -> DecodeLimits:
+    """The limits an upload to a served model is decoded under - every serving path's.
+
+    `max_pixels` and `max_bytes` are the server's own (an absolute ceiling and its upload
+    limit). The pixel cap is the smallest of that ceiling, the Bundle's `max_pixels` and
+    `(MODEL_SIDE_FACTOR * spec.image_size)²`: the module docstring says why. JPEGs over
+    the cap are decoded at reduced scale rather than refused (`reduce_jpeg`).
+    """
+    side = MODEL_SIDE_FACTOR * spec.image_size
+    cap = min(max_pixels, spec.max_pixels, side * side)
+    if cap == side * side:
+        why = (f"{side}×{side}: {MODEL_SIDE_FACTOR}× the model's {spec.image_size} px "
+               "input side")
+    elif cap == max_pixels:
+        why = "the server's max_pixels (VISIONDECK_MAX_PIXELS)"
+    else:
+        why = "the Bundle's input.max_pixels"
+    byte_cap = max_bytes
+    if spec.max_bytes is not None:
+        byte_cap = spec.max_bytes if max_bytes is None else min(max_bytes, spec.max_bytes)
+    return DecodeLimits(max_pixels=cap, max_bytes=byte_cap, reduce_jpeg=True, pixels_from=why)
 
 
 # ----------------------------------------------------------------------------- sniffing
@@ -278,16 +353,40 @@ _PIXELS_IN_MESSAGE = re.compile(r"\((\d+) pixels\)")
 _DIMS_AT = {"PNG": (16, ">II"), "GIF": (6, "<HH"), "BMP": (18, "<ii")}  # for bomb messages
 
 
-def _bomb(width: int, height: int, pixels: int, cap: int, name: str | None) -> ImageDecodeError:
+def _bomb(width: int, height: int, pixels: int, cap: int, name: str | None,
+          pixels_from: str | None = None) -> ImageDecodeError:
     size = f"{width:,}×{height:,} = " if width * height == pixels else ""
-    return _fail(Problem.BOMB, f"image is {size}{pixels:,} pixels, above the limit of {cap:,}; "
-                 "raise the limit (data.max_pixels) if this is a genuine image", name)  # fmt: skip
+    if pixels_from is None:
+        return _fail(Problem.BOMB, f"image is {size}{pixels:,} pixels, above the limit of "
+                     f"{cap:,}; raise the limit (data.max_pixels) if this is a genuine image",
+                     name)  # fmt: skip
+    side = math.isqrt(cap)
+    message = f"image is {size}{pixels:,} pixels, above the limit of {cap:,} ({pixels_from})"
+    return ImageDecodeError(Problem.BOMB, f"{name}: {message}" if name else message,
+                            hint=f"downscale it to at most {cap:,} pixels (e.g. {side}×{side}) "
+                                 "and send it again")  # fmt: skip
+
+
+def _reduce_jpeg(im: Image.Image, fmt: str, limits: DecodeLimits) -> bool:
+    """Have libjpeg decode a JPEG over the pixel cap at the largest DCT scale that fits
+    under it (`Image.draft`: nothing is decoded yet). What still does not fit, or a JPEG
+    draft cannot scale, is left for `_check_header` to refuse."""
+    width, height = im.size
+    if fmt != "JPEG" or not limits.reduce_jpeg or width * height <= limits.max_pixels:
+        return False
+    for scale in (2, 4, 8):
+        if -(-width // scale) * -(-height // scale) <= limits.max_pixels:
+            if min(width, height) >= scale:  # draft asks for at least this size
+                im.draft(im.mode, (width // scale, height // scale))
+            return im.size != (width, height)
+    return False
 
 
 def _check_header(im: Image.Image, limits: DecodeLimits, name: str | None) -> None:
     width, height = im.size
     if width * height > limits.max_pixels:
-        raise _bomb(width, height, width * height, limits.max_pixels, name)
+        raise _bomb(width, height, width * height, limits.max_pixels, name,
+                    limits.pixels_from)
     if min(width, height) < limits.min_side:
         raise _fail(Problem.TOO_SMALL, f"image is {width}×{height}, a side is below the "
                     f"minimum of {limits.min_side} pixels", name)  # fmt: skip
@@ -333,8 +432,9 @@ def _guarded(data: bytes, fmt: str, name: str | None, limits: DecodeLimits, work
             pixels = int(found.group(1)) if found else 0
             offset, layout = _DIMS_AT.get(fmt, (len(data), ""))
             dims = struct.unpack_from(layout, data, offset) if len(data) >= offset + 8 else (0, 0)
-            cap = limits.max_pixels if pixels > limits.max_pixels else 2 * ceiling
-            raise _bomb(*dims, pixels, cap, name) from exc
+            if pixels > limits.max_pixels:
+                raise _bomb(*dims, pixels, limits.max_pixels, name, limits.pixels_from) from exc
+            raise _bomb(*dims, pixels, 2 * ceiling, name) from exc
         except Exception as exc:
             cause: BaseException = exc
             exhausted = not stream.closed and stream.tell() >= len(data)
@@ -368,14 +468,14 @@ def _orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and value in _TRANSPOSE else 1
 
 
-def _info(im: Image.Image, fmt: str, orientation: int) -> ImageInfo:
+def _info(im: Image.Image, fmt: str, orientation: int, reduced: bool = False) -> ImageInfo:
     mode, (width, height) = im.mode, im.size
     n_frames = int(getattr(im, "n_frames", 1) or 1)
     flags = {
         "cmyk": mode == "CMYK", "16bit": mode in _HIGH_BIT_MODES, "palette": mode in ("P", "PA"),
         "alpha": mode in _ALPHA_MODES or im.info.get("transparency") is not None,
         "exif_rotated": orientation != 1, "multi_frame": n_frames > 1, "float": mode == "F",
-        "bilevel": mode == "1",
+        "bilevel": mode == "1", "reduced": reduced,
     }  # fmt: skip
     if orientation >= 5:
         width, height = height, width
@@ -417,17 +517,84 @@ def _normalise(im: Image.Image, mode: str, background: tuple[int, int, int]) -> 
     return im if im.mode == mode else im.convert(mode)
 
 
+_INFLATED_PNG_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
+
+
+def _compressed_payload(kind: bytes, body: bytes) -> bytes | None:
+    """The zlib stream Pillow would inflate from this chunk's data, parsed as Pillow
+    parses it; None where Pillow inflates nothing (iTXt stored as plain text...)."""
+    keyword_end = body.find(b"\0")
+    if kind == b"iCCP":  # Pillow reads the method byte after the NUL, or at 0 if none
+        return body[keyword_end + 2:]
+    if keyword_end < 0:
+        return None
+    if kind == b"zTXt":  # keyword, NUL, method byte, stream
+        return body[keyword_end + 2:]
+    rest = body[keyword_end + 1:]
+    if len(rest) < 2 or rest[0] == 0 or rest[1] != 0:  # flag 0: stored as plain text
+        return None
+    parts = rest[2:].split(b"\0", 2)  # language tag, translated keyword, text
+    return parts[2] if len(parts) == 3 else None
+
+
+def _inflate_within(stream: bytes, budget: int) -> int:
+    """The budget left after inflating `stream`, or -1 when it needs more than `budget`
+    bytes or is broken; inflates at most `budget + 1` bytes."""
+    if budget <= 0:  # (max_length=0 would mean "no limit")
+        return -1
+    inflater = zlib.decompressobj()
+    try:
+        spent = len(inflater.decompress(stream, budget + 1))
+    except zlib.error:
+        return -1
+    return budget - spent if spent <= budget and not inflater.unconsumed_tail else -1
+
+
+def _tame_png(data: bytes) -> bytes:
+    """`data` without the compressed metadata chunks that would take the file's inflated
+    metadata past `PNG_METADATA_BUDGET` (module docstring: "PNG metadata").
+
+    Inflates at most the budget (+1 byte) in all, whatever the file holds: a chunk found
+    too big, or whose stream breaks (Pillow ignores those: its text is lost either way),
+    is dropped and spends what was left, so later ones are dropped uninflated. Kept
+    chunks are copied verbatim (CRCs stay right); anything that does not parse as chunks
+    is left to Pillow. A file with nothing to drop is returned as it is.
+    """
+    if not any(kind in data for kind in _INFLATED_PNG_CHUNKS):
+        return data
+    budget, pos, end, kept, dropped = PNG_METADATA_BUDGET, 8, len(data), [], False
+    start = 0  # of the bytes not yet copied to `kept`
+    while pos + 12 <= end:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        stop = pos + 12 + length
+        if stop > end or kind == b"IEND":
+            break
+        if kind in _INFLATED_PNG_CHUNKS:
+            stream = _compressed_payload(kind, data[pos + 8:stop - 4])
+            if stream is not None:
+                left = _inflate_within(stream, budget)
+                budget = max(left, 0)
+                if left < 0:
+                    kept.append(data[start:pos])
+                    start, dropped = stop, True
+        pos = stop
+    if not dropped:
+        return data
+    kept.append(data[start:])
+    return b"".join(kept)
+
+
 #: IHDR colour type -> Pillow mode (and raw mode) of the plain PNGs, at bit depth 8
 _PLAIN_PNG_MODES = {0: "L", 2: "RGB"}
 
 
-def _plain_png(data: bytes, mode: str, limits: DecodeLimits,
-               background: tuple[int, int, int]) -> DecodedImage | None:
-    """A plain PNG decoded without `Image.open` (see the module docstring), or None for
-    the full path. Never raises for any bytes: every doubt is a None."""
+def _plain_png_layout(data: bytes) -> tuple[tuple[int, ...], list[tuple[int, int]]] | None:
+    """(IHDR fields, IDAT spans) of a plain PNG (see the module docstring), or None.
+
+    Walks the chunks once and checks every CRC; never raises for any bytes."""
     view, end = memoryview(data), len(data)
-    if end < 57 or data[12:16] != b"IHDR":  # signature + IHDR + an IDAT + IEND at least
-        return None
+    if end < 57 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        return None  # signature + IHDR + an IDAT + IEND at least
     pos, idat, ihdr = 8, [], None
     while True:
         if pos + 12 > end:
@@ -454,13 +621,38 @@ def _plain_png(data: bytes, mode: str, limits: DecodeLimits,
         else:  # tRNS, PLTE, eXIf, acTL, text, colour chunks...: the full path knows them
             return None
         pos = stop
-    width, height, depth, colour, compression, filtering, interlace = ihdr
-    ceiling = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
+    _width, _height, depth, colour, compression, filtering, interlace = ihdr
     if (depth != 8 or colour not in _PLAIN_PNG_MODES or compression or filtering or interlace
-            or not idat or min(width, height) < limits.min_side
-            or width * height > ceiling):
+            or not idat):
+        return None
+    return ihdr, idat
+
+
+def plain_png_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) of a plain PNG - the fast path's kind: 8-bit grey or RGB, not
+    interlaced, nothing but IHDR, IDAT and IEND, every CRC right - else None.
+
+    Decoding one costs one zlib inflate of its IDAT bytes into width × height pixels and
+    nothing else (no metadata to parse or inflate), which is what lets the server decode a
+    small one on its event loop. Header only: the pixels are not inflated here.
+    """
+    layout = _plain_png_layout(data)
+    return None if layout is None else (layout[0][0], layout[0][1])
+
+
+def _plain_png(data: bytes, mode: str, limits: DecodeLimits,
+               background: tuple[int, int, int]) -> DecodedImage | None:
+    """A plain PNG decoded without `Image.open` (see the module docstring), or None for
+    the full path. Never raises for any bytes: every doubt is a None."""
+    layout = _plain_png_layout(data)
+    if layout is None:
+        return None
+    (width, height, _depth, colour, *_rest), idat = layout
+    ceiling = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
+    if min(width, height) < limits.min_side or width * height > ceiling:
         return None
     source_mode = _PLAIN_PNG_MODES[colour]
+    view = memoryview(data)
     pixels = b"".join(view[start:stop - 4] for start, stop in idat)
     try:
         im = Image.frombytes(source_mode, (width, height), pixels, "zip", source_mode)
@@ -493,11 +685,13 @@ def decode_image(
         plain = _plain_png(data, mode, limits, fill)
         if plain is not None:
             return plain
+        data = _tame_png(data)
 
     def work(stream: io.BytesIO) -> DecodedImage:
         with Image.open(stream, formats=(fmt,)) as im:
+            reduced = _reduce_jpeg(im, fmt, limits)
             _check_header(im, limits, name)
-            info = _info(im, fmt, 1)  # before load: what probe_image reports
+            info = _info(im, fmt, 1, reduced)  # before load: what probe_image reports
             im.load()
             orientation = _orientation(im)  # after load: a PNG's late eXIf chunk is read
             out = _normalise(im, mode, fill)
@@ -519,11 +713,14 @@ def probe_image(source: Source, *, limits: DecodeLimits = DecodeLimits()) -> Ima
     """
     data, name = _read_source(source, limits)
     fmt = _sniff_or_fail(data, name)
+    if fmt == "PNG":
+        data = _tame_png(data)
 
     def work(stream: io.BytesIO) -> ImageInfo:
         with Image.open(stream, formats=(fmt,)) as im:
+            reduced = _reduce_jpeg(im, fmt, limits)
             _check_header(im, limits, name)
-            return _info(im, fmt, _orientation(im))
+            return _info(im, fmt, _orientation(im), reduced)
 
     return _guarded(data, fmt, name, limits, work)
 

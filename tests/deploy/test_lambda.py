@@ -145,8 +145,14 @@ def test_pixel_bombs_are_refused(baked: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_bad_top_k_and_methods(baked: Path) -> None:
-    status, body = call(event("v2-http-post-png.json", queryStringParameters={"top_k": "0"}))
-    assert status == 400 and body["error"] == "invalid_request"
+    # the REST API's rule and status (serve/api/rules.py): 422 outside 1..100
+    for text in ("0", "101", "-1", "2.5", "three", "²", "9" * 5_000):
+        ev = event("v2-http-post-png.json", queryStringParameters={"top_k": text})
+        status, body = call(ev)
+        assert status == 422 and body["error"] == "invalid_request", (text[:20], body)
+        assert len(body["detail"]) < 200  # a 5,000-digit value is not echoed back
+    status, body = call(event("v2-http-post-png.json", queryStringParameters={"top_k": "100"}))
+    assert status == 200 and len(body["top_k"]) == len(CLASSES)
     ev = event("v2-http-post-png.json")
     ev["requestContext"]["http"]["method"] = "DELETE"
     assert call(ev)[0] == 405
@@ -216,3 +222,47 @@ def test_predictions_match_the_predictor(baked: Path) -> None:
     assert body["predicted"] == expected.label
     assert [(i["class"], i["probability"]) for i in body["top_k"]][:2] == \
         [(label, p) for label, p in expected.topk][:2]
+
+
+# ------------------------------------------- issue 18: hostile requests are 4xx, never 5xx
+
+
+def test_json_nested_100000_deep_is_400_not_a_traceback(baked: Path, caplog) -> None:
+    deep = '{"image": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    for ev in (event("v2-http-post-json.json", body=deep),
+               event("v1-rest-post-json.json", body=deep),
+               event("v2-http-post-json.json", body="[" * 100_000)):
+        status, body = call(ev)
+        assert status == 400 and body["error"] == "bad_json", body
+    assert "Traceback" not in caplog.text and "failed" not in caplog.text
+
+
+def test_a_body_no_encoding_can_hold_is_400(baked: Path) -> None:
+    headers = {"content-type": "image/png"}
+    status, body = call(event("v2-http-post-json.json", headers=headers, body="\ud800abc"))
+    assert status == 400 and body["error"] == "bad_body"
+
+
+def _encoded(image, fmt: str) -> str:
+    import io
+
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+def test_pixels_are_capped_by_the_models_input_size(baked: Path) -> None:
+    """The colour model reads 8×8 pictures: 32× its side is 256×256 = 65,536 pixels, far
+    below VISIONDECK_MAX_PIXELS (40 M) and the Bundle's own 4 M."""
+    from PIL import Image
+
+    png = _encoded(Image.new("RGB", (300, 300), (230, 20, 20)), "PNG")  # 90,000 pixels
+    status, body = call(event("v2-http-post-png.json", body=png))
+    assert status == 422 and body["error"] == "bomb"
+    assert "above the limit of 65,536" in body["detail"] and "8 px input" in body["detail"]
+    assert "256×256" in body["hint"]
+    # a JPEG over the cap is decoded at a quarter of its size instead (1/2 is still 90,000)
+    jpeg = _encoded(Image.new("RGB", (600, 600), (20, 20, 230)), "JPEG")
+    status, body = call(event("v2-http-post-png.json", body=jpeg))
+    assert status == 200 and body["predicted"] == "blue", body
+    assert (body["image"]["width"], body["image"]["height"]) == (150, 150)

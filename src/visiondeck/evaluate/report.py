@@ -134,7 +134,7 @@ def _montage(thumbs: list[Thumb], columns: int = 6) -> bytes:
 
     from PIL import Image, ImageOps
 
-    tiles = [ImageOps.expand(Image.open(io.BytesIO(t.png)).convert("RGB"), 3,
+    tiles = [ImageOps.expand(Image.open(io.BytesIO(t.png), formats=("PNG",)).convert("RGB"), 3,
                              fill=(60, 157, 93) if t.css == "right" else (217, 83, 79))
              for t in thumbs]
     width, height = max(t.width for t in tiles), max(t.height for t in tiles)

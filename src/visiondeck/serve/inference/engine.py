@@ -293,9 +293,11 @@ class Engine:
         """Decode + prepare for the model being served now: small images inline, others in
         the pool.
 
-        A thumbnail-sized upload (a 28×28 PNG decodes in ~50 µs) costs less to decode on the
-        event loop than the two thread hand-overs of the pool; anything larger, or whose
-        header does not prove it small, goes to the pool so the loop never blocks on it.
+        A thumbnail-sized plain PNG (a 28×28 one decodes in ~50 µs) costs less to decode on
+        the event loop than the two thread hand-overs of the pool; everything else goes to
+        the pool so the loop never blocks on it - a small header is no proof of small work
+        (compressed PNG text, progressive JPEG scans, frames: see `is_small_image`).
+        Limits come from `imaging.model_decode_limits` (in `prepare_image`).
         """
         model = self.model
         s = self.settings
