@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import sqlalchemy as sa
 
-from tests.serve.test_store import PG_URL, needs_pg
+from tests.serve.test_store import PG_URL, require_postgres
 from visiondeck.serve.history.store import PredictionQuery, PredictionRecord, PredictionStore
 
 # the table as the first release of the service created it
@@ -25,8 +25,10 @@ _OLD_TABLE = """CREATE TABLE {name} (
     label VARCHAR(200), client VARCHAR(100), thumbnail {blob})"""
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path) -> Iterator[str]:
+    if request.param == "postgresql":
+        require_postgres()
     yield f"sqlite:///{tmp_path / 'old.db'}" if request.param == "sqlite" else PG_URL
 
 
@@ -133,10 +135,10 @@ class _SlowStore(PredictionStore):
 
 
 def test_a_label_sent_while_its_row_is_being_written_is_kept(tmp_path) -> None:
-    from visiondeck.serve.history.journal import StoreWriter
+    from visiondeck.serve.history.journal import DurableHistoryWriter
 
     store = _SlowStore(f"sqlite:///{tmp_path / 'p.db'}")
-    writer = StoreWriter(store, linger_s=0.01)
+    writer = DurableHistoryWriter(store, tmp_path / "journal", commit_interval_s=0.01)
     record = _record(1)
     writer.submit(record)
     writer.start()

@@ -66,3 +66,15 @@ def test_explain_can_be_turned_off(make_client) -> None:
     client = make_client(explain=False)
     response = client.post("/explain", files={"file": learnable_png("left")})
     assert response.status_code == 404 and response.json()["error"] == "explain_disabled"
+
+
+def test_explain_decodes_within_the_models_cap(client) -> None:
+    """/explain uses the same model-derived cap as /predict: a picture far larger than the
+    16 px model needs is refused before its pixels are decoded."""
+    big = io.BytesIO()
+    Image.new("L", (2000, 2000)).save(big, format="PNG")  # 4 M pixels > (32*16)^2
+    for path in ("/explain", "/predict"):
+        response = client.post(path, files={"file": ("big.png", big.getvalue())})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"] == "bomb"
+        assert "262,144 (512×512" in response.json()["detail"]

@@ -1,4 +1,8 @@
-"""Prediction history: SQLite and PostgreSQL, filters, export, and database outages."""
+"""Prediction history: SQLite and PostgreSQL, filters, export, and database outages.
+
+The writer's journal, its restarts and its take-overs are tested in test_history_journal.py
+(in process) and test_history_durability.py (real servers killed with SIGKILL).
+"""
 
 from __future__ import annotations
 
@@ -13,41 +17,45 @@ import pytest
 
 from tests.serve.conftest import learnable_png
 from tests.serve.proxy import OutageProxy
-from visiondeck.serve.history.journal import StoreWriter
-from visiondeck.serve.history.store import PredictionQuery, PredictionRecord, PredictionStore
+from visiondeck.serve.history.store import (
+    PredictionQuery,
+    PredictionRecord,
+    PredictionStore,
+    to_csv,
+)
 
 PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 
 
-def _pg_available() -> bool:
+def require_postgres() -> None:
+    """Fail (never skip) when the machine's PostgreSQL does not answer."""
+    import psycopg
+
     try:
-        import psycopg
-
         psycopg.connect("host=127.0.0.1 port=5432 user=postgres dbname=test",
-                        connect_timeout=2).close()
-        return True
-    except Exception:
-        return False
+                        connect_timeout=3).close()
+    except psycopg.Error as exc:
+        pytest.fail(f"PostgreSQL at 127.0.0.1:5432 is not usable ({exc}); start it with "
+                    "scripts/start-services.sh", pytrace=False)
 
 
-needs_pg = pytest.mark.skipif(not _pg_available(), reason="PostgreSQL at 127.0.0.1:5432 needed")
-
-
-def _prefix() -> str:
+def unique_prefix() -> str:
     return f"vdtest_{uuid.uuid4().hex[:10]}_"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
+@pytest.fixture(params=["sqlite", "postgresql"])
 def store(request, tmp_path) -> Iterator[PredictionStore]:
+    if request.param == "postgresql":
+        require_postgres()
     url = f"sqlite:///{tmp_path / 'p.db'}" if request.param == "sqlite" else PG_URL
-    store = PredictionStore(url, prefix=_prefix())
+    store = PredictionStore(url, prefix=unique_prefix())
     yield store
     store.drop()
     store.dispose()
 
 
-def _record(i: int, *, predicted: str = "left", confidence: float = 0.9,
-            created: datetime | None = None, **changes) -> PredictionRecord:
+def make_record(i: int, *, predicted: str = "left", confidence: float = 0.9,
+                created: datetime | None = None, **changes) -> PredictionRecord:
     values = dict(
         id=uuid.uuid4().hex, created_at=created or datetime.now(UTC), model_name="m",
         model_version="v1", predicted=predicted, confidence=confidence, unknown=False,
@@ -59,9 +67,9 @@ def _record(i: int, *, predicted: str = "left", confidence: float = 0.9,
 
 def test_store_round_trip_filters_and_paging(store) -> None:
     base = datetime(2026, 1, 1, tzinfo=UTC)
-    records = [_record(i, predicted=["left", "right"][i % 2], confidence=0.5 + i / 40,
-                       created=base + timedelta(minutes=i), unknown=i == 3,
-                       label="left" if i == 4 else None) for i in range(10)]
+    records = [make_record(i, predicted=["left", "right"][i % 2], confidence=0.5 + i / 40,
+                           created=base + timedelta(minutes=i), unknown=i == 3,
+                           label="left" if i == 4 else None) for i in range(10)]
     store.insert_many(records)
     store.insert_many(records[:2])  # a retried batch: no duplicates, no error
     rows, total = store.query(PredictionQuery(limit=3))
@@ -120,52 +128,10 @@ def test_label_with_token(make_client) -> None:
     assert client.get(f"/predictions/{body['id']}").json()["label"] == "right"
 
 
-class _FlakyStore:
-    """Fails the first `failures` writes, then records what it was given."""
-
-    def __init__(self, failures: int) -> None:
-        self.failures = failures
-        self.rows: list[PredictionRecord] = []
-
-    def insert_many(self, records) -> None:
-        if self.failures > 0:
-            self.failures -= 1
-            raise ConnectionError("database is down")
-        self.rows.extend(r for r in records if r.id not in {x.id for x in self.rows})
-
-
-def test_writer_retries_and_spools_at_shutdown(tmp_path) -> None:
-    flaky = _FlakyStore(failures=2)
-    writer = StoreWriter(flaky, spool_path=tmp_path / "spool.jsonl", retry_initial_s=0.01)
-    writer.start()
-    records = [_record(i) for i in range(5)]
-    for record in records:
-        writer.submit(record)
-    assert writer.flush(5)
-    assert [r.id for r in flaky.rows] == [r.id for r in records] and writer.failures == 2
-    writer.close()
-
-    down = _FlakyStore(failures=10**9)
-    writer = StoreWriter(down, spool_path=tmp_path / "spool.jsonl", retry_initial_s=0.01)
-    writer.start()
-    for record in records:
-        writer.submit(record)
-    assert writer.close(flush_timeout_s=0.2) == 5  # nothing lost: spooled
-    assert len((tmp_path / "spool.jsonl").read_text().splitlines()) == 5
-
-    back = _FlakyStore(failures=0)
-    writer = StoreWriter(back, spool_path=tmp_path / "spool.jsonl")
-    writer.start()  # replays the spool first
-    assert writer.flush(5)
-    writer.close()
-    assert [r.id for r in back.rows] == [r.id for r in records]
-    assert back.rows[0].thumbnail == b"\x89PNG" and not (tmp_path / "spool.jsonl").exists()
-
-
-@needs_pg
 def test_postgres_outage_never_fails_predictions(make_client) -> None:
+    require_postgres()
     proxy = OutageProxy(("127.0.0.1", 5432))
-    prefix = _prefix()
+    prefix = unique_prefix()
     direct = PredictionStore(PG_URL, prefix=prefix)
     try:
         client = make_client(database_url=f"postgresql+psycopg://postgres@127.0.0.1:"
@@ -206,13 +172,13 @@ def test_fast_insert_stores_what_the_portable_path_stores(store) -> None:
 
     assert store._fast is not None
     base = datetime(2026, 3, 1, 12, 30, tzinfo=UTC)
-    records = [_record(i, created=base + timedelta(seconds=i), unknown=i == 1,
-                       label=None if i else "left", client=None if i == 2 else "k1",
-                       thumbnail=None if i == 1 else b"\x89PNG\x00",
-                       brightness=None if i == 2 else 12.5,
-                       features=None if i == 1 else {"ref": "r", "z": [0.5, -1.0]})
+    records = [make_record(i, created=base + timedelta(seconds=i), unknown=i == 1,
+                           label=None if i else "left", client=None if i == 2 else "k1",
+                           thumbnail=None if i == 1 else b"\x89PNG\x00",
+                           brightness=None if i == 2 else 12.5,
+                           features=None if i == 1 else {"ref": "r", "z": [0.5, -1.0]})
                for i in range(3)]
-    portable = PredictionStore(store.url, prefix=_prefix())
+    portable = PredictionStore(store.url, prefix=unique_prefix())
     assert portable._fast_insert() is not None  # it would take the fast path: force it not to
     portable._fast = None
     try:
@@ -233,6 +199,17 @@ def test_fast_insert_stores_what_the_portable_path_stores(store) -> None:
     finally:
         portable.drop()
         portable.dispose()
+
+
+def test_a_nul_character_cannot_make_a_row_unstorable(store) -> None:
+    """PostgreSQL refuses NUL in text: a client's label `a\\x00b` failed its whole batch
+    on every retry. Both databases store U+FFFD in its place."""
+    record = make_record(1, label="a\x00b", client="k\x00")
+    store.insert_many([record])
+    stored = store.get(record.id)
+    assert (stored.label, stored.client) == ("a\ufffdb", "k\ufffd")
+    assert store.set_label(record.id, "\x00c")
+    assert store.get(record.id).label == "\ufffdc"
 
 
 def test_prediction_ids_sort_by_time_and_do_not_repeat() -> None:
@@ -271,5 +248,55 @@ def test_two_workers_creating_the_tables_at_once_both_succeed(store) -> None:
     finally:
         rival.dispose()
     assert raced
-    store.insert_many([_record(1)])
+    store.insert_many([make_record(1)])
     assert store.query(PredictionQuery())[1] == 1
+
+
+def test_csv_export_neutralises_formulas_in_every_text_cell() -> None:
+    """A label, class, client or model name a spreadsheet would evaluate (`=HYPERLINK(...)`,
+    `@SUM(...)`, a leading tab or CR) is exported with a leading quote; numbers, booleans and
+    harmless text are exported as they are."""
+    hostile = make_record(1, predicted="+cmd|' /C calc'!A0", label='=HYPERLINK("http://x","y")',
+                          client="@SUM(1+1)", endpoint="-2+3", model_name="\tm",
+                          model_version="\r=1", confidence=0.25, latency_ms=-1.5)
+    plain = make_record(2, label="cat", client="k1")
+    rows = list(csv.DictReader(io.StringIO(to_csv([hostile, plain]))))
+    for column in ("label", "predicted", "client", "endpoint", "model_name", "model_version"):
+        assert rows[0][column] == "'" + getattr(hostile, column), column
+    assert rows[0]["confidence"] == "0.25" and rows[0]["latency_ms"] == "-1.5"
+    assert rows[0]["unknown"] == "False" and rows[0]["image_width"] == "16"
+    assert rows[0]["top_k"].startswith("[")  # JSON: starts with a bracket, left alone
+    assert rows[1]["label"] == "cat" and rows[1]["client"] == "k1"
+    assert rows[1]["id"] == plain.id and rows[1]["created_at"][:4].isdigit()
+
+
+def test_csv_export_of_the_endpoint_neutralises_a_label(make_client) -> None:
+    client = make_client()
+    body = client.post("/predict", files={"file": learnable_png("left")},
+                       data={"label": "=1+1"}).json()
+    assert client.app.state.services.writer.flush(10)
+    rows = list(csv.DictReader(io.StringIO(client.get("/predictions?format=csv").text)))
+    assert [(row["id"], row["label"]) for row in rows] == [(body["id"], "'=1+1")]
+
+
+def test_the_sqlite_file_is_private(tmp_path) -> None:
+    """The history holds every client's predictions and labels: mode 0600, like the key
+    file, whatever the umask; an older file left 0644 is narrowed when opened."""
+    import os
+    import stat
+
+    old_umask = os.umask(0o022)
+    try:
+        store = PredictionStore(f"sqlite:///{tmp_path / 'new.db'}", prefix=unique_prefix())
+        store.insert_many([make_record(1)])
+        older = tmp_path / "old.db"
+        older.touch(mode=0o644)
+        (tmp_path / "old.db-wal").touch(mode=0o644)
+        again = PredictionStore(f"sqlite:///{older}")
+        assert again.query(PredictionQuery())[1] == 0
+    finally:
+        os.umask(old_umask)
+    for name in ("new.db", "new.db-wal", "new.db-shm", "old.db", "old.db-wal"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    store.dispose()
+    again.dispose()

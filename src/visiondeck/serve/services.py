@@ -12,15 +12,14 @@ import asyncio
 import contextlib
 import hmac
 import logging
-import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from visiondeck.serve.api.auth import Authenticator, KeyRing
+from visiondeck.serve.api.auth import Authenticator, KeyRing, load_label_key
 from visiondeck.serve.api.rate_limit import RateLimiter
-from visiondeck.serve.history.journal import StoreWriter
+from visiondeck.serve.history.journal import DurableHistoryWriter
 from visiondeck.serve.history.store import PredictionStore
 from visiondeck.serve.inference.engine import Engine, source_fingerprint
 from visiondeck.serve.metrics import ServeMetrics
@@ -43,10 +42,11 @@ class Services:
     limiter: RateLimiter
     observers: ObserverHub
     store: PredictionStore | None
-    writer: StoreWriter | None
+    writer: DurableHistoryWriter | None
     started_at: float = field(default_factory=time.monotonic)
     explainer: Any = None
-    _label_key: bytes = field(default_factory=lambda: secrets.token_bytes(32), repr=False)
+    #: set by `build` from the shared secret (auth.load_label_key); empty = no tokens at all
+    _label_key: bytes = field(default=b"", repr=False)
     _watch_task: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @classmethod
@@ -58,7 +58,7 @@ class Services:
             if settings.database_url is None:
                 settings.data_dir.mkdir(parents=True, exist_ok=True)
             store = PredictionStore(settings.db_url, prefix=settings.table_prefix)
-            writer = StoreWriter(store, spool_path=settings.spool_path, metrics=metrics)
+            writer = DurableHistoryWriter(store, settings.journal_dir, metrics=metrics)
         auth = Authenticator(
             KeyRing(settings.keys_path), require_for_predict=settings.require_api_key,
             jwt_secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
@@ -68,8 +68,7 @@ class Services:
         services = cls(settings, metrics, Engine(settings, metrics), auth,
                        RateLimiter(settings.rate, settings.redis_url,
                                    prefix=settings.redis_prefix), hub, store, writer)
-        if settings.label_secret is not None:
-            services._label_key = settings.label_secret.get_secret_value().encode()
+        services._label_key = load_label_key(settings.label_secret, settings.data_dir)
         return services
 
     # ------------------------------------------------------------------ lifecycle
@@ -115,6 +114,8 @@ class Services:
     # ------------------------------------------------------------------ helpers
 
     def label_token(self, prediction_id: str) -> str:
+        if not self._label_key:  # an HMAC under an empty key is a token anyone can make
+            raise RuntimeError("no label key: build Services with Services.build")
         # hmac.digest: OpenSSL's one-shot HMAC, the same value as hmac.new(...) without
         # building an HMAC object on every prediction
         return hmac.digest(self._label_key, prediction_id.encode(), "sha256").hex()[:32]

@@ -100,7 +100,10 @@ class ServeSettings(BaseSettings):
 
     # input safety
     max_upload_bytes: int = Field(10 * 1024 * 1024, ge=1, description="largest image file")
-    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image (bomb guard)")
+    max_pixels: int = Field(
+        40_000_000, ge=1,
+        description="absolute ceiling on decoded pixels; below it the model's own cap applies "
+                    "(32x its input side: imaging.model_decode_limits)")
     max_batch_files: int = Field(64, ge=1, le=1024, description="images per /predict/batch")
     max_batch_bytes: int = Field(
         64 * 1024 * 1024, ge=1,

@@ -1,105 +1,178 @@
-"""Write prediction rows off the request path, retrying until the database takes them.
+"""The prediction history's write path: an in-memory queue, a local journal, the database.
 
-A prediction is answered first; its row is handed to `StoreWriter.submit`, which only
-appends to an in-memory queue. One background thread drains the queue in batches. When
-the database is slow or down, the batch stays queued and is retried with exponential
-backoff (the service reports the store as "degraded" on `/ready`). Nothing is lost:
-- on a clean shutdown the thread keeps trying for `flush_timeout_s`, and whatever it still
-  could not write is appended to a JSON-lines spool file;
-- when more than `max_pending` rows wait in memory, the oldest go to the spool file too;
-- the spool is replayed into the database once it answers again (also after a restart).
-Rows carry their id and inserts skip ids already present, so a retried batch whose commit
-did succeed is not duplicated.
+A prediction is answered first; `DurableHistoryWriter.submit` only appends its row to an
+in-memory queue (the request path never touches a disk or the database). Two threads
+take it from there:
+
+- the *journal thread* wakes every `commit_interval_s` (0.1 s), runs the drift monitor's
+  `before_write` hooks and commits everything queued to the process's journal in one
+  transaction (group commit). An answered prediction is on disk within about 0.1 s plus
+  one commit, whatever the database is doing: this thread never waits for it.
+- the *database thread* writes the journal's oldest rows to the database; only once the
+  database has committed them are they deleted from the journal (with the next group
+  commit: one transaction, not two). A failed write is retried with exponential backoff
+  (`/ready` says "degraded"); the rows stay in the journal meanwhile. Rows carry their id
+  and the store skips ids it has, so a row written twice (a crash between the database
+  commit and the journal delete) is stored once.
+
+The journal is a SQLite file (stdlib sqlite3) rather than JSON lines: each group commit is
+atomic, so there is no torn tail to parse, and deleting written rows is a `DELETE`, not a
+rewrite. WAL with `synchronous=FULL` fsyncs once per commit: the guarantee covers power
+loss, not only a killed process (NORMAL would lose the last commits to a power cut), and
+costs one fsync per group (at most ten a second), not one per prediction. The files are
+0600 in a 0700 folder: they hold what the history holds.
+
+One journal per writer, so `--workers N` and replicas can share a data dir:
+`<journal_dir>/<pid>-<random>.db`, beside a `.lock` file the writer holds an `flock` on for
+its whole life (created under a temporary name and renamed once locked, so no other writer
+sees it unlocked). A journal whose lock can be taken belongs to nobody: a process that
+was killed, or one that stopped with the database away. At start and every `SWEEP_S`,
+each writer claims such journals (the non-blocking flock is the atomic claim: two writers
+never take the same one), copies their rows into its own journal, commits, and only then
+deletes them. The prediction spool of earlier versions (`prediction_spool.jsonl` and its
+`.replay` files in the data dir) is taken over the same way, once, torn lines skipped.
+
+Labels: `update_pending` changes a row still in memory, or records a label for a row the
+writer still holds; that label is journaled with the next group commit and written to the
+database (`set_label`) once every row journaled before it has been written, so it can
+never arrive before its row, nor be overwritten by an older one.
+
+Bounds. The memory queue holds about `commit_interval_s` of traffic; it only grows while
+the journal itself cannot be written (a full or failing disk), and past `max_pending` rows
+its oldest are dropped, logged and counted (`visiondeck_history_rows_dropped_total`): the
+only way an answered prediction is lost. The journal has a soft cap, `max_journal_bytes`:
+past it the writer logs an error and `/ready` says "degraded" (with the reason, for an
+admin), but it keeps every row. Dropping acknowledged predictions because the database is
+away for long would trade a disk alarm for silent data loss; the alarm goes off long before
+a disk of ordinary size is full. A row or label the database refuses for good (a value it
+cannot store) while it takes the others would fail its batch on every retry and hold back
+every row after it: it is set aside in `rejected.jsonl` beside the journals, logged and
+counted (`visiondeck_history_rows_rejected_total`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
+import secrets
+import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+import sqlalchemy as sa
 
 from visiondeck.serve.history.store import PredictionRecord, PredictionStore
 
-__all__ = ["StoreWriter"]
+__all__ = ["COMMIT_INTERVAL_S", "DurableHistoryWriter"]
 
-log = logging.getLogger("visiondeck.serve.history.store")
-_ANNOTATE_SCAN = 1024  # rows annotate() looks through, newest first
+log = logging.getLogger("visiondeck.serve.history")
+
+COMMIT_INTERVAL_S = 0.1  # the group commit: an answered row is journaled within this (+1 commit)
+SWEEP_S = 30.0  # how often a running writer looks for journals of dead processes
+REJECTED = "rejected.jsonl"  # rows and labels the database refuses for good, for an operator
+LEGACY_SPOOL = "prediction_spool"  # <data dir>/prediction_spool.jsonl, .<pid>.replay (old)
+_FORMAT = 1  # PRAGMA user_version of the journal files
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS rows (seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE, label TEXT, data TEXT NOT NULL, thumbnail BLOB);
+CREATE TABLE IF NOT EXISTS labels (id TEXT PRIMARY KEY, label TEXT, after_seq INTEGER NOT NULL);
+"""
+_DATA = tuple(f.name for f in fields(PredictionRecord) if f.name not in ("id", "label",
+                                                                          "thumbnail"))
+_ROW = tuple[str, str | None, str, bytes | None]  # (id, label, data, thumbnail) as journaled
+_RECENT = 2048  # journaled rows kept in memory too, so the database thread need not decode
+_JSON = json.JSONEncoder(separators=(",", ":"), default=lambda value: _plain(value)).encode
 
 
-class StoreWriter:
-    """A queue and one thread between the request path and `PredictionStore`."""
+class DurableHistoryWriter:
+    """Queue → journal (group commit) → database, for the prediction history."""
 
-    def __init__(self, store: PredictionStore, *, spool_path: Path | None = None,
+    def __init__(self, store: PredictionStore, journal_dir: Path | None = None, *,
                  batch_size: int = 256, max_pending: int = 50_000,
-                 retry_initial_s: float = 0.25, retry_max_s: float = 5.0,
-                 linger_s: float = 0.2, metrics: Any = None) -> None:
+                 max_journal_bytes: int = 1 << 30, retry_initial_s: float = 0.25,
+                 retry_max_s: float = 5.0, commit_interval_s: float = COMMIT_INTERVAL_S,
+                 metrics: Any = None) -> None:
         self.store = store
-        self.spool_path = spool_path
+        self.journal_dir = journal_dir  # None: a journal in memory (tests, no durability)
         self.batch_size = batch_size
         self.max_pending = max_pending
+        self.max_journal_bytes = max_journal_bytes
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        self.linger_s = linger_s
+        self.commit_interval_s = commit_interval_s
         self.metrics = metrics
-        self._queue: deque[PredictionRecord] = deque()
-        self._late_labels: dict[str, str | None] = {}  # labels of rows being written
-        self._hooks: list[Callable[[], None]] = []
+        # request side, under _lock: rows not yet journaled, labels for rows the writer
+        # holds, and the ids it holds (journaled, or with a label not yet in the database)
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.written = 0
-        self.failures = 0
-        self.last_error: str | None = None
+        self._queue: deque[PredictionRecord] = deque()
+        self._late_labels: dict[str, str | None] = {}
+        self._unsent: set[str] = set()
+        # journal side, under _jlock (taken before _lock when both are needed)
+        self._jlock = threading.Lock()
+        self._journal: _Journal | None = None
+        self._labelled: set[str] = set()  # ids with a label in the journal's labels table
+        self._hooks: list[Callable[[], None]] = []
+        self._wake, self._db_wake = threading.Event(), threading.Event()
+        self._stopping, self._claimed = threading.Event(), threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._close_deadline = float("inf")
+        self._failed_claims: set[Path] = set()
+        self.written = self.failures = self.dropped = self.replayed = self.rejected = 0
         self.healthy = True
+        self._db_error: str | None = None
+        self._not_durable: str | None = None  # the journal dir could not be written
+        self._journal_error: str | None = None  # a failed group commit, or over the cap
+        self._journal_logged = self._tidied = 0.0
+        self._over_cap = False
+        self._journal_done = threading.Event()
+        if metrics is not None:
+            metrics.registry.register(_JournalCollector(self))
 
     # ------------------------------------------------------------------ request side
 
     def submit(self, record: PredictionRecord) -> None:
-        """Queue a row; never blocks on the database and never raises for it."""
-        overflow: list[PredictionRecord] = []
+        """Queue a row: an append in memory, never a wait for the disk or the database."""
         with self._lock:
             self._queue.append(record)
-            while len(self._queue) > self.max_pending:
-                overflow.append(self._queue.popleft())
-        if overflow:
-            self._spool(overflow)
-        if len(self._queue) >= self.batch_size:
+            size = len(self._queue)
+        if size >= self.batch_size:
             self._wake.set()
 
     def before_write(self, hook: Callable[[], None]) -> None:
-        """Call `hook` on the writer thread just before each batch is taken from the queue:
-        the drift monitor folds its queued predictions there, in bulk and off the event
-        loop, and annotates their rows while they are still queued."""
+        """Call `hook` on the journal thread just before queued rows are journaled: the drift
+        monitor folds its queued predictions there, in bulk and off the event loop, and
+        annotates their rows while they are still in memory."""
         self._hooks.append(hook)
 
     def update_pending(self, record_id: str, label: str | None) -> bool:
-        """Set the label of a row still waiting in memory (a label sent right after the
-        prediction); False when the row is not queued (then update the database)."""
+        """Set the label of a row the writer still holds (queued, journaled, or with a label
+        on its way); False when it holds nothing of that id (then update the database)."""
         with self._lock:
-            for i, record in enumerate(self._queue):
+            for record in reversed(self._queue):  # a label follows its prediction closely
                 if record.id == record_id:
                     record.label = label
-                    if i < self._inflight:  # its row may be serialised already: set the
-                        self._late_labels[record_id] = label  # label again once written
                     return True
+            if record_id in self._unsent or record_id in self._late_labels:
+                self._late_labels[record_id] = label
+                self._unsent.add(record_id)
+                return True
         return False
 
     def annotate(self, record_id: str, **fields: Any) -> bool:
-        """Set fields of a row still waiting in memory and not yet being written (the drift
-        monitor adds its embedding projection right after the prediction is queued).
-        False when the row is already on its way to the database: the values are dropped."""
+        """Set fields of a row still in memory (the drift monitor adds its embedding
+        projection right after the prediction is queued). False once the row is journaled:
+        the values are dropped."""
         with self._lock:
-            # newest first: the row was queued microseconds ago, so it is among the last
-            # few; the scan stops at the rows being written and after _ANNOTATE_SCAN rows
-            searchable = min(len(self._queue) - self._inflight, _ANNOTATE_SCAN)
-            for _, record in zip(range(searchable), reversed(self._queue), strict=False):
+            for _, record in zip(range(_ANNOTATE_SCAN), reversed(self._queue), strict=False):
                 if record.id == record_id:
                     for name, value in fields.items():
                         setattr(record, name, value)
@@ -107,167 +180,650 @@ class StoreWriter:
         return False
 
     @property
+    def journaled(self) -> int:
+        """Rows in the journal, not yet in the database."""
+        journal = self._journal
+        return 0 if journal is None else journal.rows
+
+    @property
     def pending(self) -> int:
-        return len(self._queue)
+        """Rows answered but not yet in the database (in memory or in the journal)."""
+        return len(self._queue) + self.journaled
 
     @property
     def status(self) -> str:
-        return "ok" if self.healthy else "degraded"
+        return "ok" if self.healthy and self.last_error is None else "degraded"
+
+    @property
+    def last_error(self) -> str | None:
+        problems = [p for p in (self._not_durable, self._journal_error, self._db_error) if p]
+        return "; ".join(problems) or None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        if self._thread is not None:
+        """Open this writer's journal and start both threads; journals left by other
+        processes and an old spool are taken over by the database thread, off the caller."""
+        if self._threads:
             return
-        self._load_spool()
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="visiondeck-store-writer",
-                                        daemon=True)
-        self._thread.start()
+        self._open_journal()
+        self._stopping.clear()
+        self._journal_done.clear()
+        self._threads = [
+            threading.Thread(target=self._journal_loop, name="visiondeck-history-journal",
+                             daemon=True),
+            threading.Thread(target=self._database_loop, name="visiondeck-history-db",
+                             daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def close(self, flush_timeout_s: float = 10.0) -> int:
-        """Stop after writing what is queued (up to the timeout); spool the rest.
-
-        Returns the number of rows spooled (0 when everything reached the database).
-        """
-        deadline = time.monotonic() + flush_timeout_s
-        self._stop.set()
+        """Journal what is queued, write what the database takes within the timeout (not
+        waiting for one that is away) and release the journal; what is left in it is
+        replayed by the next writer to start. Returns the number of rows left."""
+        self._close_deadline = time.monotonic() + flush_timeout_s
+        self._stopping.set()
         self._wake.set()
-        if self._thread is not None:
-            self._thread.join(max(0.0, deadline - time.monotonic()) + 0.5)
-            self._thread = None
-        while self._queue and time.monotonic() < deadline and self._write_batch():
-            pass
-        with self._lock:
-            left = list(self._queue)
-            self._queue.clear()
+        self._db_wake.set()
+        if not self._threads and self._queue:
+            self._open_journal()
+            self._commit()
+        for thread in self._threads:
+            thread.join(max(0.0, self._close_deadline - time.monotonic()) + 0.5)
+        self._threads = []
+        with self._jlock:
+            journal, self._journal = self._journal, None
+            lost = len(self._queue)  # only when the journal could not be written
+            if journal is None:
+                return lost
+            left = journal.rows
+            journal.close(remove=left == 0 and journal.label_count() == 0)
         if left:
-            self._spool(left)
-            log.warning("database unavailable at shutdown: %d prediction rows spooled to %s",
-                        len(left), self.spool_path)
-        self._gauge()
-        return len(left)
+            log.warning("history: %d prediction rows wait in the journal %s for the "
+                        "database; the next start writes them", left, journal.path)
+        if lost:
+            self.dropped += lost
+            log.error("history: %d answered predictions lost at shutdown: the journal could "
+                      "not be written", lost)
+        self._gauge(0)
+        return left + lost
 
     def flush(self, timeout_s: float = 10.0) -> bool:
-        """Wait until the queue is empty (tests, admin); True when it emptied in time."""
+        """Wait until every row and label reached the database (tests, admin)."""
         deadline = time.monotonic() + timeout_s
-        self._wake.set()
         while time.monotonic() < deadline:
-            if not self._queue and not self._busy:
-                return True
+            self._wake.set()
+            self._db_wake.set()
+            with self._jlock:  # not while rows are between the queue and the journal
+                journal = self._journal
+                if (self._claimed.is_set() and not self._queue and not self._late_labels
+                        and journal is not None and journal.rows == 0 and not self._labelled):
+                    return True
             time.sleep(0.01)
-        return not self._queue
+        return False
 
-    # ------------------------------------------------------------------ the thread
+    # ------------------------------------------------------------------ journal thread
 
-    _busy = False
-    _inflight = 0  # rows at the left of the queue being written now (annotate skips them)
-
-    def _run(self) -> None:
-        delay = self.retry_initial_s
-        while not self._stop.is_set():
-            # linger: rows arriving together are written together (one transaction, and
-            # far less time holding the GIL than a write per prediction)
-            self._wake.wait(self.linger_s)
-            self._wake.clear()
-            if not self._queue:
-                if self.healthy:
-                    self._replay_spool()
-                continue
-            while self._queue and not self._stop.is_set():
-                if self._write_batch():
-                    delay = self.retry_initial_s
-                else:
-                    self._stop.wait(delay)  # back off, but wake at once for shutdown
-                    delay = min(self.retry_max_s, delay * 2)
-                    break
-
-    def _write_batch(self) -> bool:
-        for hook in self._hooks:
+    def _open_journal(self) -> None:
+        with self._jlock:
+            if self._journal is not None:
+                return
             try:
-                hook()
-            except Exception:  # monitoring must never stop the history
-                log.exception("a before-write hook failed")
-        with self._lock:
-            batch = [self._queue[i] for i in range(min(self.batch_size, len(self._queue)))]
-            self._inflight = len(batch)
-        if not batch:
-            return True
-        self._busy = True
-        try:
-            self.store.insert_many(batch)
-        except Exception as exc:
+                self._journal = _Journal.create(self.journal_dir)
+            except (OSError, sqlite3.Error) as exc:
+                self._not_durable = (f"history journal not durable: {self.journal_dir} "
+                                     f"cannot be written ({exc})")
+                log.error("%s; rows are kept in memory until the database takes them",
+                          self._not_durable)
+                self._journal = _Journal.create(None)
+        if self.journal_dir is None:
+            self._claimed.set()
+
+    def _journal_loop(self) -> None:
+        last = time.monotonic()
+        while True:
+            stopping = self._stopping.is_set()  # then one last commit
+            if not stopping:
+                self._wake.wait(max(0.0, last + self.commit_interval_s - time.monotonic()))
+                self._wake.clear()
+                last = time.monotonic()
+            try:
+                self._commit()
+            except Exception:  # the next interval tries again; this thread must not end
+                log.exception("history: a group commit failed")
+            if stopping:
+                break
+        self._journal_done.set()
+        self._db_wake.set()
+
+    def _commit(self) -> None:
+        """One group commit: every queued row and late label into the journal."""
+        if self._queue:
+            for hook in self._hooks:
+                try:
+                    hook()
+                except Exception:  # monitoring must never stop the history
+                    log.exception("a before-write hook failed")
+        with self._jlock:
+            journal = self._journal
+            if journal is None:
+                return
             with self._lock:
-                self._inflight = 0
-            self.failures += 1
-            self.healthy = False
-            self.last_error = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
-            if self.metrics is not None:
-                self.metrics.store_failures.inc()
-            self._gauge()
-            log.warning("prediction store write failed (%s); %d rows queued, will retry",
-                        self.last_error, len(self._queue))
-            return False
-        finally:
-            self._busy = False
-        with self._lock:
-            for _ in batch:  # only this thread removes from the left end
-                self._queue.popleft()
-            self._inflight = 0
-            late = {r.id: self._late_labels.pop(r.id) for r in batch
-                    if r.id in self._late_labels}
-        for record_id, label in late.items():
+                records, labels = list(self._queue), self._late_labels
+                self._queue.clear()
+                self._late_labels = {}
+                self._unsent.update(r.id for r in records)
+                new_labels = labels.keys() - self._labelled
+                self._labelled.update(labels)
+            if not records and not labels:
+                if time.monotonic() - self._tidied > 1.0:  # idle: delete what was written
+                    self._tidied = time.monotonic()
+                    with contextlib.suppress(sqlite3.Error):
+                        journal.tidy()
+                return
             try:
-                self.store.set_label(record_id, label)
-            except Exception as exc:
-                log.warning("a label sent while its row was being written was lost: %s", exc)
-        self.written += len(batch)
-        self.healthy, self.last_error = True, None
+                journal.append([_encode(r) for r in records], labels, records=records)
+            except Exception as exc:  # a full disk, mostly: the rows wait in memory
+                with self._lock:
+                    self._labelled.difference_update(new_labels)
+                    self._late_labels = labels | self._late_labels
+                    self._queue.extendleft(reversed(records))
+                    dropped = max(0, len(self._queue) - self.max_pending)
+                    for _ in range(dropped):
+                        self._unsent.discard(self._queue.popleft().id)
+                self._journal_failed(exc, dropped)
+                return
+            used = journal.used_bytes()
+        self._journal_ok(used)
+        self._db_wake.set()
         self._gauge()
-        return True
 
-    def _gauge(self) -> None:
-        if self.metrics is not None:
-            self.metrics.store_pending.set(len(self._queue))
+    def _journal_failed(self, exc: BaseException, dropped: int) -> None:
+        self._journal_error = f"history journal write failed: {type(exc).__name__}: {exc}"
+        if time.monotonic() - self._journal_logged > 10:  # ten attempts a second
+            self._journal_logged = time.monotonic()
+            log.error("%s; %d rows wait in memory", self._journal_error, len(self._queue))
+        if dropped:
+            self.dropped += dropped
+            log.error("history: %d answered predictions dropped, more than max_pending=%d "
+                      "waited for the journal", dropped, self.max_pending)
 
-    # ------------------------------------------------------------------ spool file
-
-    def _spool(self, records: list[PredictionRecord]) -> None:
-        if self.spool_path is None:
-            log.error("no spool file configured: %d prediction rows dropped", len(records))
+    def _journal_ok(self, used: int) -> None:
+        if used > self.max_journal_bytes:
+            self._journal_error = (
+                f"history journal over its cap: {used >> 20} MiB > "
+                f"{self.max_journal_bytes >> 20} MiB, the database has been away long; "
+                f"every row is kept until the disk is full")
+            if not self._over_cap:
+                log.error("%s", self._journal_error)
+            self._over_cap = True
             return
-        self.spool_path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.spool_path, "a", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record.to_json(thumbnail=True)) + "\n")
+        if self._over_cap:
+            log.warning("history journal back under its cap (%d MiB)", used >> 20)
+        self._journal_error, self._over_cap = None, False
 
-    def _load_spool(self) -> None:
-        """At start: queue spooled rows first (they are older than anything new)."""
-        records = self._take_spool()
-        if records:
+    # ------------------------------------------------------------------ database thread
+
+    def _database_loop(self) -> None:
+        try:
+            self._claim(legacy=True)
+        except _JournalClosed:
+            return
+        except Exception:  # never let a stranger's file stop this writer
+            log.exception("history: taking over journals failed")
+        finally:
+            self._claimed.set()
+        delay, next_sweep = self.retry_initial_s, time.monotonic() + SWEEP_S
+        while True:
+            try:
+                wrote = self._write_rows() + self._write_labels()
+            except _JournalClosed:
+                return
+            except Exception as exc:
+                self._database_failed(exc)
+                if self._stopping.is_set():
+                    return  # the rows are safe in the journal: do not wait for the database
+                self._db_wake.wait(delay)
+                self._db_wake.clear()
+                delay = min(self.retry_max_s, delay * 2)
+                continue
+            delay = self.retry_initial_s
+            if self._stopping.is_set():
+                if time.monotonic() > self._close_deadline:
+                    return
+                if not wrote and self._journal_done.is_set():
+                    return  # everything journaled is written
+            if wrote:
+                continue
+            if time.monotonic() > next_sweep:
+                try:
+                    self._claim(legacy=False)
+                except _JournalClosed:
+                    return
+                except Exception:
+                    log.exception("history: taking over journals failed")
+                next_sweep = time.monotonic() + SWEEP_S
+            self._db_wake.wait(1.0)
+            self._db_wake.clear()
+
+    def _write_rows(self) -> int:
+        with self._jlock:
+            batch = self._journal_or_raise().oldest(self.batch_size)
+        if not batch:
+            return 0
+        records = [record for _, record in batch]
+        try:
+            self.store.insert_many(records)
+        except Exception as exc:
+            if len(records) == 1 or not _row_fault(exc):
+                raise
+            self._reject(_isolate(records, lambda record: self.store.insert_many([record])))
+        with self._jlock:
+            self._journal_or_raise().written_through(batch[-1][0], len(batch))
             with self._lock:
-                self._queue.extendleft(reversed(records))
-            log.info("replaying %d spooled prediction rows", len(records))
+                self._unsent.difference_update(r.id for _, r in batch
+                                               if r.id not in self._labelled)
+        self.written += len(batch)
+        self._database_ok()
+        return len(batch)
 
-    def _replay_spool(self) -> None:
-        if self.spool_path is not None and self.spool_path.exists():
-            self._load_spool()
+    def _write_labels(self) -> int:
+        with self._jlock:
+            entries = self._journal_or_raise().ready_labels(self.batch_size)
+        if not entries:
+            return 0
+        refused = _isolate(entries, self._set_label)
+        for record_id, label, after in entries:  # written, or refused for good
+            with self._jlock:
+                if self._journal_or_raise().delete_label(record_id, label, after):
+                    self._labelled.discard(record_id)
+                    with self._lock:
+                        self._unsent.discard(record_id)
+        self._reject(refused)
+        self._database_ok()
+        return len(entries)
 
-    def _take_spool(self) -> list[PredictionRecord]:
-        path = self.spool_path
-        if path is None or not path.exists():
-            return []
-        claimed = path.with_suffix(f".{os.getpid()}.replay")
-        with self._lock:
+    def _set_label(self, entry: tuple[str, str | None, int]) -> None:
+        if not self.store.set_label(entry[0], entry[1]):
+            log.warning("history: a label for %s found no row in the database", entry[0])
+
+    def _reject(self, refused: list[tuple[Any, Exception]]) -> None:
+        """Rows or labels the database refuses while it takes the others (a value it
+        cannot store): out of the journal, so they stop blocking what follows, into
+        `rejected.jsonl` beside it for an operator, logged and counted."""
+        if not refused:
+            return
+        self.rejected += len(refused)
+        lines = []
+        for item, exc in refused:
+            data = (item.to_json(thumbnail=True) if isinstance(item, PredictionRecord)
+                    else {"id": item[0], "label": item[1]})
+            lines.append(json.dumps({"error": _describe(exc), **data}, default=_plain))
+            log.error("history: the database refuses %s for good (%s); kept in %s",
+                      data["id"], _describe(exc), self.journal_dir or "no file (no journal)")
+        if self.journal_dir is not None:
+            with contextlib.suppress(OSError), os.fdopen(os.open(
+                    self.journal_dir / REJECTED, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                    0o600), "a", encoding="utf-8") as handle:
+                handle.write("".join(line + "\n" for line in lines))
+
+    def _journal_or_raise(self) -> _Journal:
+        if self._journal is None:
+            raise _JournalClosed
+        return self._journal
+
+    def _database_failed(self, exc: BaseException) -> None:
+        self.failures += 1
+        self.healthy = False
+        self._db_error = _describe(exc)
+        if self.metrics is not None:
+            self.metrics.store_failures.inc()
+        log.warning("prediction store write failed (%s); %d rows wait in the journal, "
+                    "will retry", self._db_error, self.pending)
+        self._gauge()
+
+    def _database_ok(self) -> None:
+        self.healthy, self._db_error = True, None
+        self._gauge()
+
+    def _gauge(self, value: int | None = None) -> None:
+        if self.metrics is not None:
+            self.metrics.store_pending.set(self.pending if value is None else value)
+
+    # ------------------------------------------------------------------ taking over
+
+    def _claim(self, *, legacy: bool) -> None:
+        """Take over the journals of dead writers (and, at start, an old spool)."""
+        own = self._journal
+        if own is None or own.path is None:
+            return
+        directory = own.path.parent
+        sources: Iterable[Path] = ()
+        if legacy:
+            data_dir = directory.parent
+            sources = [data_dir / f"{LEGACY_SPOOL}.jsonl",
+                       *sorted(data_dir.glob(f"{LEGACY_SPOOL}.*.replay")),
+                       *sorted(directory.glob("*.spool.jsonl"))]
+        for n, path in enumerate(sources):
+            claimed = own.path.with_suffix(f".{n}.spool.jsonl")
             try:
-                os.replace(path, claimed)  # atomic: another worker cannot replay it twice
+                os.replace(path, claimed)  # atomic: one writer takes each file
+                with claimed.open("rb") as handle:
+                    self._take(_read_spool(handle, path), [], str(path))
+                claimed.unlink(missing_ok=True)
             except FileNotFoundError:
-                return []
-        records = []
-        for line in claimed.read_text(encoding="utf-8").splitlines():
+                continue
+            except (OSError, sqlite3.Error) as exc:  # the file stays for the next start
+                log.error("history: cannot take over the old spool %s (%s)", path, exc)
+        for lock_path in sorted(directory.glob("*.lock")):
+            if lock_path == own.lock_path or lock_path in self._failed_claims:
+                continue
             try:
-                records.append(PredictionRecord.from_json(json.loads(line)))
-            except Exception:  # a torn last line from a crash: skip it, keep the rest
-                log.warning("skipping an unreadable spool line")
-        claimed.unlink()
-        return records
+                with _claim_lock(lock_path) as claimed_journal:
+                    if claimed_journal is None:
+                        continue
+                    if claimed_journal.exists():
+                        self._take_journal(claimed_journal)
+                    _remove_journal(claimed_journal)  # only once its rows are in ours
+                    lock_path.unlink()  # last, while still holding it
+            except (OSError, sqlite3.Error) as exc:  # another user's, a newer format...
+                self._failed_claims.add(lock_path)
+                log.error("history: cannot take over the journal beside %s (%s); it is "
+                          "left in place", lock_path, exc)
+
+    def _take_journal(self, path: Path) -> None:
+        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as source:
+            version = source.execute("PRAGMA user_version").fetchone()[0]
+            if version not in (0, _FORMAT):
+                raise sqlite3.DatabaseError(f"journal format {version} is newer than this "
+                                            f"VisionDeck's ({_FORMAT})")
+            source.executescript(_SCHEMA)  # a journal killed before its schema: empty
+            self._take(_journal_rows(source), list(source.execute(
+                "SELECT id, label FROM labels")), str(path))
+
+    def _take(self, rows: Iterator[list[_ROW]], labels: list[tuple[str, str | None]],
+              origin: str) -> None:
+        taken = 0
+        for chunk in rows:  # a commit per chunk: the journal thread gets its turns
+            with self._jlock:
+                journal = self._journal_or_raise()
+                journal.append(chunk, {})
+                with self._lock:
+                    self._unsent.update(row[0] for row in chunk)
+            taken += len(chunk)
+        if labels:
+            with self._jlock:  # a label this writer holds for the same row is newer
+                self._journal_or_raise().append([], dict(labels), replace=False)
+                self._labelled.update(record_id for record_id, _ in labels)
+                with self._lock:
+                    self._unsent.update(record_id for record_id, _ in labels)
+        if taken or labels:
+            self.replayed += taken
+            log.info("history: %d rows and %d labels taken over from %s", taken, len(labels),
+                     origin)
+            self._db_wake.set()
+
+
+class _JournalClosed(Exception):
+    """The writer closed its journal while the database thread was in a write."""
+
+
+class _Journal:
+    """One writer's journal file (or an in-memory one), with the flock that says it's alive."""
+
+    def __init__(self, conn: sqlite3.Connection, path: Path | None, lock_fd: int | None,
+                 lock_path: Path | None) -> None:
+        self.conn, self.path, self.lock_fd, self.lock_path = conn, path, lock_fd, lock_path
+        self._recent: dict[int, PredictionRecord] = {}  # seq → the journaled object
+        # rows through `done` are in the database; they are deleted with the next commit
+        # (one transaction instead of two; a crash before it only rewrites them, skipped)
+        self.done = self._deleted = 0
+        conn.executescript(_SCHEMA)
+        conn.execute(f"PRAGMA user_version = {_FORMAT}")
+        self.rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
+
+    @classmethod
+    def create(cls, directory: Path | None) -> _Journal:
+        if directory is None:
+            return cls(sqlite3.connect(":memory:", isolation_level=None,
+                                       check_same_thread=False), None, None, None)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"{os.getpid()}-{secrets.token_hex(6)}"
+        lock_path, path = directory / f"{name}.lock", directory / f"{name}.db"
+        temporary = directory / f".{name}.lock.tmp"  # never matched by a claimer's glob
+        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.replace(temporary, lock_path)  # visible to claimers only once it is locked
+            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=FULL")  # one fsync per group commit
+            conn.execute("PRAGMA journal_size_limit=8388608")
+            return cls(conn, path, fd, lock_path)
+        except BaseException:
+            os.close(fd)
+            for leftover in (temporary, lock_path):
+                leftover.unlink(missing_ok=True)
+            _remove_journal(path)
+            raise
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:  # SQLite ends some failed ones itself (a full disk)
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def append(self, rows: list[_ROW], labels: dict[str, str | None], *,
+               records: list[PredictionRecord] | None = None, replace: bool = True) -> None:
+        """Journal rows and labels in one transaction. `records`, the rows' own objects
+        (never changed once journaled), are kept to be written without decoding them back."""
+        done = self.done
+        with self._transaction() as conn:
+            if done > self._deleted:
+                conn.execute("DELETE FROM rows WHERE seq <= ?", (done,))
+            added = conn.executemany("INSERT OR IGNORE INTO rows (id, label, data, thumbnail) "
+                                     "VALUES (?, ?, ?, ?)", rows).rowcount if rows else 0
+            last = conn.execute("SELECT coalesce(max(seq), 0) FROM rows").fetchone()[0]
+            if labels:  # written after every row journaled so far (and any in flight)
+                conn.executemany(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO labels "
+                                 "VALUES (?, ?, ?)",
+                                 [(i, label, last) for i, label in labels.items()])
+        self.rows += max(0, added)
+        self._deleted = done
+        if records and added == len(records) and len(self._recent) < _RECENT:
+            self._recent.update(zip(range(last - added + 1, last + 1), records, strict=True))
+
+    def oldest(self, limit: int) -> list[tuple[int, PredictionRecord]]:
+        """The oldest rows not yet in the database, in journal order."""
+        seqs = [seq for (seq,) in self.conn.execute(
+            "SELECT seq FROM rows WHERE seq > ? ORDER BY seq LIMIT ?", (self.done, limit))]
+        if all(seq in self._recent for seq in seqs):  # the usual case: no decoding
+            return [(seq, self._recent[seq]) for seq in seqs]
+        cursor = self.conn.execute("SELECT seq, id, label, data, thumbnail FROM rows "
+                                   "WHERE seq > ? ORDER BY seq LIMIT ?", (self.done, limit))
+        return [(seq, _decode(*row)) for seq, *row in cursor]
+
+    def written_through(self, seq: int, count: int) -> None:
+        """The `count` oldest rows, through `seq`, are in the database."""
+        self.done = seq
+        self.rows -= count
+        for key in [key for key in self._recent if key <= seq]:
+            del self._recent[key]
+
+    def tidy(self) -> None:
+        """Delete the rows the database has now rather than with the next commit."""
+        if self.done > self._deleted:
+            self.append([], {})
+
+    def ready_labels(self, limit: int) -> list[tuple[str, str | None, int]]:
+        """Labels every row before which has been written (so their row is in the database)."""
+        return list(self.conn.execute(
+            "SELECT id, label, after_seq FROM labels WHERE after_seq < coalesce((SELECT "
+            "min(seq) FROM rows WHERE seq > ?), 9223372036854775807) LIMIT ?",
+            (self.done, limit)))
+
+    def delete_label(self, record_id: str, label: str | None, after: int) -> bool:
+        """Delete a written label unless a newer one replaced it meanwhile."""
+        with self._transaction() as conn:
+            return conn.execute("DELETE FROM labels WHERE id = ? AND label IS ? AND "
+                                "after_seq = ?", (record_id, label, after)).rowcount == 1
+
+    def label_count(self) -> int:
+        return self.conn.execute("SELECT count(*) FROM labels").fetchone()[0]
+
+    def used_bytes(self) -> int:
+        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
+        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
+        return (pages - free) * self.conn.execute("PRAGMA page_size").fetchone()[0]
+
+    def close(self, *, remove: bool) -> None:
+        if not remove:
+            with contextlib.suppress(sqlite3.Error):  # a written row left is only rewritten
+                self.tidy()
+        self.conn.close()
+        if self.path is not None and remove:
+            _remove_journal(self.path)
+        if self.lock_path is not None and remove:
+            self.lock_path.unlink(missing_ok=True)
+        if self.lock_fd is not None:
+            os.close(self.lock_fd)  # releases the flock: a left journal is now claimable
+
+
+@contextlib.contextmanager
+def _claim_lock(lock_path: Path) -> Iterator[Path | None]:
+    """The journal beside `lock_path` when its lock could be taken (its writer is gone),
+    held until the block ends; None when a live writer holds it or it is already gone."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR)  # never O_CREAT: a vanished lock stays vanished
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield None
+            return
+        if os.fstat(fd).st_nlink == 0:  # its claimer removed it while we waited
+            yield None
+            return
+        yield lock_path.with_suffix(".db")
+    finally:
+        os.close(fd)
+
+
+def _row_fault(exc: BaseException) -> bool:
+    """Whether a failed write may be one value's fault (refused data, a value the driver
+    cannot bind) rather than the database being away (a connection or lock error)."""
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        return False
+    return isinstance(exc, sa.exc.StatementError | TypeError | ValueError)
+
+
+def _isolate(items: list[Any], write: Callable[[Any], None]) -> list[tuple[Any, Exception]]:
+    """Write `items` one at a time: those refused while others go in. When every one is
+    refused, the fault is not theirs (a permission, a missing table): that error is raised
+    and all of them wait, as they do for an outage."""
+    refused: list[tuple[Any, Exception]] = []
+    for item in items:
+        try:
+            write(item)
+        except Exception as exc:
+            if not _row_fault(exc):
+                raise
+            refused.append((item, exc))
+    if refused and len(refused) == len(items):
+        raise refused[0][1]
+    return refused
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+
+
+def _remove_journal(path: Path) -> None:
+    for suffix in ("-wal", "-shm", ""):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _journal_rows(source: sqlite3.Connection, chunk: int = 512) -> Iterator[list[_ROW]]:
+    last = 0
+    while rows := source.execute("SELECT seq, id, label, data, thumbnail FROM rows "
+                                 "WHERE seq > ? ORDER BY seq LIMIT ?", (last, chunk)).fetchall():
+        last = rows[-1][0]
+        yield [tuple(row[1:]) for row in rows]
+
+
+def _read_spool(handle: BinaryIO, name: Path, chunk: int = 512) -> Iterator[list[_ROW]]:
+    """The JSON-lines spool of earlier versions; a torn line (a crash mid-write) is skipped."""
+    rows: list[_ROW] = []
+    for line in handle:
+        try:
+            rows.append(_encode(PredictionRecord.from_json(json.loads(line))))
+        except Exception:
+            log.warning("history: skipping an unreadable line of the old spool %s", name)
+            continue
+        if len(rows) == chunk:
+            yield rows
+            rows = []
+    if rows:
+        yield rows
+
+
+def _encode(record: PredictionRecord) -> _ROW:
+    """A row as journaled: shallow (no deep copy of top-k), numpy scalars made plain."""
+    data = {name: getattr(record, name) for name in _DATA}
+    data["created_at"] = record.created_at.isoformat()
+    return record.id, record.label, _JSON(data), record.thumbnail
+
+
+def _decode(record_id: str, label: str | None, data: str, thumbnail: bytes | None
+            ) -> PredictionRecord:
+    values = {k: v for k, v in json.loads(data).items() if k in _DATA}  # a newer field: drop
+    values["created_at"] = datetime.fromisoformat(values["created_at"])
+    return PredictionRecord(id=record_id, label=label, thumbnail=thumbnail, **values)
+
+
+def _plain(value: Any) -> Any:
+    if hasattr(value, "tolist"):  # numpy scalars and arrays
+        return value.tolist()
+    return str(value)
+
+
+class _JournalCollector:
+    """`/metrics` series of the writer, read when scraped."""
+
+    def __init__(self, writer: DurableHistoryWriter) -> None:
+        self.writer = writer
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        w = self.writer
+        yield GaugeMetricFamily("visiondeck_history_journal_rows",
+                                "answered predictions in the local journal, not yet in the "
+                                "database", value=w.journaled)
+        yield GaugeMetricFamily("visiondeck_history_journal_labels",
+                                "labels in the local journal, not yet in the database",
+                                value=len(w._labelled))
+        yield CounterMetricFamily("visiondeck_history_rows_dropped",
+                                  "answered predictions lost: the journal could not be "
+                                  "written and max_pending rows waited", value=w.dropped)
+        yield CounterMetricFamily("visiondeck_history_rows_replayed",
+                                  "rows taken over from journals of stopped processes or an "
+                                  "old spool", value=w.replayed)
+        yield CounterMetricFamily("visiondeck_history_rows_rejected",
+                                  "rows and labels the database refused for good (kept in "
+                                  "the journal folder's rejected.jsonl)", value=w.rejected)
+        yield GaugeMetricFamily("visiondeck_history_journal_over_cap",
+                                "1 while the journal is larger than max_journal_bytes",
+                                value=int(w._over_cap))
+
+
+_ANNOTATE_SCAN = 1024  # rows annotate() looks through, newest first

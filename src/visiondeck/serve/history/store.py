@@ -1,13 +1,16 @@
 """Prediction history in SQL (SQLAlchemy 2 Core): a SQLite file by default, PostgreSQL by URL.
 
-The service never writes here on the request path: rows go through `StoreWriter`
-(serve/history/journal.py), which queues and retries. This module is the synchronous table access
-both the writer and the `/predictions` endpoints use. Table names carry a configurable
-prefix so several deployments (or test runs) can share one database.
+The service never writes here on the request path: rows go through `DurableHistoryWriter`
+(serve/history/journal.py), which journals them locally and retries. This module is the
+synchronous table access both the writer and the `/predictions` endpoints use. Table names
+carry a configurable prefix so several deployments (or test runs) can share one database.
+The SQLite file holds every client's predictions and labels: it is made (and kept) mode
+0600, like the API key file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -25,7 +28,7 @@ from sqlalchemy.engine import Engine
 from visiondeck.serve.errors import ServeError
 
 __all__ = ["PredictionQuery", "PredictionRecord", "PredictionStore", "StoreUnavailable",
-           "new_prediction_id"]
+           "csv_cell", "new_prediction_id", "to_csv"]
 
 
 class StoreUnavailable(ServeError):
@@ -72,7 +75,7 @@ class PredictionRecord:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PredictionRecord:
-        """Inverse of `to_json(thumbnail=True)` (the spool file format)."""
+        """Inverse of `to_json(thumbnail=True)` (the spool format of earlier versions)."""
         import base64
 
         data = dict(data)
@@ -129,6 +132,10 @@ class PredictionStore:
         self.engine: Engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            database = self.engine.url.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                sa.event.listen(self.engine, "do_connect",
+                                lambda *_: _private_file(database))
         self.metadata = sa.MetaData()
         self.table = sa.Table(
             f"{prefix}predictions", self.metadata,
@@ -249,7 +256,7 @@ class PredictionStore:
         self.create()
         with self.engine.begin() as conn:
             result = conn.execute(self.table.update().where(self.table.c.id == prediction_id)
-                                  .values(label=label))
+                                  .values(label=_text(label)))
         return bool(result.rowcount)
 
     def drop(self) -> None:
@@ -346,15 +353,39 @@ class PredictionStore:
 
 
 def to_csv(records: Iterable[PredictionRecord]) -> str:
-    """CSV export: one row per prediction, top-k as JSON in one column."""
+    """CSV export: one row per prediction, top-k as JSON in one column, every text cell
+    through `csv_cell` (labels, classes and client names come from clients)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(PredictionStore.COLUMNS)
     for record in records:
         data = record.to_json()
         data["top_k"] = json.dumps(record.top_k, separators=(",", ":"))
-        writer.writerow([data[c] for c in PredictionStore.COLUMNS])
+        writer.writerow([csv_cell(data[c]) for c in PredictionStore.COLUMNS])
     return buffer.getvalue()
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet shows as text: a string starting like a formula (`=`, `+`,
+    `-`, `@`, tab, CR) gets a leading single quote (OWASP's CSV injection advice), so a label
+    `=HYPERLINK(...)` is never evaluated. Numbers and booleans stay as they are."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
+def _private_file(path: str) -> None:
+    """Before SQLite opens the file: create it 0600, and narrow an older file (and its WAL
+    and shared-memory files, which SQLite creates with the database's mode) to 0600."""
+    with contextlib.suppress(OSError):  # no folder yet, or not ours: SQLite reports that
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT, 0o600))
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):  # absent, or another user's file
+            if os.stat(path + suffix).st_mode & 0o077:
+                os.chmod(path + suffix, 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -370,7 +401,16 @@ def _values(record: PredictionRecord) -> list[Any]:
     the writer's time at several hundred predictions a second."""
     values = [getattr(record, name) for name in _FIELDS]
     values[_CREATED_AT] = _utc(record.created_at)
+    for i in _TEXT_FIELDS:
+        values[i] = _text(values[i])
     return values
+
+
+def _text(value: str | None) -> str | None:
+    """Text as both databases store it: PostgreSQL refuses NUL in text columns, and a
+    client's label carrying one would fail its whole batch on every retry (the history of
+    every later prediction stuck behind it); U+FFFD takes its place, in SQLite too."""
+    return value.replace("\x00", "\ufffd") if value and "\x00" in value else value
 
 
 def _row(record: PredictionRecord) -> dict[str, Any]:
@@ -379,6 +419,8 @@ def _row(record: PredictionRecord) -> dict[str, Any]:
 
 _FIELDS = tuple(f.name for f in fields(PredictionRecord))
 _CREATED_AT = _FIELDS.index("created_at")
+_TEXT_FIELDS = tuple(i for i, f in enumerate(fields(PredictionRecord))
+                     if f.type in ("str", "str | None"))
 
 
 def new_prediction_id() -> str:

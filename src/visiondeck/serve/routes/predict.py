@@ -11,7 +11,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse, Response
 
-from visiondeck.imaging import DecodeLimits, decode_image
+from visiondeck.imaging import decode_image, model_decode_limits
 from visiondeck.serve.api.bodies import body_rules, read_images
 from visiondeck.serve.api.deps import PredictCaller, ServicesDep
 from visiondeck.serve.api.rules import TOP_K_MAX, TOP_K_MIN
@@ -109,8 +109,8 @@ async def explain(
     with services.engine.admit():
         model = services.engine.model
         spec = model.bundle.input
-        limits = DecodeLimits(max_pixels=min(s.max_pixels, spec.max_pixels),
-                              max_bytes=s.max_upload_bytes)
+        limits = model_decode_limits(spec, max_pixels=s.max_pixels,
+                                     max_bytes=s.max_upload_bytes)
         decoded = await asyncio.to_thread(decode_image, uploads[0].data, mode=spec.mode,
                                           limits=limits)
         result = await services.get_explainer().explain(
