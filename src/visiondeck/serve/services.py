@@ -1,9 +1,9 @@
 """Everything one app instance owns, built from its settings and torn down with it.
 
 `Services` is stored on `app.state.services`; routes reach it through the `ServicesDep`
-dependency (serve/api/deps.py). Start-up order: store writer (replays a spool left by a
-previous run), engine (loads and warms the model), model watcher. Shutdown reverses it and
-flushes the prediction queue last, so predictions answered during shutdown are kept.
+dependency (serve/api/deps.py). Start-up order: history writer (takes over the journals
+left by earlier runs), engine (loads and warms the model), model watcher. Shutdown reverses
+it and flushes the history last, so predictions answered during shutdown are kept.
 """
 
 from __future__ import annotations
