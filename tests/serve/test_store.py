@@ -128,6 +128,25 @@ def test_label_with_token(make_client) -> None:
     assert client.get(f"/predictions/{body['id']}").json()["label"] == "right"
 
 
+def test_label_for_a_row_not_written_yet_asks_to_retry(make_client) -> None:
+    """Another worker answered it (its token is valid here: the secret is shared) but has
+    not written its row: 409 with Retry-After, not a 404 that tells the client to give up.
+    Without a valid token a missing row stays a 404."""
+    from visiondeck.serve.history.store import new_prediction_id
+
+    client = make_client()
+    services = client.app.state.services
+    elsewhere = new_prediction_id()  # issued, as far as the token can tell, but not stored
+    answer = client.put(f"/predictions/{elsewhere}/label",
+                        json={"label": "left", "token": services.label_token(elsewhere)})
+    assert answer.status_code == 409, answer.text
+    assert answer.json()["error"] == "not_recorded_yet"
+    assert answer.headers["retry-after"] == "1"
+    unknown = client.put(f"/predictions/{new_prediction_id()}/label",
+                         json={"label": "left", "token": "0" * 32})
+    assert unknown.status_code == 401
+
+
 def test_postgres_outage_never_fails_predictions(make_client) -> None:
     require_postgres()
     proxy = OutageProxy(("127.0.0.1", 5432))

@@ -119,7 +119,8 @@ class ServeSettings(BaseSettings):
     table_prefix: str = Field("visiondeck_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
     store_thumbnails: bool = Field(True, description="keep a small thumbnail with each row")
     thumbnail_size: int = Field(96, ge=16, le=512)
-    data_dir: Path = Field(Path(".visiondeck"), description="SQLite file, history journal, API keys, label secret")
+    data_dir: Path = Field(Path(".visiondeck"),
+                           description="SQLite file, history journal, API keys, label secret")
 
     # access
     api_keys_file: Path | None = Field(None, description="default: DATA_DIR/api_keys.json")

@@ -109,6 +109,7 @@ async def get_thumbnail(prediction_id: PredictionId, services: ServicesDep,
 
 @router.put("/predictions/{prediction_id}/label", responses={
     400: {"model": ErrorBody, "description": "the body is not JSON"},
+    409: {"model": ErrorBody, "description": "answered, but its row is not written yet"},
     401: {"model": ErrorBody}, 403: {"model": ErrorBody}, **_ERRORS})
 async def set_label(prediction_id: PredictionId, body: LabelRequest, services: ServicesDep,
                     caller: UnmeteredCaller) -> dict:
@@ -125,6 +126,12 @@ async def set_label(prediction_id: PredictionId, body: LabelRequest, services: S
     if services.writer is not None and services.writer.update_pending(prediction_id, label):
         return {"id": prediction_id, "label": label}
     if not await _call(store.set_label, prediction_id, label):
+        if allowed:  # the token proves this deployment answered it: its row is on its way
+            raise ServeError(
+                "this prediction is not in the history yet (another worker or replica "
+                "answered it and has not written its row)", code="not_recorded_yet",
+                status=409, headers={"Retry-After": "1"},
+                hint="send the label again in a second")
         raise ServeError("no such prediction", code="not_found", status=404)
     return {"id": prediction_id, "label": label}
 
