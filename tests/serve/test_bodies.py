@@ -193,3 +193,28 @@ def test_slow_bodies_neither_lock_out_honest_requests_nor_stay_forever(live_serv
         assert head.startswith(b"HTTP/1.1 408"), answer[:200]
         assert b"connection: close" in head.lower()
         assert json.loads(body)["error"] == "body_timeout"
+
+
+def test_large_json_bodies_are_parsed_off_the_event_loop(monkeypatch) -> None:
+    """A JSON body of megabytes (base64 of a big image) costs milliseconds to parse and
+    decode: that work runs in a thread, small bodies stay inline."""
+    import base64
+    import threading as _threading
+
+    from visiondeck.serve.api import bodies
+
+    seen: list[str] = []
+    real = bodies._from_json
+
+    def recording(body, rules):
+        seen.append(_threading.current_thread().name)
+        return real(body, rules)
+
+    monkeypatch.setattr(bodies, "_from_json", recording)
+    loop_thread = _threading.current_thread().name
+    small = json.dumps({"image": base64.b64encode(b"x" * 100).decode()}).encode()
+    large = json.dumps({"image": base64.b64encode(b"x" * 60_000).decode()}).encode()
+    for body in (small, large):
+        _read(body, 1 << 20, content_type="application/json")
+    assert seen[0] == loop_thread
+    assert seen[1] != loop_thread

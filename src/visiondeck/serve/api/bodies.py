@@ -46,6 +46,7 @@ MAX_LABEL = 200  # characters kept of a client's label
 MAX_FORM_PARTS = 16  # parts besides the images (a form with more is refused)
 MAX_PART_HEADERS = 8  # headers per part, and bytes per header line: python-multipart's
 MAX_PART_HEADER_BYTES = 4096  # own bounds, set explicitly so they can't loosen on upgrade
+INLINE_JSON_BYTES = 64 * 1024  # JSON bodies up to this are parsed on the event loop
 
 
 @dataclass(frozen=True)
@@ -202,7 +203,10 @@ async def read_images(receive: Receive, content_type: str, query_label: str | No
         assert isinstance(sink, _Form)
         uploads, label = sink.finish()
     elif kind == "json":
-        uploads, label = _from_json(sink.body(), rules)
+        body = sink.body()
+        # parsing and base64-decoding megabytes takes milliseconds: off the event loop
+        uploads, label = (_from_json(body, rules) if len(body) <= INLINE_JSON_BYTES
+                          else await asyncio.to_thread(_from_json, body, rules))
     else:
         body = sink.body()
         uploads, label = ([Upload("body", _check_size(body, rules.max_file_bytes, "body"))]
