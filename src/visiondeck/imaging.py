@@ -7,6 +7,11 @@ escapes `decode_image`/`probe_image` for any input bytes (MemoryError and Keyboa
 aside). A path that cannot be opened (missing, permission denied) raises the ordinary
 `OSError`: an I/O fault, not a property of the bytes. Non-regular files are `NOT_AN_IMAGE`.
 
+This module is the decoder and its policies; three neighbours hold what reads apart from
+it and import nothing of it: the format allow-list (imaging_formats.py), PNG chunk work
+done without Pillow (imaging_png.py), and what is done to a decoded array - resize, dhash
+(imaging_arrays.py). Every public name of all four is importable from here.
+
 Policies
 --------
 * Formats are allow-listed by magic bytes, never by file name: JPEG (MPO too), PNG (APNG),
@@ -41,14 +46,10 @@ Policies
   14 ms instead of 110 ms and 108 MB ("reduced"); JPEGs within the cap decode at full
   size, as in evaluation. Pillow's own ceiling (`Image.MAX_IMAGE_PIXELS`) still refuses
   bigger JPEGs before any scale is chosen.
-* PNG metadata: Pillow inflates compressed metadata chunks (zTXt, compressed iTXt,
-  iCCP) while opening - up to 1 MB a chunk and 64 MB of text a file, so 30 KB of zTXt
-  costs 30 MB and 0.1 s before a single pixel (1 ms once tamed). We never read image
-  text, so before Pillow sees a PNG, every such chunk that would take the file's inflated
-  metadata past `PNG_METADATA_BUDGET` (256 KiB) is dropped, uninflated (the check
-  inflates at most the budget, once per file). Small ones - an XMP packet, ImageMagick's
-  raw EXIF profile - stay, so the orientation they carry still applies. No Pillow global
-  is changed for this.
+* PNG metadata: compressed metadata chunks (zTXt, compressed iTXt, iCCP) that would take
+  a file's inflated metadata past `PNG_METADATA_BUDGET` (256 KiB) are dropped, uninflated,
+  before Pillow sees the file; small ones stay, so the orientation they carry still
+  applies (imaging_png.py says why and how). No Pillow global is changed for this.
 * Multi-frame files (animated GIF/WebP/APNG, multi-page TIFF, MPO): first frame only;
   `n_frames` counts them ("multi_frame"). Damage in any frame fails the decode.
 * EXIF orientation is applied with `ImageOps.exif_transpose`'s table ("exif_rotated" when the
@@ -68,12 +69,10 @@ Policies
   (SyntaxError, OSError, ValueError, zlib/struct errors, ...) is `CORRUPT`.
   `ImageFile.LOAD_TRUNCATED_IMAGES` is never set; Pillow's `UserWarning`s are silenced.
 * Plain PNGs - 8-bit grey or RGB, not interlaced, nothing but IHDR, IDAT and IEND chunks,
-  every CRC right, no byte after IEND - skip `Image.open`: the chunks are walked here and
-  the pixels go straight to Pillow's zlib decoder (`Image.frombytes`): the small PNGs a
-  served model mostly gets decode in ~60 % of the time (80 -> 47 us for the 28x28
-  benchmark upload, the two paths timed in the same minute).
-  Anything else, and anything that fails there, takes the full path above, so every error,
-  array and note is the full path's.
+  every CRC right, no byte after IEND - skip `Image.open`: imaging_png.py walks their
+  chunks and the pixels go straight to Pillow's zlib decoder (`Image.frombytes`), in ~60 %
+  of the time. Anything else, and anything that fails there, takes the full path above,
+  so every error, array and note is the full path's.
 * `notes` follow the order of `NOTE_VOCABULARY`; "reduced" marks a JPEG decoded at a
   DCT scale below 1 (width/height are then the decoded ones). `probe_image` returns what
   `decode_image` would, except that EXIF stored after a PNG's pixel data is only seen by a
@@ -90,7 +89,6 @@ import re
 import stat
 import struct
 import warnings
-import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, BinaryIO, Literal, Protocol
@@ -99,6 +97,15 @@ import numpy as np
 from PIL import Image
 
 from visiondeck.errors import DataError
+from visiondeck.imaging_arrays import dhash, dhash_distance, resize_image
+from visiondeck.imaging_formats import ALLOWED_FORMATS, refused_format, sniff_format
+from visiondeck.imaging_png import (
+    PLAIN_PNG_MODES,
+    PNG_METADATA_BUDGET,
+    plain_png_layout,
+    plain_png_size,
+)
+from visiondeck.imaging_png import tame_png as _tame_png
 
 __all__ = [
     "ALLOWED_FORMATS", "MODEL_SIDE_FACTOR", "NOTE_VOCABULARY", "PNG_METADATA_BUDGET",
@@ -107,16 +114,12 @@ __all__ = [
     "probe_image", "resize_image", "sniff_format",
 ]  # fmt: skip
 
-ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP"})
 NOTE_VOCABULARY: tuple[str, ...] = (
     "cmyk", "16bit", "palette", "alpha", "exif_rotated", "multi_frame", "float", "bilevel",
     "reduced",
 )  # fmt: skip
 #: a served model takes pictures of up to (this × its input side)² pixels (module docstring)
 MODEL_SIDE_FACTOR = 32
-#: inflated bytes of compressed PNG metadata a file may hand Pillow: XMP packets are a few
-#: KB, a hex-encoded 64 KB EXIF profile 130 KB; beyond that it is a bomb, not metadata
-PNG_METADATA_BUDGET = 256 * 1024
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
 
 
@@ -238,67 +241,7 @@ def model_decode_limits(spec: ModelInput, *, max_pixels: int, max_bytes: int | N
     return DecodeLimits(max_pixels=cap, max_bytes=byte_cap, reduce_jpeg=True, pixels_from=why)
 
 
-# ----------------------------------------------------------------------------- sniffing
-
-_ALLOWED_MAGIC = (
-    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"),
-    (b"GIF89a", "GIF"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"II+\x00", "TIFF"),
-    (b"MM\x00+", "TIFF"),
-)  # fmt: skip
-_BMP_HEADER_SIZES = {12, 40, 52, 56, 64, 108, 124}  # the DIB headers Pillow can read
-_REFUSED = {
-    b"%!PS": "EPS/PostScript", b"\xc5\xd0\xd3\xc6": "EPS", b"%PDF": "PDF", b"8BPS": "PSD",
-    b"\x00\x00\x01\x00": "ICO", b"\x00\x00\x02\x00": "CUR", b"\xff\x4f\xff\x51": "JPEG 2000",
-    b"\x00\x00\x00\x0cjP  \r\n\x87\n": "JPEG 2000", b"\xff\x0a": "JPEG XL",
-    b"\x00\x00\x00\x0cJXL \r\n\x87\n": "JPEG XL", b"qoif": "QOI", b"DDS ": "DDS",
-    b"icns": "ICNS", b"gimp xcf": "XCF", b"v/1\x01": "OpenEXR", b"#?RADIANCE": "Radiance HDR",
-    b"#?RGBE": "Radiance HDR", b"\xd7\xcd\xc6\x9a": "WMF",
-}  # fmt: skip
-_FTYP_BRANDS = {b"avif": "AVIF", b"avis": "AVIF"} | dict.fromkeys(
-    (b"heic", b"heix", b"hevc", b"hevx", b"heim", b"heis", b"mif1", b"msf1"), "HEIC/HEIF"
-)
-_PNM = re.compile(rb"P[1-7][ \t\r\n]")
-
-
-def sniff_format(head: bytes) -> str | None:
-    """Format name from the first bytes (magic numbers), None when no allowed format matches.
-
-    32 bytes suffice. BMP's two-letter magic is also checked against its DIB header size so
-    that text which happens to start with "BM" is not taken for a bitmap.
-    """
-    head = bytes(head[:32])
-    for magic, fmt in _ALLOWED_MAGIC:
-        if head.startswith(magic):
-            return fmt
-    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        return "WEBP"
-    if head[:2] == b"BM" and (len(head) < 18 or _le(head[14:18]) in _BMP_HEADER_SIZES):
-        return "BMP"
-    return None
-
-
-def _le(raw: bytes) -> int:
-    return int.from_bytes(raw, "little")
-
-
-def _refused_format(head: bytes) -> str | None:
-    """Name a format we recognise but refuse, so the message can say what the file is."""
-    for magic, name in _REFUSED.items():
-        if head.startswith(magic):
-            return name
-    if head[4:8] == b"ftyp" and head[8:12] in _FTYP_BRANDS:
-        return _FTYP_BRANDS[head[8:12]]
-    if _PNM.match(head):
-        return "PNM"
-    if head[128:132] == b"DICM":
-        return "DICOM"
-    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):  # UTF-16 text, e.g. an SVG from Windows tools
-        head = head[2:].decode("utf-16-le" if head[0] == 0xFF else "utf-16-be", "ignore")
-        head = head.encode("utf-8", "ignore")
-    text = head.removeprefix(b"\xef\xbb\xbf").lstrip().lower()
-    if text.startswith(b"<svg") or (text.startswith((b"<?xml", b"<!")) and b"<svg" in text):
-        return "SVG"
-    return "XML" if text.startswith(b"<?xml") else None
+# --------------------------------------------------------------------- reading, sniffing
 
 
 def _fail(problem: Problem, message: str, name: str | None) -> ImageDecodeError:
@@ -336,7 +279,7 @@ def _sniff_or_fail(data: bytes, name: str | None) -> str:
     fmt = sniff_format(data[:32])
     if fmt is not None:
         return fmt
-    refused = _refused_format(data[:4096])
+    refused = refused_format(data[:4096])
     if refused is not None:
         raise _fail(Problem.UNSUPPORTED_FORMAT, f"{refused} files are not supported", name)
     if len(data) > 1 and any(m.startswith(data) for m in (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a")):
@@ -392,6 +335,10 @@ def _check_header(im: Image.Image, limits: DecodeLimits, name: str | None) -> No
                     f"minimum of {limits.min_side} pixels", name)  # fmt: skip
     if im.mode == "LAB":  # would need colour management to become RGB
         raise _fail(Problem.UNSUPPORTED_FORMAT, "CIE L*a*b* images are not supported", name)
+
+
+def _le(raw: bytes) -> int:
+    return int.from_bytes(raw, "little")
 
 
 def _looks_cut(data: bytes, fmt: str) -> bool | None:
@@ -517,141 +464,18 @@ def _normalise(im: Image.Image, mode: str, background: tuple[int, int, int]) -> 
     return im if im.mode == mode else im.convert(mode)
 
 
-_INFLATED_PNG_CHUNKS = (b"zTXt", b"iTXt", b"iCCP")
-
-
-def _compressed_payload(kind: bytes, body: bytes) -> bytes | None:
-    """The zlib stream Pillow would inflate from this chunk's data, parsed as Pillow
-    parses it; None where Pillow inflates nothing (iTXt stored as plain text...)."""
-    keyword_end = body.find(b"\0")
-    if kind == b"iCCP":  # Pillow reads the method byte after the NUL, or at 0 if none
-        return body[keyword_end + 2:]
-    if keyword_end < 0:
-        return None
-    if kind == b"zTXt":  # keyword, NUL, method byte, stream
-        return body[keyword_end + 2:]
-    rest = body[keyword_end + 1:]
-    if len(rest) < 2 or rest[0] == 0 or rest[1] != 0:  # flag 0: stored as plain text
-        return None
-    parts = rest[2:].split(b"\0", 2)  # language tag, translated keyword, text
-    return parts[2] if len(parts) == 3 else None
-
-
-def _inflate_within(stream: bytes, budget: int) -> int:
-    """The budget left after inflating `stream`, or -1 when it needs more than `budget`
-    bytes or is broken; inflates at most `budget + 1` bytes."""
-    if budget <= 0:  # (max_length=0 would mean "no limit")
-        return -1
-    inflater = zlib.decompressobj()
-    try:
-        spent = len(inflater.decompress(stream, budget + 1))
-    except zlib.error:
-        return -1
-    return budget - spent if spent <= budget and not inflater.unconsumed_tail else -1
-
-
-def _tame_png(data: bytes) -> bytes:
-    """`data` without the compressed metadata chunks that would take the file's inflated
-    metadata past `PNG_METADATA_BUDGET` (module docstring: "PNG metadata").
-
-    Inflates at most the budget (+1 byte) in all, whatever the file holds: a chunk found
-    too big, or whose stream breaks (Pillow ignores those: its text is lost either way),
-    is dropped and spends what was left, so later ones are dropped uninflated. Kept
-    chunks are copied verbatim (CRCs stay right); anything that does not parse as chunks
-    is left to Pillow. A file with nothing to drop is returned as it is.
-    """
-    if not any(kind in data for kind in _INFLATED_PNG_CHUNKS):
-        return data
-    budget, pos, end, kept, dropped = PNG_METADATA_BUDGET, 8, len(data), [], False
-    start = 0  # of the bytes not yet copied to `kept`
-    while pos + 12 <= end:
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        stop = pos + 12 + length
-        if stop > end or kind == b"IEND":
-            break
-        if kind in _INFLATED_PNG_CHUNKS:
-            stream = _compressed_payload(kind, data[pos + 8:stop - 4])
-            if stream is not None:
-                left = _inflate_within(stream, budget)
-                budget = max(left, 0)
-                if left < 0:
-                    kept.append(data[start:pos])
-                    start, dropped = stop, True
-        pos = stop
-    if not dropped:
-        return data
-    kept.append(data[start:])
-    return b"".join(kept)
-
-
-#: IHDR colour type -> Pillow mode (and raw mode) of the plain PNGs, at bit depth 8
-_PLAIN_PNG_MODES = {0: "L", 2: "RGB"}
-
-
-def _plain_png_layout(data: bytes) -> tuple[tuple[int, ...], list[tuple[int, int]]] | None:
-    """(IHDR fields, IDAT spans) of a plain PNG (see the module docstring), or None.
-
-    Walks the chunks once and checks every CRC; never raises for any bytes."""
-    view, end = memoryview(data), len(data)
-    if end < 57 or data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
-        return None  # signature + IHDR + an IDAT + IEND at least
-    pos, idat, ihdr = 8, [], None
-    while True:
-        if pos + 12 > end:
-            return None
-        length, kind = struct.unpack_from(">I4s", data, pos)
-        stop = pos + 12 + length
-        if stop > end:
-            return None
-        (crc,) = struct.unpack_from(">I", data, stop - 4)
-        if zlib.crc32(view[pos + 4:stop - 4]) != crc:
-            return None
-        if kind == b"IHDR":
-            if pos != 8 or length != 13:
-                return None
-            ihdr = struct.unpack_from(">IIBBBBB", data, 16)
-        elif kind == b"IDAT":
-            if idat and idat[-1][1] != pos:  # IDAT chunks must follow one another
-                return None
-            idat.append((pos + 8, stop))
-        elif kind == b"IEND":
-            if length or stop != end:
-                return None
-            break
-        else:  # tRNS, PLTE, eXIf, acTL, text, colour chunks...: the full path knows them
-            return None
-        pos = stop
-    _width, _height, depth, colour, compression, filtering, interlace = ihdr
-    if (depth != 8 or colour not in _PLAIN_PNG_MODES or compression or filtering or interlace
-            or not idat):
-        return None
-    return ihdr, idat
-
-
-def plain_png_size(data: bytes) -> tuple[int, int] | None:
-    """(width, height) of a plain PNG - the fast path's kind: 8-bit grey or RGB, not
-    interlaced, nothing but IHDR, IDAT and IEND, every CRC right - else None.
-
-    Decoding one costs one zlib inflate of its IDAT bytes into width × height pixels and
-    nothing else (no metadata to parse or inflate), which is what lets the server decode a
-    small one on its event loop. Header only: the pixels are not inflated here.
-    """
-    layout = _plain_png_layout(data)
-    return None if layout is None else (layout[0][0], layout[0][1])
-
-
 def _plain_png(data: bytes, mode: str, limits: DecodeLimits,
                background: tuple[int, int, int]) -> DecodedImage | None:
     """A plain PNG decoded without `Image.open` (see the module docstring), or None for
     the full path. Never raises for any bytes: every doubt is a None."""
-    layout = _plain_png_layout(data)
+    layout = plain_png_layout(data)
     if layout is None:
         return None
     (width, height, _depth, colour, *_rest), idat = layout
     ceiling = min(limits.max_pixels, Image.MAX_IMAGE_PIXELS or limits.max_pixels)
     if min(width, height) < limits.min_side or width * height > ceiling:
         return None
-    source_mode = _PLAIN_PNG_MODES[colour]
+    source_mode = PLAIN_PNG_MODES[colour]
     view = memoryview(data)
     pixels = b"".join(view[start:stop - 4] for start, stop in idat)
     try:
@@ -724,94 +548,3 @@ def probe_image(source: Source, *, limits: DecodeLimits = DecodeLimits()) -> Ima
 
     return _guarded(data, fmt, name, limits, work)
 
-
-# ---------------------------------------------------------------------- resizing, hashing
-
-
-def _check_array(array: np.ndarray) -> None:
-    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] not in (1, 3, 4):
-        raise ValueError(f"expected a uint8 (H, W, C) array with C in 1, 3, 4; got "
-                         f"{array.dtype} {array.shape}")  # fmt: skip
-
-
-def _pil_resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
-    grey = array.shape[2] == 1
-    plane = Image.fromarray(np.ascontiguousarray(array[:, :, 0] if grey else array))
-    out = np.array(plane.resize((width, height), Image.Resampling.BILINEAR, reducing_gap=None))
-    return out[:, :, None] if grey else out
-
-
-def resize_image(
-    array: np.ndarray,
-    size: int | tuple[int, int],
-    policy: Literal["stretch", "letterbox", "center_crop"] = "stretch",
-    *,
-    fill: int = 0,
-) -> np.ndarray:
-    """The ONE resize used by training evaluation and serving, so preprocessing is identical.
-
-    `size` is an int for a square or (height, width). stretch ignores the aspect ratio;
-    letterbox fits inside, keeping the ratio, and pads with `fill` around the centred picture;
-    center_crop scales until the target is covered (for a square: the shorter side matches)
-    and crops the centre. Pillow BILINEAR with reducing_gap=None: downscaling is antialiased.
-    Always returns a new C-contiguous array, a plain copy when already at size.
-    """
-    _check_array(array)
-    if policy not in ("stretch", "letterbox", "center_crop"):
-        raise ValueError(f"unknown resize policy {policy!r}")
-    if not 0 <= fill <= 255:
-        raise ValueError(f"fill must be in 0..255, not {fill}")
-    height, width = (size, size) if isinstance(size, int | np.integer) else size
-    height, width = int(height), int(width)
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be positive, not {size!r}")
-    src_h, src_w = array.shape[:2]
-    if (src_h, src_w) == (height, width):
-        return np.array(array, order="C", copy=True)
-    if policy == "stretch":
-        return _pil_resize(array, height, width)
-    if policy == "letterbox":
-        scale = min(height / src_h, width / src_w)
-        new_h = min(height, max(1, round(src_h * scale)))
-        new_w = min(width, max(1, round(src_w * scale)))
-        canvas = np.full((height, width, array.shape[2]), fill, dtype=np.uint8)
-        top, left = (height - new_h) // 2, (width - new_w) // 2
-        canvas[top : top + new_h, left : left + new_w] = _pil_resize(array, new_h, new_w)
-        return canvas
-    scale = max(height / src_h, width / src_w)
-    new_h, new_w = max(height, round(src_h * scale)), max(width, round(src_w * scale))
-    top, left = (new_h - height) // 2, (new_w - width) // 2
-    scaled = _pil_resize(array, new_h, new_w)
-    return np.ascontiguousarray(scaled[top : top + height, left : left + width])
-
-
-def dhash(array: np.ndarray, hash_size: int = 8) -> str:
-    """Perceptual difference hash of the grey picture, as hex (hash_size² bits, row-major).
-
-    What we promise (and test on photos): a copy re-encoded as JPEG at quality >= 90 or
-    resized lands within `dhash_distance(a, b) <= hash_size² // 16` bits (4 of 64), usually
-    at 0; unrelated pictures differ in about half the bits. Equal hashes are a cheap bucket
-    key for grouping near-duplicates, the distance catches the rest. The bit layout is
-    stable (row-major, first bit most significant, 1 = right neighbour brighter), so stored
-    hashes stay comparable.
-    """
-    _check_array(array)
-    if hash_size < 2:
-        raise ValueError("hash_size must be at least 2")
-    if array.shape[2] == 1:
-        grey = Image.fromarray(np.ascontiguousarray(array[:, :, 0]))
-    else:
-        grey = Image.fromarray(np.ascontiguousarray(array[:, :, :3])).convert("L")
-    small = np.asarray(grey.resize((hash_size + 1, hash_size), Image.Resampling.BOX), np.int16)
-    bits = (small[:, 1:] > small[:, :-1]).ravel()
-    if bits.size % 8 == 0:  # the common sizes: packbits is ~50x faster than a bit string
-        return np.packbits(bits).tobytes().hex()
-    value = int("".join("1" if bit else "0" for bit in bits), 2)
-    return f"{value:0{(bits.size + 3) // 4}x}"
-
-
-def dhash_distance(a: str, b: str) -> int:
-    """Hamming distance between two `dhash` strings of the same hash_size."""
-    if len(a) != len(b):
-        raise ValueError("hashes of different sizes cannot be compared")
-    return (int(a, 16) ^ int(b, 16)).bit_count()

@@ -15,22 +15,10 @@ take it from there:
   and the store skips ids it has, so a row written twice (a crash between the database
   commit and the journal delete) is stored once.
 
-The journal is a SQLite file (stdlib sqlite3) rather than JSON lines: each group commit is
-atomic, so there is no torn tail to parse, and deleting written rows is a `DELETE`, not a
-rewrite. WAL with `synchronous=FULL` fsyncs once per commit: the guarantee covers power
-loss, not only a killed process (NORMAL would lose the last commits to a power cut), and
-costs one fsync per group (at most ten a second), not one per prediction. The files are
-0600 in a 0700 folder: they hold what the history holds.
-
-One journal per writer, so `--workers N` and replicas can share a data dir:
-`<journal_dir>/<pid>-<random>.db`, beside a `.lock` file the writer holds an `flock` on for
-its whole life (created under a temporary name and renamed once locked, so no other writer
-sees it unlocked). A journal whose lock can be taken belongs to nobody: a process that
-was killed, or one that stopped with the database away. At start and every `SWEEP_S`,
-each writer claims such journals (the non-blocking flock is the atomic claim: two writers
-never take the same one), copies their rows into its own journal, commits, and only then
-deletes them. The prediction spool of earlier versions (`prediction_spool.jsonl` and its
-`.replay` files in the data dir) is taken over the same way, once, torn lines skipped.
+The journal itself - one SQLite file per writer, its flock, and the take-over of journals
+left by dead processes (at start and every `SWEEP_S`) and of the old JSON-lines spool - is
+journal_file.py; telling a refused row from a database that is away is rejections.py. This
+module is the threads and the request side that tie them together.
 
 Labels: `update_pending` changes a row still in memory, or records a label for a row the
 writer still holds; that label is journaled with the next group commit and written to the
@@ -53,23 +41,17 @@ counted (`visiondeck_history_rows_rejected_total`).
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import logging
-import os
-import secrets
 import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import fields
-from datetime import datetime
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
-import sqlalchemy as sa
-
+from visiondeck.serve.history.journal_file import JournalFile, Row, encode_row, take_over
+from visiondeck.serve.history.rejections import describe, isolate, row_fault, set_aside
 from visiondeck.serve.history.store import PredictionRecord, PredictionStore
 
 __all__ = ["COMMIT_INTERVAL_S", "DurableHistoryWriter"]
@@ -78,19 +60,6 @@ log = logging.getLogger("visiondeck.serve.history")
 
 COMMIT_INTERVAL_S = 0.1  # the group commit: an answered row is journaled within this (+1 commit)
 SWEEP_S = 30.0  # how often a running writer looks for journals of dead processes
-REJECTED = "rejected.jsonl"  # rows and labels the database refuses for good, for an operator
-LEGACY_SPOOL = "prediction_spool"  # <data dir>/prediction_spool.jsonl, .<pid>.replay (old)
-_FORMAT = 1  # PRAGMA user_version of the journal files
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS rows (seq INTEGER PRIMARY KEY AUTOINCREMENT,
-    id TEXT NOT NULL UNIQUE, label TEXT, data TEXT NOT NULL, thumbnail BLOB);
-CREATE TABLE IF NOT EXISTS labels (id TEXT PRIMARY KEY, label TEXT, after_seq INTEGER NOT NULL);
-"""
-_DATA = tuple(f.name for f in fields(PredictionRecord) if f.name not in ("id", "label",
-                                                                          "thumbnail"))
-_ROW = tuple[str, str | None, str, bytes | None]  # (id, label, data, thumbnail) as journaled
-_RECENT = 2048  # journaled rows kept in memory too, so the database thread need not decode
-_JSON = json.JSONEncoder(separators=(",", ":"), default=lambda value: _plain(value)).encode
 
 
 class DurableHistoryWriter:
@@ -118,7 +87,7 @@ class DurableHistoryWriter:
         self._unsent: set[str] = set()
         # journal side, under _jlock (taken before _lock when both are needed)
         self._jlock = threading.Lock()
-        self._journal: _Journal | None = None
+        self._journal: JournalFile | None = None
         self._labelled: set[str] = set()  # ids with a label in the journal's labels table
         self._hooks: list[Callable[[], None]] = []
         self._wake, self._db_wake = threading.Event(), threading.Event()
@@ -269,13 +238,13 @@ class DurableHistoryWriter:
             if self._journal is not None:
                 return
             try:
-                self._journal = _Journal.create(self.journal_dir)
+                self._journal = JournalFile.create(self.journal_dir)
             except (OSError, sqlite3.Error) as exc:
                 self._not_durable = (f"history journal not durable: {self.journal_dir} "
                                      f"cannot be written ({exc})")
                 log.error("%s; rows are kept in memory until the database takes them",
                           self._not_durable)
-                self._journal = _Journal.create(None)
+                self._journal = JournalFile.create(None)
         if self.journal_dir is None:
             self._claimed.set()
 
@@ -322,7 +291,7 @@ class DurableHistoryWriter:
                         journal.tidy()
                 return
             try:
-                journal.append([_encode(r) for r in records], labels, records=records)
+                journal.append([encode_row(r) for r in records], labels, records=records)
             except Exception as exc:  # a full disk, mostly: the rows wait in memory
                 with self._lock:
                     self._labelled.difference_update(new_labels)
@@ -415,9 +384,9 @@ class DurableHistoryWriter:
         try:
             self.store.insert_many(records)
         except Exception as exc:
-            if len(records) == 1 or not _row_fault(exc):
+            if len(records) == 1 or not row_fault(exc):
                 raise
-            self._reject(_isolate(records, lambda record: self.store.insert_many([record])))
+            self._reject(isolate(records, lambda record: self.store.insert_many([record])))
         with self._jlock:
             self._journal_or_raise().written_through(batch[-1][0], len(batch))
             with self._lock:
@@ -432,7 +401,7 @@ class DurableHistoryWriter:
             entries = self._journal_or_raise().ready_labels(self.batch_size)
         if not entries:
             return 0
-        refused = _isolate(entries, self._set_label)
+        refused = isolate(entries, self._set_label)
         for record_id, label, after in entries:  # written, or refused for good
             with self._jlock:
                 if self._journal_or_raise().delete_label(record_id, label, after):
@@ -454,20 +423,9 @@ class DurableHistoryWriter:
         if not refused:
             return
         self.rejected += len(refused)
-        lines = []
-        for item, exc in refused:
-            data = (item.to_json(thumbnail=True) if isinstance(item, PredictionRecord)
-                    else {"id": item[0], "label": item[1]})
-            lines.append(json.dumps({"error": _describe(exc), **data}, default=_plain))
-            log.error("history: the database refuses %s for good (%s); kept in %s",
-                      data["id"], _describe(exc), self.journal_dir or "no file (no journal)")
-        if self.journal_dir is not None:
-            with contextlib.suppress(OSError), os.fdopen(os.open(
-                    self.journal_dir / REJECTED, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                    0o600), "a", encoding="utf-8") as handle:
-                handle.write("".join(line + "\n" for line in lines))
+        set_aside(refused, self.journal_dir)
 
-    def _journal_or_raise(self) -> _Journal:
+    def _journal_or_raise(self) -> JournalFile:
         if self._journal is None:
             raise _JournalClosed
         return self._journal
@@ -475,7 +433,7 @@ class DurableHistoryWriter:
     def _database_failed(self, exc: BaseException) -> None:
         self.failures += 1
         self.healthy = False
-        self._db_error = _describe(exc)
+        self._db_error = describe(exc)
         if self.metrics is not None:
             self.metrics.store_failures.inc()
         log.warning("prediction store write failed (%s); %d rows wait in the journal, "
@@ -495,53 +453,11 @@ class DurableHistoryWriter:
     def _claim(self, *, legacy: bool) -> None:
         """Take over the journals of dead writers (and, at start, an old spool)."""
         own = self._journal
-        if own is None or own.path is None:
+        if own is None:
             return
-        directory = own.path.parent
-        sources: Iterable[Path] = ()
-        if legacy:
-            data_dir = directory.parent
-            sources = [data_dir / f"{LEGACY_SPOOL}.jsonl",
-                       *sorted(data_dir.glob(f"{LEGACY_SPOOL}.*.replay")),
-                       *sorted(directory.glob("*.spool.jsonl"))]
-        for n, path in enumerate(sources):
-            claimed = own.path.with_suffix(f".{n}.spool.jsonl")
-            try:
-                os.replace(path, claimed)  # atomic: one writer takes each file
-                with claimed.open("rb") as handle:
-                    self._take(_read_spool(handle, path), [], str(path))
-                claimed.unlink(missing_ok=True)
-            except FileNotFoundError:
-                continue
-            except (OSError, sqlite3.Error) as exc:  # the file stays for the next start
-                log.error("history: cannot take over the old spool %s (%s)", path, exc)
-        for lock_path in sorted(directory.glob("*.lock")):
-            if lock_path == own.lock_path or lock_path in self._failed_claims:
-                continue
-            try:
-                with _claim_lock(lock_path) as claimed_journal:
-                    if claimed_journal is None:
-                        continue
-                    if claimed_journal.exists():
-                        self._take_journal(claimed_journal)
-                    _remove_journal(claimed_journal)  # only once its rows are in ours
-                    lock_path.unlink()  # last, while still holding it
-            except (OSError, sqlite3.Error) as exc:  # another user's, a newer format...
-                self._failed_claims.add(lock_path)
-                log.error("history: cannot take over the journal beside %s (%s); it is "
-                          "left in place", lock_path, exc)
+        take_over(own, self._take, legacy=legacy, failed=self._failed_claims)
 
-    def _take_journal(self, path: Path) -> None:
-        with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as source:
-            version = source.execute("PRAGMA user_version").fetchone()[0]
-            if version not in (0, _FORMAT):
-                raise sqlite3.DatabaseError(f"journal format {version} is newer than this "
-                                            f"VisionDeck's ({_FORMAT})")
-            source.executescript(_SCHEMA)  # a journal killed before its schema: empty
-            self._take(_journal_rows(source), list(source.execute(
-                "SELECT id, label FROM labels")), str(path))
-
-    def _take(self, rows: Iterator[list[_ROW]], labels: list[tuple[str, str | None]],
+    def _take(self, rows: Iterator[list[Row]], labels: list[tuple[str, str | None]],
               origin: str) -> None:
         taken = 0
         for chunk in rows:  # a commit per chunk: the journal thread gets its turns
@@ -567,233 +483,6 @@ class DurableHistoryWriter:
 class _JournalClosed(Exception):
     """The writer closed its journal while the database thread was in a write."""
 
-
-class _Journal:
-    """One writer's journal file (or an in-memory one), with the flock that says it's alive."""
-
-    def __init__(self, conn: sqlite3.Connection, path: Path | None, lock_fd: int | None,
-                 lock_path: Path | None) -> None:
-        self.conn, self.path, self.lock_fd, self.lock_path = conn, path, lock_fd, lock_path
-        self._recent: dict[int, PredictionRecord] = {}  # seq → the journaled object
-        # rows through `done` are in the database; they are deleted with the next commit
-        # (one transaction instead of two; a crash before it only rewrites them, skipped)
-        self.done = self._deleted = 0
-        conn.executescript(_SCHEMA)
-        conn.execute(f"PRAGMA user_version = {_FORMAT}")
-        self.rows = conn.execute("SELECT count(*) FROM rows").fetchone()[0]
-
-    @classmethod
-    def create(cls, directory: Path | None) -> _Journal:
-        if directory is None:
-            return cls(sqlite3.connect(":memory:", isolation_level=None,
-                                       check_same_thread=False), None, None, None)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        name = f"{os.getpid()}-{secrets.token_hex(6)}"
-        lock_path, path = directory / f"{name}.lock", directory / f"{name}.db"
-        temporary = directory / f".{name}.lock.tmp"  # never matched by a claimer's glob
-        fd = os.open(temporary, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            os.replace(temporary, lock_path)  # visible to claimers only once it is locked
-            os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
-            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=FULL")  # one fsync per group commit
-            conn.execute("PRAGMA journal_size_limit=8388608")
-            return cls(conn, path, fd, lock_path)
-        except BaseException:
-            os.close(fd)
-            for leftover in (temporary, lock_path):
-                leftover.unlink(missing_ok=True)
-            _remove_journal(path)
-            raise
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except BaseException:
-            if self.conn.in_transaction:  # SQLite ends some failed ones itself (a full disk)
-                self.conn.execute("ROLLBACK")
-            raise
-
-    def append(self, rows: list[_ROW], labels: dict[str, str | None], *,
-               records: list[PredictionRecord] | None = None, replace: bool = True) -> None:
-        """Journal rows and labels in one transaction. `records`, the rows' own objects
-        (never changed once journaled), are kept to be written without decoding them back."""
-        done = self.done
-        with self._transaction() as conn:
-            if done > self._deleted:
-                conn.execute("DELETE FROM rows WHERE seq <= ?", (done,))
-            added = conn.executemany("INSERT OR IGNORE INTO rows (id, label, data, thumbnail) "
-                                     "VALUES (?, ?, ?, ?)", rows).rowcount if rows else 0
-            last = conn.execute("SELECT coalesce(max(seq), 0) FROM rows").fetchone()[0]
-            if labels:  # written after every row journaled so far (and any in flight)
-                conn.executemany(f"INSERT OR {'REPLACE' if replace else 'IGNORE'} INTO labels "
-                                 "VALUES (?, ?, ?)",
-                                 [(i, label, last) for i, label in labels.items()])
-        self.rows += max(0, added)
-        self._deleted = done
-        if records and added == len(records) and len(self._recent) < _RECENT:
-            self._recent.update(zip(range(last - added + 1, last + 1), records, strict=True))
-
-    def oldest(self, limit: int) -> list[tuple[int, PredictionRecord]]:
-        """The oldest rows not yet in the database, in journal order."""
-        seqs = [seq for (seq,) in self.conn.execute(
-            "SELECT seq FROM rows WHERE seq > ? ORDER BY seq LIMIT ?", (self.done, limit))]
-        if all(seq in self._recent for seq in seqs):  # the usual case: no decoding
-            return [(seq, self._recent[seq]) for seq in seqs]
-        cursor = self.conn.execute("SELECT seq, id, label, data, thumbnail FROM rows "
-                                   "WHERE seq > ? ORDER BY seq LIMIT ?", (self.done, limit))
-        return [(seq, _decode(*row)) for seq, *row in cursor]
-
-    def written_through(self, seq: int, count: int) -> None:
-        """The `count` oldest rows, through `seq`, are in the database."""
-        self.done = seq
-        self.rows -= count
-        for key in [key for key in self._recent if key <= seq]:
-            del self._recent[key]
-
-    def tidy(self) -> None:
-        """Delete the rows the database has now rather than with the next commit."""
-        if self.done > self._deleted:
-            self.append([], {})
-
-    def ready_labels(self, limit: int) -> list[tuple[str, str | None, int]]:
-        """Labels every row before which has been written (so their row is in the database)."""
-        return list(self.conn.execute(
-            "SELECT id, label, after_seq FROM labels WHERE after_seq < coalesce((SELECT "
-            "min(seq) FROM rows WHERE seq > ?), 9223372036854775807) LIMIT ?",
-            (self.done, limit)))
-
-    def delete_label(self, record_id: str, label: str | None, after: int) -> bool:
-        """Delete a written label unless a newer one replaced it meanwhile."""
-        with self._transaction() as conn:
-            return conn.execute("DELETE FROM labels WHERE id = ? AND label IS ? AND "
-                                "after_seq = ?", (record_id, label, after)).rowcount == 1
-
-    def label_count(self) -> int:
-        return self.conn.execute("SELECT count(*) FROM labels").fetchone()[0]
-
-    def used_bytes(self) -> int:
-        pages = self.conn.execute("PRAGMA page_count").fetchone()[0]
-        free = self.conn.execute("PRAGMA freelist_count").fetchone()[0]
-        return (pages - free) * self.conn.execute("PRAGMA page_size").fetchone()[0]
-
-    def close(self, *, remove: bool) -> None:
-        if not remove:
-            with contextlib.suppress(sqlite3.Error):  # a written row left is only rewritten
-                self.tidy()
-        self.conn.close()
-        if self.path is not None and remove:
-            _remove_journal(self.path)
-        if self.lock_path is not None and remove:
-            self.lock_path.unlink(missing_ok=True)
-        if self.lock_fd is not None:
-            os.close(self.lock_fd)  # releases the flock: a left journal is now claimable
-
-
-@contextlib.contextmanager
-def _claim_lock(lock_path: Path) -> Iterator[Path | None]:
-    """The journal beside `lock_path` when its lock could be taken (its writer is gone),
-    held until the block ends; None when a live writer holds it or it is already gone."""
-    try:
-        fd = os.open(lock_path, os.O_RDWR)  # never O_CREAT: a vanished lock stays vanished
-    except FileNotFoundError:
-        yield None
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield None
-            return
-        if os.fstat(fd).st_nlink == 0:  # its claimer removed it while we waited
-            yield None
-            return
-        yield lock_path.with_suffix(".db")
-    finally:
-        os.close(fd)
-
-
-def _row_fault(exc: BaseException) -> bool:
-    """Whether a failed write may be one value's fault (refused data, a value the driver
-    cannot bind) rather than the database being away (a connection or lock error)."""
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
-        return False
-    return isinstance(exc, sa.exc.StatementError | TypeError | ValueError)
-
-
-def _isolate(items: list[Any], write: Callable[[Any], None]) -> list[tuple[Any, Exception]]:
-    """Write `items` one at a time: those refused while others go in. When every one is
-    refused, the fault is not theirs (a permission, a missing table): that error is raised
-    and all of them wait, as they do for an outage."""
-    refused: list[tuple[Any, Exception]] = []
-    for item in items:
-        try:
-            write(item)
-        except Exception as exc:
-            if not _row_fault(exc):
-                raise
-            refused.append((item, exc))
-    if refused and len(refused) == len(items):
-        raise refused[0][1]
-    return refused
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
-
-
-def _remove_journal(path: Path) -> None:
-    for suffix in ("-wal", "-shm", ""):
-        Path(f"{path}{suffix}").unlink(missing_ok=True)
-
-
-def _journal_rows(source: sqlite3.Connection, chunk: int = 512) -> Iterator[list[_ROW]]:
-    last = 0
-    while rows := source.execute("SELECT seq, id, label, data, thumbnail FROM rows "
-                                 "WHERE seq > ? ORDER BY seq LIMIT ?", (last, chunk)).fetchall():
-        last = rows[-1][0]
-        yield [tuple(row[1:]) for row in rows]
-
-
-def _read_spool(handle: BinaryIO, name: Path, chunk: int = 512) -> Iterator[list[_ROW]]:
-    """The JSON-lines spool of earlier versions; a torn line (a crash mid-write) is skipped."""
-    rows: list[_ROW] = []
-    for line in handle:
-        try:
-            rows.append(_encode(PredictionRecord.from_json(json.loads(line))))
-        except Exception:
-            log.warning("history: skipping an unreadable line of the old spool %s", name)
-            continue
-        if len(rows) == chunk:
-            yield rows
-            rows = []
-    if rows:
-        yield rows
-
-
-def _encode(record: PredictionRecord) -> _ROW:
-    """A row as journaled: shallow (no deep copy of top-k), numpy scalars made plain."""
-    data = {name: getattr(record, name) for name in _DATA}
-    data["created_at"] = record.created_at.isoformat()
-    return record.id, record.label, _JSON(data), record.thumbnail
-
-
-def _decode(record_id: str, label: str | None, data: str, thumbnail: bytes | None
-            ) -> PredictionRecord:
-    values = {k: v for k, v in json.loads(data).items() if k in _DATA}  # a newer field: drop
-    values["created_at"] = datetime.fromisoformat(values["created_at"])
-    return PredictionRecord(id=record_id, label=label, thumbnail=thumbnail, **values)
-
-
-def _plain(value: Any) -> Any:
-    if hasattr(value, "tolist"):  # numpy scalars and arrays
-        return value.tolist()
-    return str(value)
 
 
 class _JournalCollector:
