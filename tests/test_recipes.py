@@ -1,4 +1,6 @@
-"""Every shipped recipe loads, and the transfer and seed recipes train a step on tiny data."""
+"""The shipped seed recipes: the CIFAR one is the seed exactly, and the transfer and seed
+recipes train a step on tiny data. (That every shipped recipe loads what its file says is
+tests/test_config.py's.)"""
 
 from __future__ import annotations
 
@@ -10,12 +12,6 @@ from visiondeck.config import load_recipe
 from visiondeck.train.runner import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
-
-
-@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_recipe_is_valid(path: Path) -> None:
-    recipe = load_recipe(path)
-    assert recipe.name
 
 
 def test_cifar_recipe_is_the_seed_exactly() -> None:

@@ -5,34 +5,44 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+import pytest
+import typer
 from typer.testing import CliRunner
 
 from tests.factories import EXPECTED_STATUS
 from visiondeck.cli import app
 
 runner = CliRunner()
-HEAVY = ("torch", "torchvision", "lightning", "timm", "mlflow", "onnxruntime")
+HEAVY = ("torch", "torchvision", "lightning", "timm", "mlflow", "onnxruntime", "onnx",
+         "pytorch_grad_cam", "matplotlib", "sklearn")
 
 
-def test_help_is_instant_and_imports_nothing_heavy() -> None:
-    probe = (
-        "import sys\n"
-        "sys.argv = ['visiondeck', '--help']\n"
-        "from visiondeck.cli import main\n"
-        "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        f"heavy = sorted({{m.split('.')[0] for m in sys.modules}} & set({HEAVY!r}))\n"
-        "sys.stderr.write('HEAVY=' + ','.join(heavy))\n"
-    )
-    start = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                          check=True)
-    elapsed = time.perf_counter() - start
-    assert "HEAVY=" in done.stderr and done.stderr.strip().endswith("HEAVY="), done.stderr
-    assert "data" in done.stdout and "config" in done.stdout
-    assert elapsed < 2.0, f"visiondeck --help took {elapsed:.2f}s"
+def _imported(stderr: str) -> set[str]:
+    """Every module `python -X importtime` reported loading."""
+    names = set()
+    for line in stderr.splitlines():
+        fields = line.removeprefix("import time:").split("|")
+        if line.startswith("import time:") and fields[0].strip().isdigit():
+            names.add(fields[2].strip())
+    return names
+
+
+def test_help_imports_nothing_heavy() -> None:
+    """`visiondeck --help` answers from typer alone: no torch, Lightning, timm, MLflow or
+    ONNX Runtime is loaded. That is what keeps it fast; the seconds themselves depend on the
+    machine's load and belong to a benchmark, not to a test."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "visiondeck", "--help"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    imported = _imported(done.stderr)
+    assert {"typer", "visiondeck.cli", "visiondeck.cli.train_cmd"} <= imported  # it did parse
+    assert sorted(n for n in imported if n.split(".")[0] in HEAVY) == []
+    listed = " ".join(done.stdout.split())
+    names = sorted(typer.main.get_command(app).commands)  # what click dispatches to
+    assert len(names) > 20
+    for name in names:
+        assert f" {name} " in listed, name
 
 
 def test_import_visiondeck_is_light() -> None:
@@ -92,24 +102,34 @@ def test_errors_are_messages_not_tracebacks(tmp_path: Path) -> None:
     assert "data source not found" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_demo_trains_on_the_bundled_sample(tmp_path) -> None:
-    """The README's demo command: the pipeline on the bundled sample (2 epochs here)."""
-    import json
-    import subprocess
-    import sys
+def test_demo_trains_on_the_bundled_sample(tmp_path: Path) -> None:
+    """The README's demo command: the pipeline on the bundled sample (2 epochs here).
 
+    Two epochs may or may not reach the demo's gate (val_acc ≥ 0.75); whichever it was, the
+    exit code, the registry step and the message follow from the recorded metrics.
+    """
     done = subprocess.run(
         [sys.executable, "-m", "visiondeck", "demo", "--workdir", str(tmp_path / "demo"),
          "--epochs", "2"],
         capture_output=True, text=True, timeout=600, check=False,
     )
-    assert done.returncode in (0, 5), done.stdout[-2000:] + done.stderr[-2000:]
+    log = done.stdout[-2000:] + done.stderr[-2000:]
     run = tmp_path / "demo" / "runs" / "demo"
     info = json.loads((run / "run.json").read_text())
-    assert info["status"] in ("passed", "failed_gate")
-    assert info["epochs_run"] == 2 and (run / "model" / "weights.safetensors").exists()
-    assert "demo finished" in done.stdout or done.returncode == 5
+    history = json.loads((run / "history.json").read_text())
+    assert info["epochs_run"] == 2 and [row["epoch"] for row in history] == [1, 2]
+    gate = info["gate"]
+    assert (gate["metric"], gate["threshold"]) == ("val_acc", 0.75)
+    # the gate judged the best epoch's validation accuracy, as the history recorded it
+    assert gate["value"] == pytest.approx(max(row["val_acc"] for row in history), abs=1e-6)
+    passed = gate["value"] >= 0.75
+    assert gate["passed"] is passed
+    assert info["status"] == ("passed" if passed else "failed_gate")
+    assert done.returncode == (0 if passed else 5), log
+    assert ("demo finished" in done.stdout) is passed, log
+    assert ("failed its quality gate" in done.stdout) is not passed, log
     # the whole pipeline ran: an evaluated, exported model, every step in the state file
+    assert (run / "model" / "weights.safetensors").exists()
     assert (run / "evaluation" / "metrics.json").is_file()
     assert (run / "bundle" / "model.onnx").is_file()
     state = json.loads((tmp_path / "demo" / "runs" / "pipeline" / "demo" / "state.json")
@@ -117,6 +137,6 @@ def test_demo_trains_on_the_bundled_sample(tmp_path) -> None:
     steps = ("check", "split", "train", "evaluate", "export", "register", "promote")
     assert tuple(state["steps"]) == steps
     assert all(state["steps"][s]["status"] == "ran" for s in steps[:5])
-    # a gate failure (exit 5) is a refusal to register, never a crash
-    assert state["steps"]["register"]["status"] == ("ran" if done.returncode == 0
-                                                     else "refused")
+    # a gate failure is a refusal to register (and nothing to promote), never a crash
+    assert state["steps"]["register"]["status"] == ("ran" if passed else "refused")
+    assert state["steps"]["promote"]["status"] == ("ran" if passed else "off")

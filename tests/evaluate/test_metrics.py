@@ -6,9 +6,15 @@ import math
 
 import numpy as np
 import pytest
+import sklearn.metrics as sk
 
 from visiondeck.evaluate import metrics as m
-from visiondeck.evaluate.scores import bootstrap_ci, compute_metrics, most_confused
+from visiondeck.evaluate.scores import (
+    bootstrap_ci,
+    compute_metrics,
+    headline_metrics,
+    most_confused,
+)
 
 # 3 classes, 10 images; worked out by hand below
 Y = np.array([0, 0, 0, 0, 1, 1, 1, 2, 2, 2])
@@ -85,7 +91,6 @@ def test_mcnemar_exact_and_chi_square() -> None:
 
 
 def test_against_scikit_learn() -> None:
-    sk = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(3)
     y = rng.integers(0, 4, 300)
     scores = rng.random((300, 4)) + np.eye(4)[y] * rng.random(300)[:, None]
@@ -109,9 +114,32 @@ def test_compute_metrics_and_intervals() -> None:
     assert full["accuracy"] == pytest.approx(0.7)
     assert full["per_class"]["a"]["support"] == 4
     assert full["positive_class"]["sensitivity"] == pytest.approx(2 / 3, abs=1e-6)
-    assert "3" not in full["top_k"] or full["top_k"]["3"] == 1.0
+    # with 3 classes top-3 is trivially 1 and top-5 meaningless: only top-1 is reported
+    assert full["top_k"] == {"1": pytest.approx(0.7)}
     ci = bootstrap_ci(Y, probs, n_boot=300, n_boot_auc=50)
     low, high = ci["accuracy"]
     assert low <= 0.7 <= high and high - low > 0.1  # 10 images: a wide interval
+    assert headline_metrics(full)["accuracy"] == pytest.approx(0.7)
+    assert not any(key.startswith("top") for key in headline_metrics(full))
     assert most_confused(np.array(full["confusion_matrix"]["counts"]), ["a", "b", "c"])[0] == {
         "true": "a", "predicted": "b", "count": 1, "share": 0.25}
+
+
+def test_top_k_by_hand_when_there_are_more_classes_than_k() -> None:
+    # 6 classes; the true class ranks 1st, 2nd, 3rd, 4th and 6th in the five rows
+    scores = np.array([[0.50, 0.20, 0.10, 0.08, 0.07, 0.05],
+                       [0.30, 0.40, 0.10, 0.08, 0.07, 0.05],
+                       [0.05, 0.10, 0.20, 0.40, 0.15, 0.10],
+                       [0.25, 0.25, 0.20, 0.15, 0.10, 0.05],
+                       [0.04, 0.30, 0.20, 0.20, 0.21, 0.05]])
+    labels = np.array([0, 0, 4, 3, 0])
+    # ranks of the truth: 1, 2, 3, 4, 6 (row 4: 0.15 after .25, .25, .20; row 5: last)
+    full = compute_metrics(labels, scores, list("abcdef"))
+    assert full["top_k"] == {"1": pytest.approx(1 / 5), "3": pytest.approx(3 / 5),
+                             "5": pytest.approx(4 / 5)}
+    headline = headline_metrics(full)
+    assert headline["top3_accuracy"] == pytest.approx(3 / 5)
+    assert headline["top5_accuracy"] == pytest.approx(4 / 5)
+    assert "top1_accuracy" not in headline  # that one is "accuracy"
+    assert full["top_k"]["3"] == pytest.approx(sk.top_k_accuracy_score(labels, scores, k=3,
+                                                                       labels=range(6)))

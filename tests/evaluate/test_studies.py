@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+
+
+def _accuracy_from_predictions(run_dir: Path) -> float:
+    with (run_dir / "evaluation" / "predictions.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    return sum(row["label"] == row["predicted"] for row in rows) / len(rows)
 
 
 def test_two_by_two_ablation_resumes_and_tunes_a_binary_threshold(tiny_recipe, tmp_path: Path
@@ -22,12 +29,18 @@ def test_two_by_two_ablation_resumes_and_tunes_a_binary_threshold(tiny_recipe, t
     assert [(c.factors["train.loss"], c.factors["model.attention"]) for c in result.cells] == [
         ("ce", "none"), ("ce", "cbam"), ("focal", "none"), ("focal", "cbam")]
     assert not any(c.reused for c in result.cells)
-    effects = result.effects
-    assert effects["train.loss"]["ce"] == 0.0 and effects["model.attention"]["none"] == 0.0
-    mean = {(r["train.loss"], r["model.attention"]): r["mean"] for r in result.table}
-    expected = (mean["focal", "none"] + mean["focal", "cbam"]
-                - mean["ce", "none"] - mean["ce", "cbam"]) / 2
-    assert effects["train.loss"]["focal"] == pytest.approx(expected)
+    # each cell's accuracy recounted from its predictions.csv, not taken from the ablation
+    acc = {(c.factors["train.loss"], c.factors["model.attention"]):
+           _accuracy_from_predictions(c.run_dir) for c in result.cells}
+    assert {(r["train.loss"], r["model.attention"]): r["mean"] for r in result.table} == \
+        pytest.approx(acc)
+    assert result.effects == {
+        "train.loss": {"ce": 0.0, "focal": pytest.approx(
+            (acc["focal", "none"] + acc["focal", "cbam"] - acc["ce", "none"]
+             - acc["ce", "cbam"]) / 2)},
+        "model.attention": {"none": 0.0, "cbam": pytest.approx(
+            (acc["ce", "cbam"] + acc["focal", "cbam"] - acc["ce", "none"]
+             - acc["focal", "none"]) / 2)}}
     saved = json.loads((tmp_path / "abl" / "results.json").read_text())
     assert len(saved["cells"]) == 4 and saved["table"][0]["seeds"] == 1
     assert (tmp_path / "abl" / "effects.png").is_file()
@@ -51,6 +64,49 @@ def test_two_by_two_ablation_resumes_and_tunes_a_binary_threshold(tiny_recipe, t
     assert "effect of train.loss" in output.output and "focal" in output.output
     after = {p: p.stat().st_mtime_ns for p in (tmp_path / "abl").rglob("weights.safetensors")}
     assert len(before) == 4 and after == before
+
+
+def _evaluated_cell(root: Path, slug: str, accuracy: float) -> None:
+    """A cell folder as an earlier ablation left it: evaluated, so it is reused as is."""
+    folder = root / "cells" / slug / "evaluation"
+    folder.mkdir(parents=True)
+    (folder / "metrics.json").write_text(json.dumps({"headline": {"accuracy": accuracy}}))
+
+
+def test_means_stds_and_effects_of_known_cells(tiny_recipe, tmp_path: Path) -> None:
+    """Every cell × seed already evaluated with a chosen accuracy: the table and the main
+    effects are the numbers worked out by hand, and nothing is trained."""
+    from visiondeck.evaluate.ablate import ablate
+
+    known = {("ce", "none"): (0.50, 0.60), ("ce", "cbam"): (0.70, 0.70),
+             ("focal", "none"): (0.60, 0.70), ("focal", "cbam"): (0.90, 1.00)}
+    root = tmp_path / "abl"
+    for (loss, attention), values in known.items():
+        for seed, value in zip((0, 1), values, strict=True):
+            _evaluated_cell(root, f"loss-{loss}_attention-{attention}_s{seed}", value)
+    result = ablate(tiny_recipe("tracking.enabled=false"),
+                    {"train.loss": ["ce", "focal"], "model.attention": ["none", "cbam"]},
+                    seeds=(0, 1), out_dir=root)
+    assert all(cell.reused for cell in result.cells) and len(result.cells) == 8
+    assert not (tmp_path / "runs").exists()  # nothing trained
+    table = {(r["train.loss"], r["model.attention"]): (r["mean"], r["std"], r["seeds"])
+             for r in result.table}
+    # means .55 .70 .65 .95; the sample std of (a, b) is |a − b| / √2
+    assert table == {("ce", "none"): pytest.approx((0.55, 0.1 / 2 ** 0.5, 2)),
+                     ("ce", "cbam"): pytest.approx((0.70, 0.0, 2)),
+                     ("focal", "none"): pytest.approx((0.65, 0.1 / 2 ** 0.5, 2)),
+                     ("focal", "cbam"): pytest.approx((0.95, 0.1 / 2 ** 0.5, 2))}
+    # focal: (.65 + .95)/2 − (.55 + .70)/2 = .175; cbam: (.70 + .95)/2 − (.55 + .65)/2 = .225
+    effects = {"train.loss": {"ce": 0.0, "focal": pytest.approx(0.175)},
+               "model.attention": {"none": 0.0, "cbam": pytest.approx(0.225)}}
+    assert result.effects == effects
+    assert json.loads((root / "results.json").read_text())["effects"] == effects
+    with (root / "table.csv").open() as handle:
+        rows = [(r["train.loss"], r["model.attention"], float(r["mean"]))
+                for r in csv.DictReader(handle)]
+    assert rows == [("ce", "none", pytest.approx(0.55)), ("ce", "cbam", pytest.approx(0.70)),
+                    ("focal", "none", pytest.approx(0.65)),
+                    ("focal", "cbam", pytest.approx(0.95))]
 
 
 def test_one_factor_at_a_time_design() -> None:

@@ -130,28 +130,81 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(trained_run: Path,
     assert sorted(p.name for p in tmp_path.iterdir()) == ["precious"]
 
 
-@pytest.mark.parametrize("method", ["unstructured", "structured"])
-def test_prune_records_sparsity_and_accuracy(trained_run: Path, tmp_path: Path,
-                                             method: str) -> None:
+def _val_set(bundle, run: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The run's validation images, prepared by the Bundle, with their labels."""
+    from visiondeck.train.artifacts import load_run_splits
+
+    split = load_run_splits(run)[0]
+    records = split.subset("val")
+    images = np.stack([bundle.prepare(split.root / r.relpath) for r in records])
+    return images, np.array([bundle.classes.index(r.label) for r in records])
+
+
+def _mask_by_hand(model, amount: float, method: str) -> None:
+    """Magnitude pruning written out: the smallest |w| over every conv and linear weight but
+    the classifier's (unstructured), or each conv's output channels of smallest L2 norm."""
+    import torch
+
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d | torch.nn.Linear)]
+    head = [m for m in layers if isinstance(m, torch.nn.Linear)][-1]
+    weights = [m.weight.data for m in layers if m is not head]
+    with torch.no_grad():
+        if method == "unstructured":
+            flat = torch.cat([w.abs().flatten() for w in weights])
+            cut = flat.sort().values[round(amount * flat.numel()) - 1]
+            for w in weights:
+                w[w.abs() <= cut] = 0.0
+        else:
+            for w in weights:
+                if w.ndim == 4:
+                    norms = w.flatten(1).norm(dim=1)
+                    w[norms.argsort()[:round(amount * w.shape[0])]] = 0.0
+
+
+# deep enough that pruning costs accuracy (this easy task keeps 100 % up to 95 % sparsity),
+# so "before", "pruned" and "after" are different numbers to get right
+@pytest.mark.parametrize(("method", "amount"), [("unstructured", 0.98), ("structured", 0.5)])
+def test_prune_records_sparsity_and_accuracy(exported, trained_run: Path, tmp_path: Path,
+                                             method: str, amount: float) -> None:
+    import torch
     from safetensors.numpy import load_file
 
-    result = export_run(trained_run, tmp_path / "b", prune=0.5, prune_method=method,
+    from visiondeck.export.predictor import Predictor
+
+    result = export_run(trained_run, tmp_path / "b", prune=amount, prune_method=method,
                         prune_steps=4, parity_images=4)
     pruning = load_bundle(result.path).info["pruning"]
     assert pruning["method"] == method and pruning["steps"] == 4
-    assert pruning["val_accuracy_before"] is not None and pruning["val_accuracy_after"] is not None
+    # the three validation accuracies, measured again here: before = the unpruned Bundle,
+    # after = the pruned Bundle (both on ONNX Runtime), in between = masks applied by hand
+    images, labels = _val_set(exported.bundle, trained_run)
+    assert len(labels) == 24
+
+    def accuracy(logits: np.ndarray) -> float:
+        return float((logits.argmax(axis=1) == labels).mean())
+
+    assert pruning["val_accuracy_before"] == pytest.approx(
+        accuracy(Predictor(exported.bundle).logits(images)))
+    assert pruning["val_accuracy_after"] == pytest.approx(
+        accuracy(Predictor(result.bundle).logits(images)))
+    masked = load_torch_model(exported.bundle)
+    _mask_by_hand(masked, amount, method)
+    with torch.no_grad():
+        assert pruning["val_accuracy_pruned"] == pytest.approx(
+            accuracy(masked(torch.from_numpy(images)).numpy()))
+
     weights = load_file(str(result.path / "weights.safetensors"))
     convs = [w for name, w in weights.items() if name.endswith("weight") and w.ndim == 4]
     if method == "unstructured":
-        assert pruning["sparsity"] == pytest.approx(0.5, abs=0.01)
+        assert pruning["sparsity"] == pytest.approx(amount, abs=0.01)
     else:  # whole output channels are zero, half of each conv layer's filters
         for w in convs:
             dead = np.all(w.reshape(w.shape[0], -1) == 0, axis=1)
-            assert dead.sum() == round(w.shape[0] * 0.5)
-        assert 0 < pruning["sparsity"] < 0.5  # linear layers are left dense
+            assert dead.sum() == round(w.shape[0] * amount)
+        assert 0 < pruning["sparsity"] < amount  # linear layers are left dense
     matrices = [w for w in weights.values() if w.ndim >= 2]
     share = sum(int((w == 0).sum()) for w in matrices) / sum(w.size for w in matrices)
-    assert share > (0.4 if method == "unstructured" else 0.02)  # baked in, not masks
+    assert share > (amount - 0.1 if method == "unstructured" else 0.02)  # baked in, not masks
     assert not any(name.endswith(("_orig", "_mask")) for name in weights)
 
 

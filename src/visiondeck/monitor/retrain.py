@@ -73,7 +73,7 @@ class GatheredLabels:
     per_class: dict[str, int]
     missing_images: int = 0  # labelled, but the server did not keep the image
     unknown_labels: dict[str, int] = field(default_factory=dict)
-    relabelled: int = 0  # images labelled more than once (the latest label is used)
+    relabelled: int = 0  # images given differing labels (the latest one is used)
 
 
 def gather_labelled(records: Iterable[Any], uploads: str | os.PathLike[str],
@@ -82,7 +82,7 @@ def gather_labelled(records: Iterable[Any], uploads: str | os.PathLike[str],
     known = set(classes)
     latest: dict[str, str] = {}
     unknown: Counter[str] = Counter()
-    relabelled = 0
+    relabelled: set[str] = set()  # images, not label changes: a → b → a is one image
     for record in records:
         label = getattr(record, "label", None)
         if not label:
@@ -92,7 +92,7 @@ def gather_labelled(records: Iterable[Any], uploads: str | os.PathLike[str],
             continue
         sha = record.image_sha256
         if sha in latest and latest[sha] != label:
-            relabelled += 1
+            relabelled.add(sha)
         latest[sha] = label
     folder = Path(out)
     files: list[tuple[Path, str]] = []
@@ -112,7 +112,7 @@ def gather_labelled(records: Iterable[Any], uploads: str | os.PathLike[str],
         files.append((target.resolve(), label))
     per_class = Counter(label for _, label in files)
     return GatheredLabels(folder, files, dict(sorted(per_class.items())), missing,
-                          dict(unknown), relabelled)
+                          dict(unknown), len(relabelled))
 
 
 def write_manifest(path: str | os.PathLike[str], rows: Iterable[tuple[Path, str]]) -> int:
