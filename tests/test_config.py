@@ -133,3 +133,11 @@ def test_yaml_words_off_and_no_stay_strings(tmp_path) -> None:
     recipe = load_recipe(recipe_file)
     assert recipe.data.cache == "off"
     assert recipe.tracking.enabled is False
+
+
+def test_precision_32_given_as_a_number_is_the_text_32() -> None:
+    """`train.precision=32` on the command line and `precision: 32` in YAML arrive as the
+    integer 32; both mean the schema's "32"."""
+    from visiondeck.config import load_recipe
+
+    assert load_recipe(None, ["train.precision=32"]).train.precision == "32"

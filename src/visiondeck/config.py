@@ -169,6 +169,12 @@ class TrainConfig(_Section):
     ema: float | None = Field(
         None, gt=0.0, lt=1.0, description="EMA decay of weights, e.g. 0.999 (null = off)"
     )
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: object) -> object:
+        # `train.precision=32` and YAML's `precision: 32` arrive as the integer 32
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
     channels_last: bool = Field(True, description="channels-last memory format (faster convs)")
     patience: int | None = Field(None, ge=1, description="early stopping patience (null = off)")
     seed: int = Field(0, description="seed of weights and data order")

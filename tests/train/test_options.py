@@ -20,7 +20,7 @@ import torch
 from typer.testing import CliRunner
 
 from visiondeck.config import TrainConfig
-from visiondeck.train.runner import RunResult, TrainingError, train
+from visiondeck.train.runner import RunResult, train
 from visiondeck.train.trainer import resolve_precision
 
 # 36 training images (12 per class) in 9 batches of 4; a constant learning rate
@@ -231,9 +231,6 @@ def test_find_lr_command_suggests_a_rate_from_a_plot_and_trains_nothing(
     assert not list((tmp_path / "runs").rglob("*.ckpt"))  # the finder's scratch is gone
 
 
-@pytest.mark.xfail(strict=True, raises=TrainingError,
-                   reason="issue 24: find_lr's Trainer stops at max_epochs=1, so a data set of "
-                          "fewer batches than num_training sweeps only the lowest rates")
 def test_find_lr_sweeps_the_whole_range_on_a_small_data_set(tiny_recipe) -> None:
     from visiondeck.train.lr_find import find_lr
 

@@ -37,7 +37,10 @@ def find_lr(recipe: Recipe, *, out_dir: str | Path | None = None, num_training: 
     out.mkdir(parents=True, exist_ok=True)
     built = build_system(recipe, out, progress=progress)
     with tempfile.TemporaryDirectory() as scratch:
-        trainer = L.Trainer(default_root_dir=scratch, max_epochs=1, logger=False,
+        # as many epochs as the sweep's steps need: one epoch of a small data set would end
+        # the sweep after its first few (lowest) rates; max_steps bounds it instead
+        trainer = L.Trainer(default_root_dir=scratch, max_epochs=-1, max_steps=num_training,
+                            logger=False,
                             enable_checkpointing=False, enable_progress_bar=progress,
                             enable_model_summary=False, accelerator=recipe.train.accelerator,
                             devices=1)
