@@ -100,3 +100,21 @@ def test_dataset_reads_labels_in_class_order(split_folder) -> None:
     records = split_folder.subset("train")
     ds = ImageFileDataset(split_folder.root, records, split_folder.classes, spec)
     assert [split_folder.classes[i] for i in ds.labels] == [r.label for r in records]
+
+
+def test_balanced_draws_depend_on_seed_and_epoch_only() -> None:
+    """A resumed run builds a fresh sampler and jumps to epoch k: it must draw what the
+    uninterrupted run drew at epoch k (Lightning calls set_epoch each epoch)."""
+    labels = np.array([0] * 30 + [1] * 6 + [2] * 4)
+    running = class_balanced_sampler(labels, seed=3)
+    order = []
+    for epoch in range(3):
+        running.set_epoch(epoch)
+        order.append(list(running))
+    resumed = class_balanced_sampler(labels, seed=3)
+    resumed.set_epoch(2)
+    assert list(resumed) == order[2]
+    assert order[0] != order[1] != order[2]  # still a new draw every epoch
+    other = class_balanced_sampler(labels, seed=4)
+    other.set_epoch(2)
+    assert list(other) != order[2]

@@ -109,15 +109,32 @@ def collate_skip_bad(samples: list[tuple[torch.Tensor, int] | None]) -> Batch:
 
 def class_balanced_sampler(labels: Sequence[int] | np.ndarray, *, seed: int = 0,
                            num_samples: int | None = None) -> WeightedRandomSampler:
-    """Draw each class equally often (with replacement), whatever its share of the data."""
+    """Draw each class equally often (with replacement), whatever its share of the data.
+
+    Each epoch's draws depend on (seed, epoch) alone: Lightning calls `set_epoch` at every
+    epoch, as for a DistributedSampler. A generator advanced from epoch to epoch would make
+    a resumed run (whose generator starts afresh) draw another order than the run it
+    continues.
+    """
     labels = np.asarray(labels)
     counts = np.bincount(labels)
     weights = 1.0 / counts[labels]
-    generator = torch.Generator().manual_seed(seed)
-    return WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double), num_samples or len(labels),
-        replacement=True, generator=generator,
-    )
+    return _EpochSeededSampler(torch.as_tensor(weights, dtype=torch.double),
+                               num_samples or len(labels), seed=seed)
+
+
+class _EpochSeededSampler(WeightedRandomSampler):
+    def __init__(self, weights: torch.Tensor, num_samples: int, *, seed: int) -> None:
+        super().__init__(weights, num_samples, replacement=True)
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
 
 
 def datasets_from_split(split: Split, cfg: DataConfig) -> dict[str, ImageFileDataset]:
