@@ -226,7 +226,9 @@ def _drawn(built, epochs: int) -> Counter[str]:
     classes = built.split.classes
     loader = built.data.train_dataloader()
     drawn: Counter[str] = Counter()
-    for _ in range(epochs):
+    for epoch in range(epochs):
+        if hasattr(loader.sampler, "set_epoch"):  # as Lightning does at each epoch
+            loader.sampler.set_epoch(epoch)
         for _, labels in loader:
             drawn.update(classes[int(i)] for i in labels)
     return drawn
