@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import socket
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -39,7 +38,7 @@ def serve(
     redis_url: Annotated[str | None, typer.Option(help="share rate limits via Redis")] = None,
     max_batch: Annotated[int | None, typer.Option(help="largest micro-batch")] = None,
     max_wait_ms: Annotated[float | None, typer.Option(help="batching wait")] = None,
-    log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    log_level: Annotated[str, typer.Option(help="server log level")] = "info",
 ) -> None:
     """Serve a model over HTTP: /predict, /predict/batch, /explain, /docs, /metrics.
 
@@ -47,8 +46,6 @@ def serve(
     as in a container), then the built-in defaults.
     """
     _one_blas_thread()
-    import uvicorn
-
     from visiondeck.cli._ui import console
     from visiondeck.export.bundle import load_bundle
     from visiondeck.serve.settings import ServeSettings
@@ -62,38 +59,96 @@ def serve(
                "require_api_key": require_key if require_key else None,
                "rate_limit": rate_limit, "redis_url": redis_url, "max_batch": max_batch,
                "max_wait_ms": max_wait_ms}
-    # the workers build their app from the environment (uvicorn factory), so set it here
+    # the workers build their app from the environment (APP_FACTORY), so set it here
     for key, value in options.items():
         if value is not None:
             os.environ[f"VISIONDECK_{key.upper()}"] = str(value)
     settings = ServeSettings()  # validates the combination before starting
+    if settings.workers > 1:
+        _refuse_a_taken_port(settings.host, settings.port)
     console.print(f"serving [bold]{model}[/] on http://{settings.host}:{settings.port} "
                   f"({settings.workers} worker{'s' if settings.workers > 1 else ''}); "
                   f"docs at /docs", highlight=False)
-    with _accept_board(settings.workers) as loop:
-        uvicorn.run("visiondeck.serve.app:create_app_from_env", factory=True,
-                    host=settings.host, port=settings.port, workers=settings.workers,
-                    log_level=log_level, access_log=False, timeout_graceful_shutdown=30,
-                    loop=loop)
+    if settings.workers == 1:
+        import uvicorn
+
+        uvicorn.run(APP_FACTORY, factory=True, host=settings.host, port=settings.port,
+                    log_level=log_level, access_log=False, timeout_keep_alive=KEEP_ALIVE_S,
+                    timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+    else:
+        _run_workers(settings.host, settings.port, settings.workers, log_level)
 
 
-@contextmanager
-def _accept_board(workers: int) -> Iterator[str]:
-    """With several workers, a shared connection board and the event loop that balances
-    accepted connections over it (`visiondeck.serve.connection_board`); the board file goes when the
-    server stops. One worker keeps uvicorn's own loop."""
-    if workers <= 1:
-        yield "auto"
-        return
-    from visiondeck.serve.connection_board import BOARD_VARIABLE, ConnectionBoard
+#: what every worker serves: the app built from the VISIONDECK_* environment set above
+APP_FACTORY = "visiondeck.serve.app:create_app_from_env"
+#: how long a stopping server lets the requests in flight finish
+GRACEFUL_SHUTDOWN_S = 30
+#: how long an idle keep-alive connection stays open (uvicorn's default)
+KEEP_ALIVE_S = 5
+#: how long gunicorn lets a worker go without a heartbeat before replacing it; the heartbeat
+#: comes from the worker's event loop once the app has started, so this also bounds loading
+#: and warming the Bundle, which takes tens of seconds on a busy machine at worst
+WORKER_TIMEOUT_S = 120
 
-    board = ConnectionBoard.create()
-    os.environ[BOARD_VARIABLE] = str(board)
+
+def _run_workers(host: str, port: int, workers: int, log_level: str) -> None:
+    """`--workers N`: gunicorn's arbiter with uvicorn workers, each on its own socket.
+
+    uvicorn's own workers share one listening socket, and the first to wake accepts every
+    pending connection: a client that opens its keep-alive connections at once (wrk, a
+    load balancer's pool) landed 8/0 on two workers in about one start in eight, which
+    cost a third of the throughput (`benchmarks/bench_workers.py`). With `reuse_port` each
+    gunicorn worker binds its own SO_REUSEPORT socket (since gunicorn 24) and the kernel
+    spreads connections over them by a hash of their addresses: 8 connections split 8/0
+    with probability 1/128, and nothing in this project balances by hand. The arbiter
+    restarts a worker that dies.
+    """
+    from gunicorn.app.base import BaseApplication
+    from gunicorn.util import import_app
+
+    options = {
+        "bind": [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"],
+        "workers": workers, "worker_class": "uvicorn_worker.UvicornWorker",
+        "reuse_port": True, "loglevel": log_level, "accesslog": None,
+        "keepalive": KEEP_ALIVE_S, "graceful_timeout": GRACEFUL_SHUTDOWN_S,
+        "timeout": WORKER_TIMEOUT_S, "proc_name": "visiondeck serve",
+        # gunicornc's socket is one path per user (~/.gunicorn/gunicorn.ctl): a second
+        # server, or a test beside this one, would take it over
+        "control_socket_disable": True,
+    }
+
+    class Workers(BaseApplication):
+        def load_config(self) -> None:
+            for name, value in options.items():
+                self.cfg.set(name, value)
+
+        def load(self) -> Any:  # in each worker, after the fork
+            return import_app(f"{APP_FACTORY}()")
+
+    Workers().run()
+
+
+def _refuse_a_taken_port(host: str, port: int) -> None:
+    """Fail when something already listens on host:port (before `_run_workers`).
+
+    A plain bind fails there, as uvicorn's does with one worker, but an SO_REUSEPORT socket
+    shares its port with any other SO_REUSEPORT listener of the same user: a second
+    `visiondeck serve --workers N` on the same port would start and silently take part of
+    the first one's connections. A probe bound with SO_REUSEADDR only (which TIME_WAIT
+    leftovers do not block) tells.
+    """
+    from visiondeck.errors import ConfigError
+
     try:
-        yield "visiondeck.serve.connection_board:new_balanced_loop"
-    finally:
-        os.environ.pop(BOARD_VARIABLE, None)
-        board.unlink(missing_ok=True)
+        family, kind, proto, _, address = socket.getaddrinfo(host, port,
+                                                             type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:  # the address is taken, or not one of this machine's
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                          hint="is another server on that port? choose another with "
+                               "--port, or another --host") from exc
 
 
 #: numpy's BLAS (OpenBLAS in PyPI's wheels) reads its thread count once, when numpy loads

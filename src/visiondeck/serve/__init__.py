@@ -1,8 +1,9 @@
 """The inference service: FastAPI + ONNX Runtime, micro-batched, with prediction history.
 
 `create_app(ServeSettings(bundle=...))` builds an app (nothing is created at import
-time); `visiondeck serve BUNDLE_OR_URI` runs it under uvicorn. Importing this package, and
-starting the app, never imports torch: only `POST /explain` does, on first use.
+time); `visiondeck serve BUNDLE_OR_URI` runs it under uvicorn (gunicorn with uvicorn workers
+for `--workers N`). Importing this package, and starting the app, never imports torch:
+only `POST /explain` does, on first use.
 Names resolve lazily so `import visiondeck.serve` costs nothing.
 """
 

@@ -77,7 +77,7 @@ class ServeSettings(BaseSettings):
     # the network side
     host: str = Field("127.0.0.1", description="bind address (loopback unless told otherwise)")
     port: int = Field(8000, ge=0, le=65535)
-    workers: int = Field(1, ge=1, le=64, description="uvicorn worker processes")
+    workers: int = Field(1, ge=1, le=64, description="worker processes")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (comma separated)")
     docs: bool = Field(True, description="serve /docs and /openapi.json")
