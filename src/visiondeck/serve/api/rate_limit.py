@@ -1,10 +1,11 @@
 """Per-client rate limiting: a token bucket per caller, in-process or shared through Redis.
 
 The caller is the credential (`key:<id>` for an API key, `jwt:<sub>` for a token) and,
-for anonymous requests, the client address (`ip:<host>`; behind a proxy run uvicorn with
-`--proxy-headers` so that is the real client). Each has its own bucket, so one noisy key
-cannot spend another's budget. The rate is the key's own (`keys create --rate 10/s`) or
-else the server's `rate_limit`.
+for anonymous requests, the client address (`ip:<host>`; X-Forwarded-For is trusted from
+loopback only, so behind a proxy on another host set FORWARDED_ALLOW_IPS to its address,
+which uvicorn and gunicorn both read, for that to be the real client). Each has its own
+bucket, so one noisy key cannot spend another's budget. The rate is the key's own
+(`keys create --rate 10/s`) or else the server's `rate_limit`.
 
 Why a token bucket: it allows a burst up to the bucket's size and then a smooth rate, and
 the wait it reports is exact, so `Retry-After` tells a client the true time to its next
