@@ -94,6 +94,10 @@ class ServeSettings(BaseSettings):
         0, ge=0, description="ONNX Runtime threads (0 = cores/workers, or one for a model "
                              "whose one-image run is under 2 ms)")
     preprocess_threads: int = Field(0, ge=0, description="decode threads (0 = automatic)")
+    decode_nice: int = Field(
+        10, ge=0, le=19,
+        description="nice value of the decode threads (Linux): when uploads keep every core "
+                    "busy, the event loop (health checks, small requests) is scheduled first")
     ort_spinning: bool = Field(
         False, description="let ONNX Runtime threads spin between runs (faster on idle cores, "
                            "wasteful on shared ones)")

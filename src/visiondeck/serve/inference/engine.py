@@ -19,6 +19,8 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -190,6 +192,21 @@ def _one_image_ms(model: LoadedModel, runs: int = 5) -> float:
     return float(np.median(times))
 
 
+def lower_thread_priority(nice: int) -> None:
+    """Give the calling thread a higher nice value (Linux schedules threads one by one, so
+    this leaves the process's other threads alone). Decoding large uploads is the only work
+    of this server whose amount a client chooses; niced, it takes the cores the event loop
+    leaves, and a flood of big images delays other decodes, not `/health` or the answers of
+    requests already decoded. Elsewhere (no per-thread nice) it does nothing."""
+    if nice <= 0 or not hasattr(os, "setpriority"):
+        return
+    try:
+        current = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), max(current, nice))
+    except OSError as exc:  # a sandbox that forbids it: run at the normal priority
+        log.debug("decode threads keep their priority: %s", exc)
+
+
 class Engine:
     """Prepare → batch → run → calibrate, for one served model that can be swapped."""
 
@@ -208,8 +225,9 @@ class Engine:
     # -------------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self._decode_pool = ThreadPoolExecutor(self.settings.decode_threads,
-                                               thread_name_prefix="visiondeck-decode")
+        self._decode_pool = ThreadPoolExecutor(
+            self.settings.decode_threads, thread_name_prefix="visiondeck-decode",
+            initializer=lower_thread_priority, initargs=(self.settings.decode_nice,))
         await self.batcher.start()
         try:
             self._model = await asyncio.to_thread(self._load)
