@@ -11,7 +11,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -246,10 +245,8 @@ def test_garbled_idat_is_corrupt(ref: np.ndarray) -> None:
 def test_hand_crafted_bomb_header(no_pixel_decoding: None) -> None:
     data = fake_png(100_000, 100_000)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    start = time.perf_counter()
     with pytest.raises(ImageDecodeError) as caught:
-        decode_image(data)
-    assert time.perf_counter() - start < 1.0
+        decode_image(data)  # no_pixel_decoding: refused from the header, never decoded
     grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
     assert grown_kib < 100_000
     assert caught.value.problem is Problem.BOMB
