@@ -452,6 +452,6 @@ def test_ci_workflow_runs_what_ci_run_runs() -> None:
 def test_lint_script_is_valid_shell() -> None:
     done = run("bash", "-n", "deploy/lint.sh")
     assert done.returncode == 0, done.stderr
-    if shutil.which("shellcheck"):
-        done = run("shellcheck", "deploy/lint.sh")
-        assert done.returncode == 0, done.stdout
+    assert shutil.which("shellcheck"), "shellcheck missing: scripts/install-system-deps.sh"
+    done = run("shellcheck", "deploy/lint.sh")
+    assert done.returncode == 0, done.stdout
