@@ -243,6 +243,7 @@ def naive_server(bundle_dir: str, port: int) -> None:
 
     from visiondeck.export.bundle import load_bundle
     from visiondeck.export.torch_model import load_torch_model
+    from visiondeck.imaging import ALLOWED_FORMATS
 
     bundle = load_bundle(bundle_dir)
     model = load_torch_model(bundle)
@@ -260,7 +261,7 @@ def naive_server(bundle_dir: str, port: int) -> None:
     @app.route("/predict", methods=["POST"])
     def predict():
         file = request.files["image"]
-        image = Image.open(file.stream).convert(mode)
+        image = Image.open(file.stream, formats=sorted(ALLOWED_FORMATS)).convert(mode)
         tensor = prepare(image).unsqueeze(0)
         with torch.no_grad():
             probs = torch.softmax(model(tensor), dim=1)[0]
