@@ -27,8 +27,8 @@ def serve(
         help="fp32 or int8 (when the Bundle has it) [default: fp32]")] = None,
     database_url: Annotated[str | None, typer.Option(
         help="SQLAlchemy URL for prediction history (default: SQLite in --data-dir)")] = None,
-    data_dir: Annotated[Path | None, typer.Option(help="SQLite file, spool and key file")
-                        ] = None,
+    data_dir: Annotated[Path | None, typer.Option(
+        help="SQLite file, history journal, keys, label secret")] = None,
     store: Annotated[bool | None, typer.Option("--store/--no-store",
                                                help="record predictions [default: on]")] = None,
     require_key: Annotated[bool, typer.Option("--require-key", help="predictions need an "
