@@ -28,7 +28,7 @@ Where the model comes from (read once per container, i.e. per cold start):
                          of the variant are downloaded to /tmp (never the weights).
                          AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL point at an
                          S3-compatible store (MinIO, seaweedfs).
-Other settings: VISIONDECK_VARIANT (fp32 | int8), VISIONDECK_TOP_K (3),
+Other settings: VISIONDECK_VARIANT (fp32 | int8), VISIONDECK_TOP_K (3; 1-100, checked at load),
 VISIONDECK_MAX_UPLOAD_BYTES (4 MiB: a synchronous Lambda payload is at most 6 MB, and
 base64 adds a third), VISIONDECK_MAX_PIXELS (40 million: the absolute ceiling above the
 model-derived cap) - the names `visiondeck serve` uses.
@@ -82,13 +82,14 @@ class Model:
     predictor: Predictor
     version: str
     source: str
+    top_k: int = DEFAULT_TOP_K  # VISIONDECK_TOP_K, checked once at load
 
     @property
     def bundle(self) -> Bundle:
         return self.predictor.bundle
 
 
-_MODELS: dict[tuple[str, str, str], Model] = {}
+_MODELS: dict[tuple[str, str, str, str], Model] = {}
 _LOCK = threading.Lock()
 
 
@@ -128,7 +129,7 @@ def _predict(event: dict[str, Any], started: float) -> dict[str, Any]:
     max_upload = _env_int("VISIONDECK_MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)
     data = _image_bytes(event, max_upload)
     model = load_model()
-    top_k = _top_k(event, len(model.bundle.classes))
+    top_k = _top_k(event, len(model.bundle.classes), model.top_k)
     spec = model.bundle.input
     limits = model_decode_limits(
         spec, max_pixels=_env_int("VISIONDECK_MAX_PIXELS", DEFAULT_MAX_PIXELS),
@@ -238,13 +239,11 @@ def _too_large(what: str, limit: int) -> Refusal:
                    "send a smaller image (VISIONDECK_MAX_UPLOAD_BYTES sets the limit)")
 
 
-def _top_k(event: dict[str, Any], classes: int) -> int:
+def _top_k(event: dict[str, Any], classes: int, model_top_k: int) -> int:
     """`?top_k=` by the REST API's rule (422 outside 1..100, checked before any int()),
-    else VISIONDECK_TOP_K held to the same bounds; never more than the classes."""
+    else the function's VISIONDECK_TOP_K; never more than the classes."""
     requested = parse_top_k(_query(event).get("top_k"))
-    if requested is None:
-        requested = min(TOP_K_MAX, max(TOP_K_MIN, _env_int("VISIONDECK_TOP_K", DEFAULT_TOP_K)))
-    return min(classes, requested)
+    return min(classes, requested if requested is not None else model_top_k)
 
 
 def _request_id(event: Any, context: Any) -> str:
@@ -285,7 +284,7 @@ def load_model() -> Model:
     bundle_source = os.environ.get("VISIONDECK_BUNDLE", "").strip()
     s3_uri = os.environ.get("VISIONDECK_BUNDLE_S3", "").strip()
     variant = os.environ.get("VISIONDECK_VARIANT", "fp32").strip() or "fp32"
-    key = (bundle_source, s3_uri, variant)
+    key = (bundle_source, s3_uri, variant, os.environ.get("VISIONDECK_TOP_K", ""))
     with _LOCK:
         model = _MODELS.get(key)
         if model is not None:
@@ -303,8 +302,26 @@ def load_model() -> Model:
         return model
 
 
+def _configured_top_k() -> int:
+    """VISIONDECK_TOP_K by the rule `?top_k=` and `visiondeck serve` follow: a value outside
+    1..100, or not a whole number, stops the load (503 naming it) rather than being bent
+    into range or replaced by the default without a word."""
+    text = os.environ.get("VISIONDECK_TOP_K", "").strip()
+    if not text:
+        return DEFAULT_TOP_K
+    try:
+        value = parse_top_k(text)
+    except ServeError as exc:
+        raise BundleError(f"VISIONDECK_TOP_K={text[:20]!r}: {exc.message}",
+                          hint=f"set VISIONDECK_TOP_K to a whole number from {TOP_K_MIN} to "
+                               f"{TOP_K_MAX}, or leave it unset ({DEFAULT_TOP_K})") from None
+    assert value is not None
+    return value
+
+
 def _load(bundle_source: str, s3_uri: str, variant: str) -> Model:
     started = time.perf_counter()
+    top_k = _configured_top_k()  # before any download: a wrong setting fails at once
     if bool(bundle_source) == bool(s3_uri):
         raise BundleError("set exactly one of VISIONDECK_BUNDLE and VISIONDECK_BUNDLE_S3",
                           hint="VISIONDECK_BUNDLE=/opt/bundle (baked in) or "
@@ -327,7 +344,7 @@ def _load(bundle_source: str, s3_uri: str, variant: str) -> Model:
     with onnx_file.open("rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             digest.update(chunk)
-    model = Model(predictor, digest.hexdigest()[:12], s3_uri or bundle_source)
+    model = Model(predictor, digest.hexdigest()[:12], s3_uri or bundle_source, top_k)
     log.info("loaded %s version %s (%s) from %s in %.2f s", bundle.name, model.version,
              variant, model.source, time.perf_counter() - started)
     return model
