@@ -41,10 +41,9 @@ LAUNCH_TIMEOUT_S = 240  # generous: a busy 2-core machine, torch + Lightning imp
 RUN_JSON_CLOCKS = ("updated", "duration_s")
 #: history rows' wall-clock column (elapsed training time, carried across a resume)
 HISTORY_CLOCK = "time_s"
-#: history column left out of the killed-run comparison while a known defect stands: each
-#: row holds the previous epoch's value (none in epoch 1, none in the first epoch after a
-#: resume); pinned by `test_history_rows_survive_a_resume`. Empty this once it is fixed.
-HISTORY_KNOWN_BUG = ("skipped_files",)
+#: history columns left out of the killed-run comparison for a known defect (none now:
+#: `skipped_files` was written one epoch late until it was logged from training_step)
+HISTORY_KNOWN_BUG: tuple[str, ...] = ()
 
 
 def _overrides(data: Path) -> list[str]:
@@ -316,13 +315,10 @@ def test_killed_after_the_last_checkpoint_resumes_to_the_same_run(
     _assert_same_run(reference, run, tmp_path, kills)
 
 
-@pytest.mark.xfail(strict=True, reason="HistoryWriter.on_train_epoch_end runs before "
-                   "Classifier.on_train_epoch_end logs skipped_files: each row holds the "
-                   "previous epoch's count, epoch 1 and the first epoch after a resume none")
 def test_history_rows_survive_a_resume(images: Path, reference: Reference, tmp_path: Path,
                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """Every history row has every column, and a resumed run's rows are the uninterrupted
-    run's rows, `skipped_files` included (what the killed-run test leaves out for now)."""
+    run's rows, `skipped_files` included."""
     from tests.factories import crash_at_epoch
     from visiondeck.config import load_recipe
     from visiondeck.train.runner import resume, train

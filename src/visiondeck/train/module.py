@@ -38,7 +38,6 @@ class Classifier(L.LightningModule):
         self.eval_transform = eval_transform or (lambda x: x)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro")
         self.train_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.skipped = 0
         self._unfrozen = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -60,7 +59,12 @@ class Classifier(L.LightningModule):
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:
         x, y, skipped = self._unpack(batch)
-        self.skipped += skipped
+        # summed over the epoch by Lightning, so the count is in callback_metrics when the
+        # history callback writes the epoch's row (an on_train_epoch_end log of the module
+        # came after it: each row held the previous epoch's count), and nothing of it has to
+        # survive a resume
+        self.log("skipped_files", float(skipped), on_step=False, on_epoch=True,
+                 reduce_fx="sum", sync_dist=True, batch_size=max(1, len(y)))
         if y.numel() == 0:
             return None  # every file of this batch went bad: nothing to learn from
         x = self._prepare(x, train=True)
@@ -83,9 +87,6 @@ class Classifier(L.LightningModule):
         self.log("val_loss", self.eval_loss(logits, y), on_epoch=True, prog_bar=True,
                  batch_size=len(y), sync_dist=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
-
-    def on_train_epoch_end(self) -> None:
-        self.log("skipped_files", float(self.skipped), sync_dist=True, reduce_fx="sum")
 
     # ----------------------------------------------------------------- freezing
     def on_train_epoch_start(self) -> None:
