@@ -283,3 +283,23 @@ def start_mlflow_server(workdir: Path, backend_uri: str, artifacts_destination: 
         server.stop()
         raise
     return server
+
+
+def wait_server_ready(process: subprocess.Popen, base: str, log: Path,
+                      timeout: float = 180.0) -> None:
+    """Until `base`/ready answers 200; fails with the log's tail when the process exits or
+    the time is up (the real-server tests of tests/serve share it)."""
+    import httpx
+    import pytest
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            pytest.fail(f"the server exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"the server was not ready in {timeout:g} s: {log.read_text()[-3000:]}")

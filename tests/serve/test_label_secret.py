@@ -22,7 +22,7 @@ import pytest
 from pydantic import ValidationError
 
 from tests.serve.conftest import learnable_png
-from tests.servers import free_port, stop_process
+from tests.servers import free_port, stop_process, wait_server_ready
 from visiondeck.errors import ConfigError
 from visiondeck.serve.api.auth import LABEL_SECRET_FILE, load_label_key
 
@@ -123,20 +123,6 @@ def test_weak_or_unusable_secrets_stop_the_start(make_settings, tmp_path: Path) 
 # --------------------------------------------------------------- a real two-worker server
 
 
-def _wait_ready(process: subprocess.Popen, base: str, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the server was not ready in 180 s: {log.read_text()[-3000:]}")
-
-
 def _predict(base: str, seed: int) -> dict:
     """One prediction on a fresh connection (so the workers share them); a worker still
     loading its model answers 503, and the next try may meet the other one."""
@@ -167,7 +153,7 @@ def test_two_workers_accept_each_others_label_tokens(serve_bundle: Path,
             env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path,
             start_new_session=True)
     try:
-        _wait_ready(process, base, log)
+        wait_server_ready(process, base, log)
         made = [_predict(base, seed) for seed in range(30)]
         key = (data / LABEL_SECRET_FILE).read_bytes().strip()
         assert (data / LABEL_SECRET_FILE).stat().st_mode & 0o777 == 0o600

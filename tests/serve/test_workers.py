@@ -16,14 +16,12 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.serve.conftest import learnable_png
-from tests.servers import free_port, stop_process
+from tests.servers import free_port, stop_process, wait_server_ready
 
 CONNECTIONS = 32
 
@@ -35,20 +33,6 @@ def _socket_owners(port: int, state: str) -> list[set[int]]:
                          capture_output=True, text=True, check=True, timeout=30).stdout
     return [{int(pid) for pid in re.findall(r"pid=(\d+)", line)}
             for line in out.splitlines() if line.strip()]
-
-
-def _wait_ready(process: subprocess.Popen, base: str, log: Path) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited: {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{base}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the server was not ready in 180 s: {log.read_text()[-3000:]}")
 
 
 def _read_status(conn: socket.socket) -> bytes:
@@ -78,7 +62,7 @@ def test_two_workers_each_listen_and_share_connections(serve_bundle: Path,
             start_new_session=True)
     conns: list[socket.socket] = []
     try:
-        _wait_ready(process, base, log)
+        wait_server_ready(process, base, log)
         listeners = _socket_owners(port, "listening")
         # one socket per worker, each held by one process (a shared socket is one line
         # held by every worker)
