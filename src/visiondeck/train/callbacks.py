@@ -22,7 +22,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from visiondeck._files import atomic_write_json, atomic_writer
 
-__all__ = ["AtomicCheckpointIO", "HistoryWriter", "RngState"]
+__all__ = ["AtomicCheckpointIO", "EpochMetrics", "HistoryWriter", "RngState"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -61,6 +61,45 @@ class RngState(L.Callback):
         torch.set_rng_state(state["torch"])
         if state.get("cuda") and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class EpochMetrics(L.Callback):
+    """The last finished epoch's metrics, carried inside every checkpoint.
+
+    A run killed after its last checkpoint but before run.json was finalised resumes into a
+    fit that runs no epoch, so `trainer.callback_metrics` is empty there; the outcome must
+    then be read from the checkpoint, or run.json would lose every metric but the best score.
+    """
+
+    def __init__(self) -> None:
+        self._trainer: L.Trainer | None = None
+        self._restored: dict[str, float] = {}
+        self._epochs_here = 0
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epochs_here += 1
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # a checkpoint saved on validation end (validation every n > 1 epochs) comes first
+        if not trainer.sanity_checking:
+            self._epochs_here += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        # called while a checkpoint is written, i.e. once the epoch's metrics are all logged
+        return {"metrics": self.current()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._restored = {str(k): float(v) for k, v in (state.get("metrics") or {}).items()}
+
+    def current(self) -> dict[str, float]:
+        """This process's latest metrics, or the checkpoint's when no epoch ran here."""
+        if self._trainer is None or not self._epochs_here:
+            return dict(self._restored)
+        return {k: float(v) for k, v in self._trainer.callback_metrics.items()
+                if torch.as_tensor(v).numel() == 1}
 
 
 class HistoryWriter(L.Callback):

@@ -256,8 +256,6 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> Buil
 def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool,
          callbacks: list | None, max_steps: int | None = None,
          tracker: Tracker | None = None) -> RunResult:
-    import torch
-
     from visiondeck.train.tracking import TrackerCallback
     from visiondeck.train.trainer import build_trainer
 
@@ -284,8 +282,7 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
         if tracker is not None:
             tracker.finish(folder, "interrupted", {})
         raise
-    metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
-               if torch.as_tensor(v).numel() == 1}
+    metrics = {k: round(v, 6) for k, v in _final_metrics(trainer).items()}
     checkpoint = trainer.checkpoint_callback
     best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
     if checkpoint is not None and checkpoint.best_model_score is not None:
@@ -307,6 +304,20 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     if tracker is not None:
         tracker.finish(folder, status, metrics)
     return result
+
+
+def _final_metrics(trainer) -> dict[str, float]:
+    """The last epoch's metrics; from the checkpoint when the fit had no epoch left to run
+    (a run killed after its last checkpoint, then resumed: see `EpochMetrics`)."""
+    import torch
+
+    from visiondeck.train.callbacks import EpochMetrics
+
+    for callback in trainer.callbacks:
+        if isinstance(callback, EpochMetrics):
+            return callback.current()
+    return {k: float(v) for k, v in trainer.callback_metrics.items()
+            if torch.as_tensor(v).numel() == 1}
 
 
 def _save_best_model(folder: Path, system, best: Path | None, recipe: Recipe, spec,

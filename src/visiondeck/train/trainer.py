@@ -20,7 +20,12 @@ from lightning.pytorch.callbacks import (
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from visiondeck.config import TrainConfig
-from visiondeck.train.callbacks import AtomicCheckpointIO, HistoryWriter, RngState
+from visiondeck.train.callbacks import (
+    AtomicCheckpointIO,
+    EpochMetrics,
+    HistoryWriter,
+    RngState,
+)
 
 __all__ = ["build_trainer", "resolve_precision"]
 
@@ -48,7 +53,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
         dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
         every_n_epochs=1, enable_version_counter=False,
     )
-    callbacks: list = [best, last, RngState(), HistoryWriter(run_dir)]
+    callbacks: list = [best, last, RngState(), HistoryWriter(run_dir), EpochMetrics()]
     if cfg.patience:
         callbacks.append(EarlyStopping("val_acc", mode="max", patience=cfg.patience))
     if cfg.ema:
