@@ -24,7 +24,7 @@ from visiondeck.serve.api.auth import KeyRing
 PUBLIC = frozenset({
     ("GET", "/health"), ("GET", "/ready"), ("GET", "/model"),
     ("GET", "/"), ("GET", "/history"), ("GET", "/compare"), ("GET", "/model-card"),
-    ("GET", "/monitor"), ("GET", "/favicon.ico"),
+    ("GET", "/monitor"), ("GET", "/review"), ("GET", "/favicon.ico"),
     ("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/docs/oauth2-redirect"),
 })
 PUBLIC_MOUNTS = frozenset({"/static"})  # the pages' scripts, styles and icon

@@ -175,7 +175,7 @@ def test_phone_width(page: Page, path: str) -> None:
         overflow = page.js("return document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{path} scrolls sideways by {overflow}px at 390px"
         links = page.find_all(".nav a")
-        assert len(links) == 5 and all(link.is_displayed() for link in links)
+        assert len(links) == 6 and all(link.is_displayed() for link in links)
         assert all(link.rect["x"] + link.rect["width"] <= 390 for link in links)
         if path == "/":
             assert page.find(".dropzone-label").is_displayed()

@@ -26,6 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from visiondeck.serve.errors import ServeError
+from visiondeck.serve.history.scores import uncertainty
 
 __all__ = ["PredictionQuery", "PredictionRecord", "PredictionStore", "StoreUnavailable",
            "csv_cell", "new_prediction_id", "to_csv"]
@@ -61,6 +62,14 @@ class PredictionRecord:
     brightness: float | None = None
     contrast: float | None = None
     features: dict[str, Any] | None = field(default=None, repr=False)
+    # added for the review queue: how uncertain the prediction was (serve/history/scores.py),
+    # filled from top_k when not given, so every path that makes a row stores them
+    margin: float | None = None
+    entropy: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.margin is None or self.entropy is None:
+            self.margin, self.entropy = uncertainty(self.top_k, self.confidence)
 
     def to_json(self, *, thumbnail: bool = False) -> dict[str, Any]:
         data = asdict(self)
@@ -119,7 +128,7 @@ class PredictionStore:
                "unknown", "top_k", "latency_ms", "image_sha256", "image_width",
                "image_height", "endpoint", "label", "client", "brightness", "contrast")
     #: columns added after the first release: nullable, added in place to older tables
-    ADDED_COLUMNS = ("brightness", "contrast", "features")
+    ADDED_COLUMNS = ("brightness", "contrast", "features", "margin", "entropy")
 
     def __init__(self, url: str, *, prefix: str = "visiondeck_", connect_timeout: float = 3.0
                  ) -> None:
@@ -158,6 +167,8 @@ class PredictionStore:
             sa.Column("brightness", sa.Float, nullable=True),
             sa.Column("contrast", sa.Float, nullable=True),
             sa.Column("features", sa.JSON, nullable=True),
+            sa.Column("margin", sa.Float, nullable=True),
+            sa.Column("entropy", sa.Float, nullable=True),
         )
         self._created = False
         self._create_lock = threading.Lock()
@@ -172,6 +183,7 @@ class PredictionStore:
             if not self._created:
                 self._create_tables()
                 self._add_missing_columns()
+                self._fill_scores()
                 self._created = True
 
     def _create_tables(self) -> None:
@@ -208,6 +220,30 @@ class PredictionStore:
                 again = {c["name"] for c in sa.inspect(self.engine).get_columns(name)}
                 if column_name not in again:
                     raise
+
+    def _fill_scores(self, batch: int = 2000) -> int:
+        """Margin and entropy of rows written before those columns existed (or by an older
+        replica still running), computed from their stored top-k; once per process start,
+        a scan that finds nothing after the first upgrade. Answers the rows filled."""
+        t, filled, last = self.table, 0, ""
+        missing = sa.or_(t.c.margin.is_(None), t.c.entropy.is_(None))
+        update = (t.update().where(t.c.id == sa.bindparam("row_id"))
+                  .values(margin=sa.bindparam("row_margin"),
+                          entropy=sa.bindparam("row_entropy")))
+        while True:  # keyset paging on the primary key: one pass over the table, not one per batch
+            with self.engine.begin() as conn:
+                rows = conn.execute(sa.select(t.c.id, t.c.top_k, t.c.confidence)
+                                    .where(missing, t.c.id > last).order_by(t.c.id)
+                                    .limit(batch)).all()
+                if rows:
+                    last = rows[-1].id
+                    conn.execute(update, [
+                        dict(zip(("row_id", "row_margin", "row_entropy"),
+                                 (row.id, *uncertainty(row.top_k, row.confidence)),
+                                 strict=True)) for row in rows])
+            filled += len(rows)
+            if len(rows) < batch:
+                return filled
 
     def insert_many(self, records: Sequence[PredictionRecord]) -> None:
         """Insert rows in one transaction; rows already present (a retried batch) are skipped.

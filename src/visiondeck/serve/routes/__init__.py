@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from visiondeck.serve.routes import admin, history, monitor, pages, predict, system
+from visiondeck.serve.routes import admin, history, monitor, pages, predict, review, system
 
 __all__ = ["DEFAULT_ROUTERS"]
 
 DEFAULT_ROUTERS: tuple[APIRouter, ...] = (system.router, predict.router, history.router,
-                                          admin.router, monitor.router, pages.router)
+                                          admin.router, monitor.router, review.router,
+                                          pages.router)

@@ -1,4 +1,5 @@
-"""The web page: Predict, History, Compare, Model card and Monitor, served with the API.
+"""The web page: Predict, History, Compare, Model card and Monitor, served with the API
+(Review: serve/routes/review.py).
 
 Pages are server-rendered Jinja2 templates (serve/templates/) that load plain ES modules
 and CSS from serve/static/ - no build step, nothing fetched from the internet - and call
@@ -55,7 +56,7 @@ _METRIC_LABELS = {
 
 PAGES = (("predict", "/", "Predict"), ("history", "/history", "History"),
          ("compare", "/compare", "Compare"), ("model", "/model-card", "Model"),
-         ("monitor", "/monitor", "Monitor"))
+         ("monitor", "/monitor", "Monitor"), ("review", "/review", "Review"))
 
 
 def _render(request: Request, template: str, page: str, **extra: Any) -> HTMLResponse:
