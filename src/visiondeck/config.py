@@ -119,7 +119,12 @@ class ModelConfig(_Section):
     name: str = Field("simple_cnn", description="architecture: ours, timm or torchvision name")
     pretrained: bool = Field(False, description="start from pretrained weights (offline first)")
     weights: str | None = Field(None, description="local weights file (.safetensors or .pth)")
-    attention: Literal["none", "cbam"] = Field("none", description="attention blocks to add")
+    attention: Literal["none", "cbam", "se", "eca"] = Field(
+        "none", description="attention blocks added after each stage of any CNN backbone"
+    )
+    head: Literal["softmax", "binary"] = Field(
+        "softmax", description="binary: one logit + BCE (two-class tasks), else softmax + CE"
+    )
     dropout: float | None = Field(
         None, ge=0.0, lt=1.0,
         description="dropout before the classifier (null = the architecture's own default)",
@@ -146,6 +151,11 @@ class TrainConfig(_Section):
     )
     loss: Literal["ce", "focal"] = Field("ce", description="loss function")
     focal_gamma: float = Field(2.0, ge=0.0, description="focusing parameter of focal loss")
+    pos_weight: float | None = Field(
+        None, gt=0.0,
+        description="model.head=binary: BCE weight of positives (null = 1, or n_neg/n_pos "
+        "with balance=weights)",
+    )
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="label smoothing")
     balance: Literal["none", "weights", "sampler", "focal"] = Field(
         "none", description="class-imbalance handling"
@@ -182,6 +192,11 @@ class TrainConfig(_Section):
     gate_metric: str = Field("val_acc", description="metric the quality gate checks")
     min_val_accuracy: float | None = Field(
         None, ge=0.0, le=1.0, description="quality gate: the run fails below this"
+    )
+    gate: str | None = Field(
+        None,
+        description="evaluation gate, e.g. sensitivity>=0.92,specificity>=0.88,auc>=0.95 "
+        "(checked by `visiondeck evaluate` on val and test; exit 5 when it fails)",
     )
     devices: int = Field(1, ge=1, description="processes/devices per node (DDP when > 1)")
     num_nodes: int = Field(1, ge=1, description="nodes for multi-node DDP")

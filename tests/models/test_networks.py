@@ -103,12 +103,13 @@ def test_cbam_adds_attention_after_each_stage(name: str) -> None:
     assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
-def test_cbam_is_refused_for_architectures_without_support() -> None:
-    with pytest.raises(ModelError, match="not supported for densenet121") as info:
-        create_model("densenet121", 3, attention="cbam")
-    assert "resnet_small" in info.value.hint
+def test_attention_is_refused_for_architectures_without_support() -> None:
+    # DenseNet, EfficientNet and the others: tests/models/test_attention_backbones.py
+    with pytest.raises(ModelError, match="not supported for vit_tiny_patch16_224") as info:
+        create_model("vit_tiny_patch16_224", 3, attention="cbam")
+    assert "model.attention=none" in info.value.hint
     with pytest.raises(ModelError, match="unknown attention"):
-        create_model("simple_cnn", 3, attention="se")
+        create_model("simple_cnn", 3, attention="bam")
 
 
 def test_timm_model_by_name_follows_the_interface() -> None:

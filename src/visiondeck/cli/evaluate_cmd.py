@@ -55,8 +55,14 @@ def evaluate(
                    ] = None,
     gradcam: Annotated[int, typer.Option(help="Grad-CAM samples per right/wrong group")] = 6,
     boot: Annotated[int, typer.Option(help="bootstrap resamples for the intervals")] = 1000,
+    gate: Annotated[str | None, typer.Option(
+        help="fail (exit 5) unless e.g. sensitivity>=0.92,specificity>=0.88,auc>=0.95 holds "
+             "on val at the chosen threshold and on the test split (default: train.gate)")
+    ] = None,
 ) -> None:
-    """Metrics, calibration, rejection threshold and a self-contained report.html."""
+    """Metrics, calibration, rejection threshold and a self-contained report.html.
+
+    Exit 5 when the gate (--gate, else the recipe's train.gate) fails."""
     from visiondeck.cli._ui import console
 
     options = {"tta": tta, "positive_class": positive_class,
@@ -70,7 +76,8 @@ def evaluate(
     from visiondeck.evaluate.core import evaluate_run
 
     with console.status(f"evaluating {target} …"):
-        result = evaluate_run(target, split, out_dir=out, gradcam_samples=gradcam, **options)
+        result = evaluate_run(target, split, out_dir=out, gradcam_samples=gradcam, gate=gate,
+                              **options)
     metrics = result.metrics
     console.print(_headline_table(f"{target} — {split} ({metrics['n']} images)",
                                   result.headline, metrics.get("ci95")))
@@ -87,6 +94,37 @@ def evaluate(
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable files[/]")
     console.print(f"report: {result.report}\nmetrics: {result.out_dir / 'metrics.json'}")
     _track(target, result)
+    if result.gate is not None:
+        console.print(_gate_table(result.gate))
+        if not result.gate["passed"]:
+            console.print("[red]the model failed its evaluation gate[/]; `visiondeck register` "
+                          "will refuse it unless --force")
+            raise typer.Exit(5)
+
+
+def _gate_table(gate: dict):
+    """Each rule on val and on the scored split, with the split's bootstrap 95 % interval."""
+    from rich.table import Table
+
+    split = gate.get("split", "test")
+    rule = gate.get("threshold")
+    where = (f" at p({rule['positive_class']}) ≥ {rule['threshold']:.4g} (chosen on val)"
+             if rule else "")
+    verdict = "[green]passed[/]" if gate["passed"] else "[red]FAILED[/]"
+    table = Table(title=f"gate {gate['spec']}{where}: {verdict}", title_justify="left")
+    for column in ("rule", "val", split, "95 % CI", "verdict"):
+        table.add_column(column, justify="left" if column == "rule" else "right")
+
+    def number(value) -> str:
+        return "–" if value is None else f"{value:.4f}"
+
+    for row in gate["rules"]:
+        ci = row.get(f"{split}_ci95")
+        shown = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and None not in ci else ""
+        table.add_row(f"{row['metric']} {row['op']} {row['bound']:g}", number(row.get("val")),
+                      number(row.get(split)), shown,
+                      "[green]pass[/]" if row["passed"] else "[red]fail[/]")
+    return table
 
 
 def _track(run_dir: Path, result) -> None:

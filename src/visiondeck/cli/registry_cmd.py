@@ -228,14 +228,16 @@ def register(
     target: Annotated[Path, typer.Argument(help="run folder (its bundle/) or Bundle folder")],
     name: Annotated[str, typer.Option("--name", help="registered model name")],
     force: Annotated[bool, typer.Option("--force", help="register even if the run did not "
-                                        "pass its quality gate (recorded)")] = False,
+                                        "pass its quality or evaluation gate (recorded)")
+                     ] = False,
     description: Annotated[str | None, typer.Option(help="version description")] = None,
     tracking_uri: TrackingUri = None,
     runs_dir: RunsDir = Path("runs"),
 ) -> None:
     """Register a Bundle as a new model version, only past the quality gate.
 
-    Exit 10 when refused (a failed gate without --force).
+    Exit 10 when refused: a failed training gate (train.min_val_accuracy) or evaluation gate
+    (`evaluate --gate` / train.gate) without --force.
     """
     from visiondeck.cli._ui import console
     from visiondeck.registry.models import register as do_register

@@ -112,6 +112,15 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _readme(name: str, subsets: Sequence[str]) -> str:
+    if name == "cifar10":
+        return (
+            "CIFAR-10, written by VisionDeck as PNG files from the official binary version.\n\n"
+            "Layout:\n" + "".join(f"  {s}/<class>/{s}_NNNNN.png   NNNNN: position in the "
+                                  f"official {s} batches\n" for s in subsets)
+            + "\nCIFAR-10 is by Alex Krizhevsky, Vinod Nair and Geoffrey Hinton,\n"
+            "https://www.cs.toronto.edu/~kriz/cifar.html (cite: Learning Multiple Layers of\n"
+            "Features from Tiny Images, 2009).\n"
+        )
     layout = "".join(
         "  <class>/sample_NNNNN.png   NNNNN: position in the VisionDeck sample\n"
         if s == "sample"
@@ -180,6 +189,11 @@ def materialize(
         if subsets:
             raise DataError("The sample has no subsets.", hint="Omit subsets for the sample.")
         parts = [("sample", load_sample())]
+    elif key == "cifar10":
+        from visiondeck.data.cifar import load_cifar10
+
+        wanted = dict.fromkeys(subsets if subsets is not None else ("train", "test"))
+        parts = [(s, load_cifar10(s, root=root)) for s in wanted]  # type: ignore[arg-type]
     else:
         wanted = dict.fromkeys(subsets if subsets is not None else FASHION_MNIST_FILES)
         parts = [(s, load_fashion_mnist(s, root=root, download=download)) for s in wanted]  # type: ignore[arg-type]
@@ -217,6 +231,7 @@ def materialize(
             + ", ".join(sorted(conflicts)[:3]),
             hint="Re-run with overwrite=True (--overwrite) to replace them, or write elsewhere.",
         )
-    _write_text(out / "classes.json", json.dumps(sorted(FASHION_MNIST_FOLDERS), indent=2) + "\n")
+    folders = parts[0][1].folder_names
+    _write_text(out / "classes.json", json.dumps(sorted(folders), indent=2) + "\n")
     _write_text(out / "README.txt", _readme(key, [subset for subset, _ in parts]))
     return MaterializeResult(out, counts, files_written=written, skipped_existing=skipped)

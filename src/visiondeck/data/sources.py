@@ -104,7 +104,7 @@ def _materialize_builtin(name: str, data_root: str | None) -> Path:
     from visiondeck.data.materialize import materialize
 
     base, _, subset = name.partition("/")
-    if not subset and base == "fashion-mnist":
+    if not subset and base in ("fashion-mnist", "cifar10"):
         # like every loader of it: the data set means its 60k training images; its official
         # test images are builtin:fashion-mnist/test (e.g. as data.test_source)
         subset = "train"

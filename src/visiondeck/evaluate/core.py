@@ -2,7 +2,9 @@
 
 The run's own split decides what is scored: the validation files fit everything that is
 *chosen* (temperature, rejection threshold, decision threshold) and the test files only
-measure, so no number in the report was tuned on the images it is reported on.
+measure, so no number in the report was tuned on the images it is reported on. A gate
+(`--gate` or the recipe's `train.gate`, see `gates.py`) is checked on validation at the
+chosen operating threshold and re-checked on the scored split.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from visiondeck.evaluate import calibration as cal
+from visiondeck.evaluate import gates as gating
 from visiondeck.evaluate.metrics import sensitivity_specificity
 from visiondeck.evaluate.predict import EvaluationError, Predictions, predict_arrays
 from visiondeck.evaluate.scores import (
@@ -47,6 +50,11 @@ class EvaluationResult:
     def headline(self) -> dict[str, float]:
         return self.metrics["headline"]
 
+    @property
+    def gate(self) -> dict[str, Any] | None:
+        """The gate's verdict (metrics.json "gate"), None when no gate was set."""
+        return self.metrics.get("gate")
+
 
 def _positive_index(classes: list[str], positive_class: str | None,
                     target_sensitivity: float | None) -> int | None:
@@ -64,14 +72,15 @@ def _positive_index(classes: list[str], positive_class: str | None,
 
 
 def _calibrate(val: Predictions, classes: list[str], positive: int | None, *,
-               reject_method: str, reject_keep: float, target_sensitivity: float | None
-               ) -> tuple[float, dict[str, Any], Any]:
+               reject_method: str, reject_keep: float, target_sensitivity: float | None,
+               operating_point: bool = False) -> tuple[float, dict[str, Any], Any]:
     temperature = cal.fit_temperature(val.logits, val.labels)
     threshold = cal.fit_reject_threshold(val.logits, temperature, method=reject_method,
                                          keep=reject_keep)
     reject = {"method": reject_method, "threshold": round(float(threshold), 6)}
     choice = None
-    if len(classes) == 2 and positive is not None and target_sensitivity is not None:
+    if len(classes) == 2 and positive is not None and (target_sensitivity is not None
+                                                       or operating_point):
         probs = cal.softmax(val.logits, temperature)
         try:
             choice = cal.fit_decision_threshold(probs[:, positive], val.labels, positive,
@@ -135,6 +144,7 @@ def evaluate_run(
     ood_dir: str | os.PathLike[str] | None = None,
     out_dir: str | os.PathLike[str] | None = None,
     n_boot: int = 1000,
+    gate: str | None = None,
     gradcam_samples: int = 6,
     gradcam_method: str = "gradcam",
     report: bool = True,
@@ -147,6 +157,10 @@ def evaluate_run(
     and specificity are reported; with `target_sensitivity` (binary tasks) the decision
     threshold is tuned on validation for it and stored. `reject_method` "max_prob" or
     "energy", with the threshold keeping `reject_keep` of validation images.
+    `gate` (default: the run recipe's `train.gate`): rules such as
+    "sensitivity>=0.92,specificity>=0.88,auc>=0.95"; on a binary task the decision
+    threshold is then chosen on validation for the gate's sensitivity (Youden's J without
+    one), and the verdict lands in metrics.json "gate" (`EvaluationResult.gate`).
     """
     from visiondeck.evaluate.predict import predict_run_subsets
     from visiondeck.train.artifacts import load_trained
@@ -158,12 +172,24 @@ def evaluate_run(
                               hint="use max_prob or energy")
     trained = load_trained(run_dir)
     classes = list(trained.classes)
+    recipe = getattr(trained, "recipe", None)
+    gate = gate if gate is not None else (recipe.train.gate if recipe is not None else None)
+    rules = gating.parse_gate(gate) if gate else []
+    if rules and len(classes) == 2:
+        if target_sensitivity is None:
+            target_sensitivity = gating.sensitivity_target(rules)
+        positive_class = positive_class or classes[1]
+    elif rules and gating.needs_positive(rules) and positive_class is None:
+        raise EvaluationError("a sensitivity/specificity gate needs a positive class",
+                              hint="binary tasks use their second class; name one with "
+                                   "--positive-class")
     positive = _positive_index(classes, positive_class, target_sensitivity)
     subsets = predict_run_subsets(trained, tta=tta, batch_size=batch_size)
     val, scored = subsets["val"], subsets[split]
     temperature, reject, choice = _calibrate(val, classes, positive, reject_method=reject_method,
                                              reject_keep=reject_keep,
-                                             target_sensitivity=target_sensitivity)
+                                             target_sensitivity=target_sensitivity,
+                                             operating_point=bool(rules))
     raw_probs = cal.softmax(scored.logits)
     probs = cal.softmax(scored.logits, temperature)
     pred = _decide(probs, choice)
@@ -194,17 +220,29 @@ def evaluate_run(
                                         "specificity": argmax_spec}}
     headline = headline_metrics(full)
     headline["ece"] = float(rel_after.ece)
+    ci95 = bootstrap_ci(scored.labels, probs, predictions=pred, positive=positive,
+                        n_boot=n_boot, seed=seed)
+    gate_section = None
+    if rules:
+        val_probs = cal.softmax(val.logits, temperature)
+        val_full = compute_metrics(val.labels, val_probs, classes,
+                                   predictions=_decide(val_probs, choice), positive=positive)
+        operating = None if choice is None else {
+            "positive_class": classes[choice.positive],
+            "threshold": round(float(choice.threshold), 6), "chosen_on": "val"}
+        gate_section = gating.check_gate(rules, val_full, full, ci95, test_split=split,
+                                         threshold=operating)
     cm = np.asarray(full["confusion_matrix"]["counts"])
     metrics = clean_json({
         "format_version": 1, "run": str(Path(run_dir)), "split": split,
         "split_id": _split_id(Path(run_dir)), "classes": classes, "tta": tta,
         "n": len(scored), "n_val": len(val), "skipped": scored.skipped,
         "headline": headline,
-        "ci95": bootstrap_ci(scored.labels, probs, predictions=pred, positive=positive,
-                             n_boot=n_boot, seed=seed),
+        "ci95": ci95,
         **{k: v for k, v in full.items() if k != "n"},
         "calibration": calibration_section, "reject": reject_section,
         "decision_threshold": decision, "most_confused": most_confused(cm, classes),
+        **({"gate": gate_section} if gate_section is not None else {}),
     })
     calibration_json = {
         "temperature": round(temperature, 6), "reject": reject,

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 from visiondeck._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from visiondeck.models.attention import add_attention
+    from visiondeck.models.binary import BinaryLogit
     from visiondeck.models.cbam import CBAM, add_cbam_to_resnet
     from visiondeck.models.errors import ModelError
     from visiondeck.models.factory import create_model, from_config
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
 
 # public name -> submodule that defines it
 _LAZY: dict[str, str] = {
+    "add_attention": "attention",
+    "BinaryLogit": "binary",
     "CBAM": "cbam",
     "add_cbam_to_resnet": "cbam",
     "ModelError": "errors",
@@ -56,11 +60,13 @@ _LAZY: dict[str, str] = {
 
 __all__ = [
     "CBAM",
+    "BinaryLogit",
     "ModelError",
     "ModelSpec",
     "ResNetSmall",
     "SimpleCNN",
     "WeightsReport",
+    "add_attention",
     "add_cbam_to_resnet",
     "backbone_stages",
     "classifier",

@@ -82,13 +82,12 @@ def add_cbam_to_resnet(model: nn.Module, name: str = "model") -> nn.Module:
 
     The block is *appended* to each stage's `nn.Sequential` (as `layerN.cbam`), so every
     existing state-dict key stays as it was: ImageNet checkpoints still load, and only the
-    new `*.cbam.*` weights start fresh.
+    new `*.cbam.*` weights start fresh. Other families: `attention.add_attention`.
     """
     if not is_resnet_family(model):
         raise ModelError(
-            f"attention='cbam' is not supported for {name}",
-            hint="CBAM is available for simple_cnn, resnet_small* and ResNet-family models "
-            "(timm resnet*/resnext*/seresnet*..., tv:resnet*); use model.attention=none",
+            f"add_cbam_to_resnet needs a ResNet-family model, not {name}",
+            hint="use visiondeck.models.attention.add_attention for other backbones",
         )
     for layer_name in _RESNET_LAYERS:
         layer = getattr(model, layer_name)

@@ -1,8 +1,9 @@
 """One factory for every network: ours, the EfficientNet-Lite ports, timm and torchvision.
 
-`create_model` resolves the name, builds the network with a fresh head for `num_classes`,
-adds CBAM if asked, loads pretrained weights offline first (`pretrained.py`), and attaches
-what later stages need to know without re-typing it:
+`create_model` resolves the name, builds the network with a fresh head for `num_classes`
+(a one-logit `BinaryLogit` for `head="binary"`), adds attention blocks if asked (CBAM, SE or
+ECA, placed per family by `attention.add_attention`), loads pretrained weights offline first
+(`pretrained.py`), and attaches what later stages need to know without re-typing it:
 
 - `model.visiondeck_spec` — a `ModelSpec` (input size, mean/std for `in_chans` channels);
 - `model.visiondeck_weights_source` — `"scratch"` or `"file:PATH"`, `"package:PATH"`,
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
-from visiondeck.models.cbam import add_cbam_to_resnet
+from visiondeck.models.attention import ATTENTION_KINDS, add_attention
 from visiondeck.models.errors import ModelError
 from visiondeck.models.pretrained import load_pretrained
 from visiondeck.models.specs import ModelSpec, ResolvedName, resolve_name, spec_of
@@ -43,18 +44,25 @@ def create_model(
     weights: str | os.PathLike[str] | None = None,
     attention: str = "none",
     dropout: float | None = None,
+    head: str = "softmax",
 ) -> nn.Module:
     """Build `name` for `num_classes` classes and `in_chans` input channels.
 
     `weights` (a local file) implies `pretrained`: a file the user named is never ignored.
     `dropout=None` keeps each architecture's own default (0.5 for simple_cnn, 0 for
     resnet_small, the original rate for EfficientNet-Lite, timm's/torchvision's default).
+    `head="binary"` (two classes only): one logit trained with BCE, returned as two-class
+    logits (see `models.binary`).
     """
-    _check_arguments(num_classes, in_chans, attention, dropout)
+    _check_arguments(num_classes, in_chans, attention, dropout, head)
     resolved = resolve_name(name)
     model = _build(resolved, num_classes, in_chans, attention, dropout)
-    if attention == "cbam" and resolved.source != "visiondeck":
-        add_cbam_to_resnet(model, resolved.name)
+    if attention != "none" and resolved.source != "visiondeck":
+        add_attention(model, attention, resolved.name)
+    if head == "binary":
+        from visiondeck.models.binary import make_binary
+
+        make_binary(model, resolved.name)
     report = None
     if pretrained or weights is not None:
         report = load_pretrained(model, resolved, weights=weights)
@@ -70,17 +78,24 @@ def create_model(
 def from_config(cfg: ModelConfig, num_classes: int, in_chans: int) -> nn.Module:
     """`create_model` from a recipe's `model:` section."""
     return create_model(cfg.name, num_classes, in_chans=in_chans, pretrained=cfg.pretrained,
-                        weights=cfg.weights, attention=cfg.attention, dropout=cfg.dropout)
+                        weights=cfg.weights, attention=cfg.attention, dropout=cfg.dropout,
+                        head=getattr(cfg, "head", "softmax"))
 
 
-def _check_arguments(num_classes: int, in_chans: int, attention: str, dropout: float | None
-                     ) -> None:
+def _check_arguments(num_classes: int, in_chans: int, attention: str, dropout: float | None,
+                     head: str = "softmax") -> None:
     if num_classes < 0:
         raise ModelError(f"num_classes must be 0 (no head) or more, got {num_classes}")
     if in_chans < 1:
         raise ModelError(f"in_chans must be 1 or more, got {in_chans}")
-    if attention not in ("none", "cbam"):
-        raise ModelError(f"unknown attention {attention!r}", hint="use none or cbam")
+    if attention not in ("none", *ATTENTION_KINDS):
+        raise ModelError(f"unknown attention {attention!r}",
+                         hint="use none, " + ", ".join(ATTENTION_KINDS))
+    if head not in ("softmax", "binary"):
+        raise ModelError(f"unknown head {head!r}", hint="use softmax or binary")
+    if head == "binary" and num_classes != 2:
+        raise ModelError(f"model.head=binary needs exactly two classes, not {num_classes}",
+                         hint="use model.head=softmax for more classes")
     if dropout is not None and not 0.0 <= dropout < 1.0:
         raise ModelError(f"dropout must be in [0, 1), got {dropout}")
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from visiondeck.models.attention import is_attention_key
 from visiondeck.models.errors import ModelError
 from visiondeck.models.locate import (
     find_cached_timm,
@@ -222,7 +223,7 @@ def apply_state_dict(
         else:
             bad_shape.append(f"{key} {tuple(value.shape)} vs {tuple(target.shape)}")
     missing = [k for k in own if k not in state]
-    new = [k for k in missing if ".cbam." in k or k.endswith("num_batches_tracked")]
+    new = [k for k in missing if is_attention_key(k) or k.endswith("num_batches_tracked")]
     missing = [k for k in missing if k not in new and k not in head_keys]
     unexpected = [k for k in state if k not in own and k not in head_keys]
     if missing or unexpected or bad_shape:
@@ -236,7 +237,7 @@ def apply_state_dict(
     reinit += [k for k in head_keys if k in own and k not in state]
     model.load_state_dict(fitted, strict=False)
     return WeightsReport(source, location, len(fitted), tuple(sorted(set(reinit))),
-                         tuple(adapted), tuple(k for k in new if ".cbam." in k))
+                         tuple(adapted), tuple(k for k in new if is_attention_key(k)))
 
 
 def _mostly_missing(own: dict, state: dict) -> bool:

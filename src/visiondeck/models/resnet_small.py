@@ -32,7 +32,7 @@ from collections import OrderedDict
 import torch
 from torch import nn
 
-from visiondeck.models.cbam import CBAM
+from visiondeck.models.attention import make_attention, site_name
 from visiondeck.models.layers import VisionDeckNet, conv_bn_relu
 from visiondeck.models.specs import RESNET_SMALL_WIDTHS
 
@@ -52,7 +52,7 @@ class Residual(nn.Module):
 
 
 class ResNetSmall(VisionDeckNet):
-    """Prep conv, three downsampling stages (optionally residual, optionally CBAM), linear."""
+    """Prep conv, three downsampling stages (optionally residual, optionally attention), linear."""
 
     def __init__(
         self,
@@ -77,8 +77,8 @@ class ResNetSmall(VisionDeckNet):
             )
             if residual[index]:
                 parts["res"] = Residual(width)
-            if attention == "cbam":
-                parts["cbam"] = CBAM(width)
+            if attention != "none":
+                parts[site_name(attention)] = make_attention(attention, width)
             stages.append(nn.Sequential(parts))
         self.stages = nn.Sequential(*stages)
         self.pool = nn.AdaptiveAvgPool2d(1)

@@ -15,14 +15,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from visiondeck.models.cbam import CBAM
+from visiondeck.models.attention import make_attention, site_name
 from visiondeck.models.layers import AdaptiveAvgPool2dExportable, VisionDeckNet, conv_bn_relu
 
 __all__ = ["SimpleCNN"]
 
 
 class SimpleCNN(VisionDeckNet):
-    """The seed CNN with timm's interface; `attention="cbam"` adds CBAM after each block."""
+    """The seed CNN with timm's interface; `attention` ("cbam", "se", "eca") adds a block
+    after each stage."""
 
     def __init__(
         self,
@@ -42,8 +43,8 @@ class SimpleCNN(VisionDeckNet):
         previous = in_chans
         for index, width in enumerate(widths):
             block = conv_bn_relu(previous, width, bias=True)  # the seed's convs carry a bias
-            if attention == "cbam":
-                block.add_module("cbam", CBAM(width))
+            if attention != "none":
+                block.add_module(site_name(attention), make_attention(attention, width))
             if index < len(widths) - 1:
                 block.add_module("pool", nn.MaxPool2d(2))
             stages.append(block)

@@ -262,7 +262,9 @@ def gradcam_target_layer(model: nn.Module) -> nn.Module:
     Ours: the last stage. ResNet family (timm and torchvision): `layer4`. timm models: the
     last module of `feature_info` (EfficientNet/Lite, MobileNet, ConvNeXt, RegNet blocks;
     for DenseNet, whose last entry is a norm, the dense block before it). torchvision
-    `features` models: its last block with a convolution.
+    `features` models: its last block with a convolution. With attention blocks added
+    (`attention.add_attention`), the layer is one whose output has passed the last block:
+    the stage it was appended to, or the block itself when it follows the layer.
     """
     own = getattr(model, "gradcam_layer", None)
     if callable(own):
@@ -275,7 +277,7 @@ def gradcam_target_layer(model: nn.Module) -> nn.Module:
         path = info[-1]["module"] if isinstance(info, list) else info.module_name()[-1]
         found = _with_conv(model, path)
         if found is not None:
-            return found
+            return _attended(model, found)
     features = getattr(model, "features", None)
     if isinstance(features, nn.Sequential):
         blocks = [m for m in features.children() if _has_conv(m)]
@@ -286,6 +288,20 @@ def gradcam_target_layer(model: nn.Module) -> nn.Module:
         hint="pass the target layer explicitly (e.g. target_layer=model.blocks[-1]); "
         "transformers also need a reshape transform",
     )
+
+
+def _attended(model: nn.Module, layer: nn.Module) -> nn.Module:
+    """The attention block inserted right after `layer` (`stages.3_cbam`), else `layer`."""
+    from visiondeck.models.attention import attention_blocks
+
+    blocks = dict(attention_blocks(model))
+    path = next((n for n, m in model.named_modules() if m is layer), None)
+    if path is None:
+        return layer
+    return next((block for name, block in blocks.items()
+                 if name.rpartition(".")[0] == path.rpartition(".")[0]
+                 and name.rpartition(".")[2].startswith(path.rpartition(".")[2] + "_")),
+                layer)
 
 
 def _with_conv(model: nn.Module, path: str) -> nn.Module | None:

@@ -5,7 +5,9 @@ run that trained it (content-addressed, so a later export cannot change a regist
 version) and creates a version pointing at it. Two policies guard the registry, each
 overridable with `force=True`, and the override is recorded as a tag on the version:
 
-- register only a run that passed its quality gate (run.json "status");
+- register only a run that passed its quality gate (run.json "status") and, when it was
+  evaluated with a gate (`evaluate --gate` / `train.gate`), that gate too
+  (RUN/evaluation/metrics.json "gate");
 - promote to `champion` only a model at least as good as the current champion, measured
   on the same test split (bundle.json "data.fingerprint" and "metrics").
 
@@ -70,13 +72,37 @@ def _locate(target: Path) -> tuple[Path, Path | None]:
                         hint="give the folder `visiondeck train` or `visiondeck export` wrote")
 
 
+def _evaluation_gate(run_dir: Path) -> dict[str, Any] | None:
+    """The gate verdict `visiondeck evaluate` stored for the run (None: no gate was set)."""
+    path = run_dir / "evaluation" / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        gate = read_json(path).get("gate")
+    except (ValueError, AttributeError):
+        return None
+    return gate if isinstance(gate, dict) and "passed" in gate else None
+
+
 def _gate(run_dir: Path | None) -> tuple[str, str | None]:
-    """(gate label, refusal reason or None) from the run's run.json."""
+    """(gate label, refusal reason or None) from the run's run.json and its evaluation."""
     if run_dir is None:
         return "unknown", ("the Bundle's training run was not found, so its quality gate "
                            "cannot be checked")
     info = read_json(run_dir / "run.json")
     status = str(info.get("status", "unknown"))
+    evaluated = _evaluation_gate(run_dir) if status in REGISTRABLE else None
+    if evaluated is not None and not evaluated["passed"]:
+        split = evaluated.get("split", "test")
+        failed = [f"{r.get('metric')} {r.get('op')} {r.get('bound')} (val {r.get('val')}, "
+                  f"{split} {r.get(split)})"
+                  for r in evaluated.get("rules", [])
+                  if isinstance(r, dict) and not r.get("passed")]
+        return "failed_evaluation_gate", (
+            f"run {run_dir.name} failed its evaluation gate {evaluated.get('spec')}: "
+            + "; ".join(failed))
+    if evaluated is not None:
+        return "passed", None
     if status in REGISTRABLE:
         return ("passed" if status == "passed" else "none"), None
     gate = info.get("gate") or {}

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from visiondeck.config import TrainConfig
+from visiondeck.errors import ConfigError
 
-__all__ = ["FocalLoss", "build_loss", "class_weights"]
+__all__ = ["BinaryCrossEntropy", "FocalLoss", "build_loss", "class_weights"]
 
 
 def class_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> list[float]:
@@ -82,9 +83,49 @@ class SoftTargetCrossEntropy(nn.Module):
         return per_class.sum(dim=1).mean()
 
 
-def build_loss(cfg: TrainConfig, weights: Sequence[float] | None) -> nn.Module:
+class BinaryCrossEntropy(nn.Module):
+    """BCE-with-logits on the one logit of a binary head ("weighted BCE" with `pos_weight`).
+
+    Reads `z = logits[:, 1] - logits[:, 0]` (exactly the head's logit for `BinaryLogit`,
+    whose output is `(-z/2, z/2)`); targets are class indices (1 = positive) or the soft
+    two-class targets of mixup/cutmix, whose column 1 is the positive share. Label smoothing
+    moves targets towards 1/2, as two-class smoothing does.
+    """
+
+    def __init__(self, pos_weight: float | None = None, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        weight = None if pos_weight is None else torch.tensor([float(pos_weight)])
+        self.register_buffer("pos_weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        z = (logits[:, 1] - logits[:, 0]).float()
+        positive = (target == 1).float() if target.dim() == 1 else target[:, 1].float()
+        if self.label_smoothing:
+            positive = positive * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+        return F.binary_cross_entropy_with_logits(z, positive, pos_weight=self.pos_weight)
+
+
+def binary_pos_weight(cfg: TrainConfig, weights: Sequence[float] | None) -> float | None:
+    """`train.pos_weight`, else n_neg/n_pos from the class weights with `balance=weights`."""
+    if cfg.pos_weight is not None:
+        return float(cfg.pos_weight)
+    if cfg.balance == "weights" and weights is not None and len(weights) == 2 and weights[0]:
+        return float(weights[1]) / float(weights[0])  # inverse frequencies: n_neg / n_pos
+    return None
+
+
+def build_loss(cfg: TrainConfig, weights: Sequence[float] | None, *,
+               binary: bool = False) -> nn.Module:
     """Loss for a recipe. `balance=weights` weights CE (or focal), `balance=focal` uses focal
-    loss, `balance=sampler` balances the data instead and leaves the loss unweighted."""
+    loss, `balance=sampler` balances the data instead and leaves the loss unweighted.
+    `binary` (a `model.head=binary` network): BCE with `pos_weight` (`binary_pos_weight`)."""
+    if binary:
+        if cfg.loss == "focal" or cfg.balance == "focal":
+            raise ConfigError("focal loss is not available with model.head=binary",
+                              hint="use train.pos_weight (weighted BCE), or model.head=softmax "
+                                   "with train.loss=focal")
+        return BinaryCrossEntropy(binary_pos_weight(cfg, weights), cfg.label_smoothing)
     use_weights = cfg.balance == "weights" and weights is not None
     tensor = torch.tensor(list(weights), dtype=torch.float32) if use_weights else None
     if cfg.loss == "focal" or cfg.balance == "focal":

@@ -32,7 +32,8 @@ class Classifier(L.LightningModule):
         self.model = model
         self.num_classes = num_classes
         self.cfg = cfg
-        self.loss = build_loss(cfg, class_weights)
+        self.binary = _has_binary_head(model)
+        self.loss = build_loss(cfg, class_weights, binary=self.binary)
         self.eval_loss = nn.CrossEntropyLoss()
         self.train_transform = train_transform or (lambda x: x)
         self.eval_transform = eval_transform or (lambda x: x)
@@ -153,6 +154,13 @@ class Classifier(L.LightningModule):
             (no_decay if param.ndim <= 1 else decay).append(param)
         return [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
                 {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}]
+
+
+def _has_binary_head(model: nn.Module) -> bool:
+    """A `model.head=binary` network (one logit, returned as two-class logits)."""
+    from visiondeck.models.binary import BinaryLogit
+
+    return any(isinstance(m, BinaryLogit) for m in model.modules())
 
 
 def _cosine(total: int, warmup: int) -> Callable[[int], float]:

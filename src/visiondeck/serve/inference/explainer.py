@@ -85,10 +85,17 @@ class Explainer:
             try:
                 result = explain_image(network.model, image, network.spec, method=method,
                                        class_index=index, alpha=alpha)
+                calibration = model.bundle.calibration
+                probabilities = calibration.probabilities(result.logits[None, :])[0]
+                decided = int(calibration.decide(probabilities[None, :], classes)[0])
+                if index is None and decided != result.class_index:
+                    # "the predicted class" is the Bundle's decision (its binary operating
+                    # threshold), the one /predict answers, not the bare argmax
+                    result = explain_image(network.model, image, network.spec, method=method,
+                                           class_index=decided, alpha=alpha)
             except ExplainError as exc:
                 raise ServeError(exc.message, code="explain_failed", status=422,
                                  hint=exc.hint) from None
-        probabilities = model.bundle.calibration.probabilities(result.logits[None, :])[0]
         return ExplainResult(
             class_name=classes[result.class_index], class_index=result.class_index,
             method=result.method, target_layer=result.target_layer_name,
