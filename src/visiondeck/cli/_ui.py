@@ -14,6 +14,8 @@ EXIT_ISSUES = 3
 def print_error(exc: Exception) -> None:
     message = getattr(exc, "message", str(exc))
     hint = getattr(exc, "hint", None)
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from rich.markup import escape  # a hint like pip install 'visiondeck[ray]' is not markup
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     if hint:
-        err_console.print(f"[yellow]hint:[/] {hint}", highlight=False)
+        err_console.print(f"[yellow]hint:[/] {escape(hint)}", highlight=False)

@@ -25,6 +25,8 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
+from visiondeck.scale.rows import csv_cells, csv_header, prediction_record
+
 __all__ = ["iter_files", "predict", "unmatched_inputs"]
 
 FORMATS = ("table", "jsonl", "csv")
@@ -106,12 +108,28 @@ def predict(
                        ] = None,
     gradcam: Annotated[Path | None, typer.Option(help="write Grad-CAM overlays to this folder "
                                                  "(needs torch)")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: a Ray cluster scores shards into "
+                                        "--output (a folder), resumably "
+                                        "(pip install 'visiondeck[ray]')")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (--engine ray; "
+                                                "default RAY_ADDRESS, else a local Ray)")] = None,
+    shard_size: Annotated[int, typer.Option(help="files per output part (--engine ray)")
+                          ] = 1000,
 ) -> None:
     """Predict images with a Bundle; exit code 3 when some files could not be read."""
     from visiondeck.cli._ui import EXIT_ISSUES, console, err_console
     from visiondeck.errors import ConfigError
     from visiondeck.export.predictor import PredictFailure, Predictor
 
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown engine {engine!r}", hint="use local or ray")
+    if engine == "ray":
+        if gradcam is not None:
+            raise ConfigError("--gradcam runs with --engine local only")
+        _predict_on_ray(bundle, paths, output, output_format, top_k=top_k, variant=variant,
+                        batch_size=batch_size, address=address, shard_size=shard_size,
+                        workers=workers)
+        return
     if output is not None and output_format == "table":
         output_format = "csv" if output.suffix.lower() == ".csv" else "jsonl"
     if output_format not in FORMATS:
@@ -164,6 +182,26 @@ def predict(
         raise typer.Exit(EXIT_ISSUES)
 
 
+def _predict_on_ray(bundle: str, paths: list[str], output: Path | None, output_format: str,
+                    **options: Any) -> None:
+    """--engine ray: parts and predictions.parquet (+ .csv with --format csv) in --output."""
+    from visiondeck.cli._ui import EXIT_ISSUES, err_console
+    from visiondeck.errors import ConfigError
+    from visiondeck.scale.ray_predict import predict_on_ray
+
+    if output is None:
+        raise ConfigError("--engine ray writes to a folder", hint="give --output FOLDER")
+    if output_format not in ("table", "csv", "jsonl"):
+        raise ConfigError(f"unknown format {output_format!r}", hint=f"use one of {FORMATS}")
+    workers = options.pop("workers")
+    result = predict_on_ray(bundle, iter_files(paths), output, unmatched=unmatched_inputs(paths),
+                            actors=workers, write_csv=output_format == "csv", **options)
+    err_console.print(f"{result.scored} predicted, {result.failed} failed, "
+                      f"{result.already_done} already done → {result.parquet}", highlight=False)
+    if result.total_failed:
+        raise typer.Exit(EXIT_ISSUES)
+
+
 def _chain(first: list[Any], rest: Iterator[Any]) -> Iterator[Any]:
     yield from first
     yield from rest
@@ -192,25 +230,13 @@ class _Writer:
 
     def start(self) -> None:
         if self.csv is not None:
-            header = ["source", "label", "probability", "unknown", "error"]
-            for i in range(1, self.top_k + 1):
-                header += [f"top{i}_label", f"top{i}_probability"]
-            self.csv.writerow(header)
+            self.csv.writerow(csv_header(self.top_k))
 
     def write(self, result: Any) -> None:
         if self.fmt == "jsonl":
             self.stream.write(json.dumps(result.to_dict()) + "\n")
         elif self.csv is not None:
-            if result.ok:
-                row = [result.source, result.label, f"{result.probability:.6f}",
-                       str(result.unknown).lower(), ""]
-                for label, p in result.topk:
-                    row += [label, f"{p:.6f}"]
-                row += [""] * (5 + 2 * self.top_k - len(row))
-            else:
-                row = [result.source, "", "", "", f"{result.problem}: {result.message}"]
-                row += [""] * (2 * self.top_k)
-            self.csv.writerow(row)
+            self.csv.writerow(csv_cells(prediction_record(result, self.top_k)))
         else:
             return
         self.count += 1
