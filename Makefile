@@ -38,7 +38,7 @@ services:
 	bash scripts/start-services.sh
 
 demo: $(STAMP)
-	$(BIN)/visiondeck demo --serve
+	$(BIN)/visiondeck demo --time 1m --serve
 
 # the dependency audit fails the build on a known vulnerability or a package the answering
 # service could not audit, and only warns (loudly) when the vulnerability service cannot be

@@ -32,9 +32,11 @@ __all__ = [
     "apply_overrides",
     "load_recipe",
     "parse_overrides",
+    "read_recipe_file",
     "recipe_to_yaml",
     "render_defaults",
     "save_recipe",
+    "validate_recipe",
 ]
 
 
@@ -93,7 +95,15 @@ class DataConfig(_Section):
     augment: Literal["none", "light", "standard", "strong"] = Field(
         "standard", description="augmentation preset for training"
     )
-    min_size: int = Field(16, ge=1, description="images with a side below this are rejected")
+    flip: bool = Field(
+        True, description="random horizontal flips in the augmentation (off when a mirror "
+        "image is another class: digits, letters)"
+    )
+    min_size: int | None = Field(
+        None, ge=1,
+        description="images with a side below this are rejected (null = relative to the data: "
+        "under a quarter of the set's median size; under 2 px never)",
+    )
     max_pixels: int = Field(
         64_000_000, ge=1, description="decompression-bomb guard, checked before decoding"
     )
@@ -236,6 +246,17 @@ def load_recipe(path: str | Path | None = None, overrides: Sequence[str] = ()) -
         raw = _read_yaml(Path(path))
     raw = apply_overrides(raw, parse_overrides(overrides))
     return _validate(raw, source=str(path) if path else "defaults")
+
+
+def read_recipe_file(path: str | Path) -> dict[str, Any]:
+    """The raw mapping of a recipe YAML file: what it sets, before defaults fill the rest
+    (the automatic recipe leaves exactly these keys alone)."""
+    return _read_yaml(Path(path))
+
+
+def validate_recipe(raw: dict[str, Any], source: str = "recipe") -> Recipe:
+    """A `Recipe` from a raw nested mapping, with the same errors as `load_recipe`."""
+    return _validate(raw, source=source)
 
 
 def parse_overrides(items: Iterable[str]) -> dict[str, Any]:

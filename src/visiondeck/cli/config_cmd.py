@@ -18,7 +18,8 @@ def show(
     """Print the resolved recipe: defaults < YAML < key=value overrides."""
     from visiondeck.config import load_recipe, recipe_to_yaml
 
-    if recipe is not None and "=" in recipe.name and not recipe.exists():
+    # the whole argument, not its last path part: `data.source=some/dir` is an override
+    if recipe is not None and "=" in str(recipe) and not recipe.exists():
         overrides = [str(recipe), *(overrides or [])]
         recipe = None
     typer.echo(recipe_to_yaml(load_recipe(recipe, overrides or [])), nl=False)

@@ -16,7 +16,7 @@ _STATUS_MEANING = {
     "unsupported_format": "refused format (EPS, SVG, PDF, ...)",
     "corrupt": "undecodable data",
     "truncated": "file ends early",
-    "too_small": "below data.min_size",
+    "too_small": "far below the set's own sizes, or below --min-size",
     "bomb": "above data.max_pixels (decompression bomb)",
     "too_large": "above the byte limit",
     "missing": "listed but not found",
@@ -39,19 +39,23 @@ def check(
     = False,
     quarantine_dir: Annotated[Path | None, typer.Option(help="where to move them (default "
                                                         "SOURCE.quarantine)")] = None,
-    min_size: Annotated[int, typer.Option(help="smallest accepted side in pixels")] = 16,
+    min_size: Annotated[int | None, typer.Option(help="smallest accepted side in pixels "
+                                                 "(default: relative to the set's own sizes)")
+                        ] = None,
     max_pixels: Annotated[int, typer.Option(help="decompression-bomb pixel cap")] = 64_000_000,
     workers: Workers = None,
     show: Annotated[int, typer.Option(help="problem files to list")] = 30,
 ) -> None:
     """Decode every file and report problems; exit code 3 when any are found."""
     from visiondeck.cli._ui import EXIT_ISSUES, console
+    from visiondeck.data.catalog import MIN_DECODABLE_SIDE
     from visiondeck.data.prepare import check_data
     from visiondeck.data.validate import quarantine as move_aside
     from visiondeck.imaging import DecodeLimits
 
-    limits = DecodeLimits(max_pixels=max_pixels, min_side=min_size)
-    result = check_data(source, prepared=out, limits=limits, workers=workers, progress=True)
+    limits = DecodeLimits(max_pixels=max_pixels, min_side=min_size or MIN_DECODABLE_SIDE)
+    result = check_data(source, prepared=out, limits=limits, workers=workers, progress=True,
+                        size_outliers=min_size is None)
     report = result.report
     _print_report(report, reused=result.reused)
     console.print(f"report: {result.prepared / 'data_report.json'}")

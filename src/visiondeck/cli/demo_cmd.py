@@ -7,30 +7,29 @@ from typing import Annotated
 
 import typer
 
-# The embedded default recipe: the bundled 4,000-image Fashion-MNIST sample, a small
-# ResNet that trains in about a minute on two CPU cores.
-DEMO_OVERRIDES = (
-    "name=demo", "data.image_size=28", "data.channels=1", "data.mean=[0.286]",
-    "data.std=[0.353]", "data.augment=light", "data.cache=memory",
-    "model.name=resnet_small_t", "model.dropout=0.0",
-    "train.epochs=6", "train.batch_size=128", "train.optimizer=sgd", "train.lr=0.1",
-    "train.weight_decay=0.0005", "train.label_smoothing=0.1", "train.min_val_accuracy=0.75",
-)
+#: what the demo fixes itself; everything else is chosen from the data (`train.auto`)
+DEMO_OVERRIDES = ("name=demo", "data.cache=memory", "train.min_val_accuracy=0.75")
+#: the demo's time budget: probe, training and validation on the 4,000-image sample
+DEMO_TIME = "1m"
 
 
 def demo(
     workdir: Annotated[Path, typer.Option(help="where the demo writes everything")]
     = Path("demo"),
-    epochs: Annotated[int, typer.Option(help="training epochs")] = 6,
+    time_budget: Annotated[str, typer.Option("--time", help="training time budget")
+                           ] = DEMO_TIME,
+    epochs: Annotated[int | None, typer.Option(help="fixed epochs instead of the time "
+                                               "budget")] = None,
     serve: Annotated[bool, typer.Option("--serve", help="then serve the Bundle on "
                                         "http://127.0.0.1:PORT until Ctrl-C")] = False,
     port: Annotated[int, typer.Option(help="port for --serve")] = 8000,
 ) -> None:
     """The whole flow on the bundled sample: data → train → evaluate → export (→ serve).
 
-    Materialises the sample, runs the pipeline (check → split → train → evaluate → export
-    (+int8) → register → promote) and, with --serve, serves the Bundle. Run it again:
-    unchanged steps are skipped.
+    Materialises the sample, chooses the recipe from the data (`visiondeck pipeline SOURCE`),
+    runs the pipeline (check → split → train within --time → evaluate → export (+int8) →
+    register → promote) and, with --serve, serves the Bundle. Run it again: unchanged steps
+    are skipped.
     """
     from visiondeck.cli._ui import console
     from visiondeck.cli.pipeline_cmd import run_and_report
@@ -41,10 +40,12 @@ def demo(
     result = materialize("sample", images, progress=True)
     console.print(f"{result.files_written + result.skipped_existing} images in {images}")
 
-    overrides = [*DEMO_OVERRIDES, f"data.source={images}",
-                 f"data.prepared={workdir / 'prepared'}", f"output_dir={workdir / 'runs'}",
-                 f"train.epochs={epochs}"]
-    done = run_and_report(None, overrides)
+    overrides = [*DEMO_OVERRIDES, f"data.prepared={workdir / 'prepared'}",
+                 f"output_dir={workdir / 'runs'}"]
+    if epochs is not None:
+        overrides.append(f"train.epochs={epochs}")
+    done = run_and_report(None, overrides, source=str(images),
+                          time_budget=None if epochs is not None else time_budget)
     bundle = done.bundle
     console.print(f"[green]demo finished[/]: the model is in {done.run_dir / 'model'}, its "
                   f"Bundle in {bundle}, the report in {done.run_dir / 'evaluation'}")

@@ -15,8 +15,16 @@ _STEPS = ("check", "split", "train", "evaluate", "export", "register", "promote"
 
 
 def pipeline(
-    recipe: Annotated[Path | None, typer.Argument(help="recipe YAML (or key=value only)")] = None,
+    target: Annotated[str | None, typer.Argument(
+        metavar="[RECIPE|SOURCE]",
+        help="recipe YAML, or a data SOURCE (class folder, manifest, builtin:NAME) for an "
+             "automatic recipe")] = None,
     overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    time_budget: Annotated[str | None, typer.Option(
+        "--time", help="train within this budget, e.g. 10m (default 10m with a SOURCE)")
+                           ] = None,
+    auto: Annotated[bool, typer.Option("--auto", help="with a RECIPE: choose every key it "
+                                       "leaves unset from the data")] = False,
     force: Annotated[bool, typer.Option("--force", help="re-run the chosen steps even when "
                                         "unchanged; accept a new split of changed data")
                      ] = False,
@@ -30,12 +38,10 @@ def pipeline(
     Steps whose inputs are unchanged since the last run are skipped; after a failure the
     next run resumes at the failed step. Exit 5 when the model fails its quality gate.
     """
+    from visiondeck.cli.train_cmd import split_target
     from visiondeck.errors import ConfigError
 
-    items = list(overrides or [])
-    if recipe is not None and "=" in str(recipe) and not recipe.exists():
-        items.insert(0, str(recipe))
-        recipe = None
+    recipe, source, items = split_target(target, overrides)
     if from_step is not None and only:
         raise ConfigError("--from and --only do not go together", hint="pick one")
     steps = None
@@ -46,14 +52,21 @@ def pipeline(
     elif only:
         steps = list(only)
 
-    run_and_report(recipe, items, force=force, steps=steps)
+    run_and_report(recipe, items, force=force, steps=steps, source=source, auto=auto,
+                   time_budget=time_budget)
 
 
 def run_and_report(recipe: Path | str | None, overrides: list[str], *, force: bool = False,
-                   steps: list[str] | None = None) -> PipelineResult:
+                   steps: list[str] | None = None, source: str | None = None,
+                   auto: bool = False, time_budget: str | None = None) -> PipelineResult:
     """Run the pipeline with a rule per step and the summary table at the end (also on
-    failure); exit with the failed step's code, or 5 when the model failed its gate."""
+    failure); exit with the failed step's code, or 5 when the model failed its gate.
+
+    With a `source` (or `auto`), the recipe is chosen from the data first and its table of
+    choices printed; `time_budget` (default 10m then, unless train.epochs is given) makes
+    the train step fit it."""
     from visiondeck.cli._ui import console, print_error
+    from visiondeck.cli.train_cmd import auto_budget, resolve_auto
     from visiondeck.pipeline import PipelineFailed, run_pipeline, summary_table
 
     def show(report) -> None:
@@ -63,9 +76,15 @@ def run_and_report(recipe: Path | str | None, overrides: list[str], *, force: bo
             console.print(f"{report.name}: {report.status} ({report.duration_s:.1f} s) "
                           f"{report.key}", highlight=False)
 
+    automatic = source is not None or auto
+    budget_s = auto_budget(time_budget, recipe, overrides, automatic=automatic)
+    notes = None
+    if automatic:
+        plan = resolve_auto(source, Path(recipe) if recipe else None, overrides, force=force)
+        recipe, overrides, notes = plan.recipe, [], plan.to_json()
     try:
         result = run_pipeline(recipe, overrides=overrides, force=force, steps=steps,
-                              progress=True, on_step=show)
+                              progress=True, on_step=show, budget_s=budget_s, notes=notes)
     except PipelineFailed as exc:
         console.print(summary_table(exc.result))
         print_error(exc)
@@ -75,3 +94,4 @@ def run_and_report(recipe: Path | str | None, overrides: list[str], *, force: bo
         console.print("[red]the model failed its quality gate[/] (train.min_val_accuracy)")
         raise typer.Exit(5)
     return result
+

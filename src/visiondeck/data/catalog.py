@@ -137,10 +137,15 @@ class Catalog:
         )
 
 
+#: the absolute floor when data.min_size is null: a 1-pixel side carries no picture. Above
+#: it, what is too small is judged against the set's own sizes (`validate`)
+MIN_DECODABLE_SIDE = 2
+
+
 def decode_limits(cfg: DataConfig | None = None) -> DecodeLimits:
     """The decoder limits a recipe asks for (the recipe defaults when none is given)."""
     cfg = cfg or DataConfig()
-    return DecodeLimits(max_pixels=cfg.max_pixels, min_side=cfg.min_size)
+    return DecodeLimits(max_pixels=cfg.max_pixels, min_side=cfg.min_size or MIN_DECODABLE_SIDE)
 
 
 def default_workers() -> int:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from visiondeck.config import DataConfig
-from visiondeck.data.catalog import Catalog, decode_limits, scan
+from visiondeck.data.catalog import MIN_DECODABLE_SIDE, Catalog, decode_limits, scan
 from visiondeck.data.sources import Source, open_source
 from visiondeck.data.split import (
     Split,
@@ -62,13 +62,20 @@ def check_data(
     workers: int | None = None,
     progress: bool = False,
     data_root: str | None = None,
+    size_outliers: bool | None = None,
 ) -> CheckResult:
-    """Scan and validate a source; write catalog.jsonl and data_report.json."""
+    """Scan and validate a source; write catalog.jsonl and data_report.json.
+
+    `size_outliers` (default: when `limits` sets no floor above the decodable minimum):
+    flag images far smaller than the set's own (`validate.mark_size_outliers`).
+    """
     source = open_source(spec, data_root=data_root)
     out = Path(prepared) if prepared else default_prepared_dir(source)
     cache = _load_cache(out / CATALOG_FILE)
     catalog = scan(source, limits=limits, workers=workers, cache=cache, progress=progress)
-    report = validate(catalog)
+    if size_outliers is None:
+        size_outliers = catalog.limits.min_side <= MIN_DECODABLE_SIDE
+    report = validate(catalog, size_outliers=size_outliers)
     catalog.save(out / CATALOG_FILE)
     report.save(out / REPORT_FILE)
     reused = 0
@@ -117,6 +124,7 @@ def prepare_split(
     result = check_data(
         source or cfg.source, prepared=prepared or cfg.prepared, limits=limits,
         workers=cfg.num_workers, progress=progress, data_root=data_root,
+        size_outliers=cfg.min_size is None,
     )
     params = {"seed": cfg.seed, "val_fraction": cfg.val_fraction,
               "test_fraction": cfg.test_fraction, "folds": cfg.folds}
@@ -154,7 +162,8 @@ def _test_split(cfg: DataConfig, main: CheckResult, limits: DecodeLimits, progre
     if not cfg.test_source:
         return None
     check = check_data(cfg.test_source, prepared=main.prepared / "test_source", limits=limits,
-                       workers=cfg.num_workers, progress=progress, data_root=data_root)
+                       workers=cfg.num_workers, progress=progress, data_root=data_root,
+                       size_outliers=cfg.min_size is None)
     classes = sorted({e.label for e in main.report.usable})
     unknown = sorted({e.label for e in check.report.usable} - set(classes))
     if unknown:

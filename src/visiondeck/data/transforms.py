@@ -61,8 +61,10 @@ def _per_channel(values: Sequence[float], channels: int) -> list[float]:
     raise ValueError(f"{len(values)} normalisation values for {channels} channels")
 
 
-def build_augment(preset: Preset, image_size: int) -> Callable | None:
+def build_augment(preset: Preset, image_size: int, *, flip: bool = True) -> Callable | None:
     """The random augmentation for training, on uint8 CHW tensors; None for `none`.
+
+    `flip=False` leaves out the horizontal flip (data.flip: a mirrored digit is another digit).
 
     light: horizontal flip and a small shift; standard: + scale jitter and small rotations;
     strong: + RandAugment and random erasing. Sizes are preserved so batches stack.
@@ -74,7 +76,7 @@ def build_augment(preset: Preset, image_size: int) -> Callable | None:
     from torchvision.transforms import v2
 
     pad = max(1, image_size // 8)
-    steps: list = [v2.RandomHorizontalFlip()]
+    steps: list = [v2.RandomHorizontalFlip()] if flip else []
     if preset == "light":
         steps.append(v2.RandomCrop(image_size, padding=pad // 2 or 1, padding_mode="reflect"))
     else:

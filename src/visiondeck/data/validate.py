@@ -4,7 +4,9 @@ Per-file problems come from the decoder (see `visiondeck.imaging`). On top of th
 module finds what only the whole set can show: exact duplicates (the same bytes twice), label
 conflicts (the same bytes under two classes — one of the labels is wrong, and nobody can tell
 which, so every copy is set aside), near-duplicate groups (same perceptual hash: kept, but
-never split across train and test), and class imbalance.
+never split across train and test), class imbalance, and images far smaller than the set's
+own: a folder of 10×10 images is a set of 10×10 images, but one 10×10 image among 500×500
+photos is a thumbnail or an icon that slipped in (`size_outliers`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,10 @@ __all__ = [
 
 #: above this max/min class ratio the report warns and suggests `train.balance`
 IMBALANCE_WARNING = 3.0
+#: an image whose smaller side is under the set's median smaller side divided by this is a
+#: size outlier (when data.min_size is null); a set needs this many sized images to judge
+SIZE_OUTLIER_RATIO = 4.0
+SIZE_OUTLIER_MIN_SET = 8
 
 
 @dataclass
@@ -111,9 +117,15 @@ def _problem_json(entry: CatalogEntry) -> dict:
     }
 
 
-def validate(catalog: Catalog) -> DataReport:
-    """Mark duplicates and label conflicts, group near-duplicates, and collect warnings."""
-    entries = list(catalog.entries)
+def validate(catalog: Catalog, *, size_outliers: bool = True) -> DataReport:
+    """Mark duplicates and label conflicts, group near-duplicates, and collect warnings.
+
+    `size_outliers`: also mark images far smaller than the set's own (see
+    `mark_size_outliers`); off when the user gave an absolute floor (data.min_size).
+    """
+    entries = [_unmark_relative(e) for e in catalog.entries]
+    if size_outliers:
+        entries = mark_size_outliers(entries)
     by_hash: dict[str, list[int]] = defaultdict(list)
     for index, entry in enumerate(entries):
         if entry.status is FileStatus.OK:
@@ -144,6 +156,40 @@ def validate(catalog: Catalog) -> DataReport:
     report.near_duplicate_groups = _near_duplicates(report.usable)
     report.warnings = _warnings(report)
     return report
+
+
+def mark_size_outliers(entries: list[CatalogEntry],
+                       ratio: float = SIZE_OUTLIER_RATIO) -> list[CatalogEntry]:
+    """Mark as too small the decoded images whose smaller side is under the set's median
+    smaller side / `ratio`: judged against the data, not against a fixed number of pixels."""
+    sides = sorted(min(e.width, e.height) for e in entries
+                   if e.status is FileStatus.OK and e.width and e.height)
+    if len(sides) < SIZE_OUTLIER_MIN_SET:
+        return entries
+    median = sides[len(sides) // 2]
+    floor = median / ratio
+    marked = []
+    for entry in entries:
+        side = min(entry.width, entry.height)
+        if entry.status is FileStatus.OK and entry.width and side < floor:
+            entry = replace(
+                entry, status=FileStatus.TOO_SMALL,
+                message=f"{_RELATIVE}image is {entry.width}×{entry.height}, under a quarter of "
+                f"this set's median smaller side ({median} px)",
+            )
+        marked.append(entry)
+    return marked
+
+
+#: how a relative size verdict starts, so a re-validation can take it back (the catalog
+#: caches entries, and a verdict against the set must be made again against the new set)
+_RELATIVE = "size outlier: "
+
+
+def _unmark_relative(entry: CatalogEntry) -> CatalogEntry:
+    if entry.status is FileStatus.TOO_SMALL and entry.message.startswith(_RELATIVE):
+        return replace(entry, status=FileStatus.OK, message="")
+    return entry
 
 
 def _near_duplicates(entries: list[CatalogEntry]) -> list[list[str]]:

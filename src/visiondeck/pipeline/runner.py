@@ -166,12 +166,15 @@ def state_dir(recipe: Recipe) -> Path:
 
 def run_pipeline(recipe: RecipeLike, *, overrides: Sequence[str] = (), force: bool = False,
                  steps: Sequence[str] | None = None, progress: bool = True,
-                 on_step: OnStep | None = None) -> PipelineResult:
+                 on_step: OnStep | None = None, budget_s: float | None = None,
+                 notes: dict[str, Any] | None = None) -> PipelineResult:
     """Run the pipeline for a recipe; skip what is unchanged, resume what failed.
 
     `force` re-runs every selected step (and lets the split step replace a split whose data
     changed). `steps` limits the run to these step names (their upstream steps must have
     finished before). `on_step` is called when each step starts (status "running") and ends.
+    `budget_s` trains within that many seconds (`train.budget`); `notes` (the automatic
+    recipe's choices) are saved beside such a run.
     Raises `PipelineFailed` when a step fails, after recording it.
     """
     resolved = resolve_recipe(recipe, overrides)
@@ -187,7 +190,8 @@ def run_pipeline(recipe: RecipeLike, *, overrides: Sequence[str] = (), force: bo
     reports: list[StepReport] = []
     with pipeline_lock(folder):
         state = PipelineState.load(folder / "state.json", resolved.name)
-        ctx = Context(resolved, state, force=force, progress=progress)
+        ctx = Context(resolved, state, force=force, progress=progress, budget_s=budget_s,
+                      notes=notes)
         failure: tuple[str, BaseException] | None = None
         for step in STEPS:
             if failure is not None:

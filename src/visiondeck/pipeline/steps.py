@@ -54,6 +54,10 @@ class Context:
     state: PipelineState
     force: bool = False
     progress: bool = True
+    #: `--time`: train within this many seconds (probe + fit), see `train.budget`
+    budget_s: float | None = None
+    #: what `train.auto` chose and why, written beside a budgeted run (auto.json)
+    notes: dict[str, Any] | None = None
 
     def upstream(self, name: str) -> dict[str, Any]:
         """The recorded outputs of a finished earlier step."""
@@ -128,7 +132,8 @@ def _check(ctx: Context, _hash: str) -> Outcome:
 
     cfg = ctx.recipe.data
     result = check_data(cfg.source, prepared=cfg.prepared, limits=decode_limits(cfg),
-                        workers=cfg.num_workers, progress=ctx.progress)
+                        workers=cfg.num_workers, progress=ctx.progress,
+                        size_outliers=cfg.min_size is None)
     report = result.report
     fingerprint = hash_json(sorted((e.relpath, e.label, e.sha256, e.status.value)
                                    for e in result.catalog.entries))
@@ -189,9 +194,12 @@ def _train_inputs(ctx: Context) -> dict[str, Any]:
         )
     split = ctx.upstream("split")
     data = recipe.data.model_dump(mode="json", exclude=set(_OPERATIONAL_DATA_KEYS))
-    return {"split": split["split_id"], "test_split": split.get("test_split_id"),
-            "data": data, "model": recipe.model.model_dump(mode="json"),
-            "train": recipe.train.model_dump(mode="json")}
+    inputs = {"split": split["split_id"], "test_split": split.get("test_split_id"),
+              "data": data, "model": recipe.model.model_dump(mode="json"),
+              "train": recipe.train.model_dump(mode="json")}
+    if ctx.budget_s is not None:  # the budget, not the epochs it buys on a given day
+        inputs["time_budget_s"] = ctx.budget_s
+    return inputs
 
 
 def _resumable(record: StepRecord | None, input_hash: str) -> Path | None:
@@ -229,7 +237,13 @@ def _train(ctx: Context, input_hash: str) -> Outcome:
             from visiondeck.registry.tracking import tracker_for
 
             tracker = tracker_for(recipe)
-        result = train(recipe, run_dir=folder, progress=ctx.progress, tracker=tracker)
+        if ctx.budget_s is not None:
+            from visiondeck.train.budget import train_within
+
+            result, _ = train_within(recipe, ctx.budget_s, run_dir=folder,
+                                     progress=ctx.progress, tracker=tracker, notes=ctx.notes)
+        else:
+            result = train(recipe, run_dir=folder, progress=ctx.progress, tracker=tracker)
     weights = result.run_dir / "model" / "weights.safetensors"
     gate = result.gate
     key = f"{result.status}, {result.epochs_run} epochs"

@@ -70,7 +70,7 @@ class SplitDataModule(L.LightningDataModule):
         if not self.subsets.train:
             raise ValueError("the split has no training files")
         self.normalize = Normalize(spec.mean, spec.std, spec.channels)
-        self.batch_augment = BatchAugment(data.augment, spec.image_size)
+        self.batch_augment = BatchAugment(data.augment, spec.image_size, flip=data.flip)
         self.in_memory = self._decide_cache()
         self.decode_failures: list[str] = []
         self._sets: dict[str, torch.utils.data.Dataset] = {}
@@ -111,7 +111,8 @@ class SplitDataModule(L.LightningDataModule):
             self.decode_failures.extend(arrays.failed)
             return TensorDataset(torch.from_numpy(arrays.images),
                                  torch.from_numpy(arrays.labels))
-        augment = build_augment(self.data_cfg.augment, self.spec.image_size)
+        augment = build_augment(self.data_cfg.augment, self.spec.image_size,
+                                flip=self.data_cfg.flip)
         return ImageFileDataset(root, records, self.classes, self.spec,
                                 augment=augment if name == "train" else None, limits=limits)
 

@@ -14,6 +14,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import subprocess
 import time
 from dataclasses import asdict, dataclass, field
@@ -138,19 +139,30 @@ def _shared_run_dir(recipe: Recipe, run_dir: str | os.PathLike[str] | None,
 
 def train(recipe: Recipe, *, run_dir: str | os.PathLike[str] | None = None,
           progress: bool = True, callbacks: list | None = None,
-          max_steps: int | None = None, tracker: Tracker | None = None) -> RunResult:
+          max_steps: int | None = None, tracker: Tracker | None = None,
+          force: bool = False, split: Any = None) -> RunResult:
     """Train a recipe into a new run folder (or `run_dir`).
 
     `tracker` (see `train.tracking`) receives params at the start, metrics every epoch and
     the verdict at the end; the CLI passes the MLflow tracker of `visiondeck.registry`.
+    `force` accepts a new split when the data or the split settings changed; `split` (a
+    `SplitOutcome` of `prepare_split` for this recipe's data) skips checking the data again.
+
+    A run that fails before its training starts (a split clash, unreadable data) leaves no
+    folder behind, so the next run takes the same name instead of NAME-2.
     """
     marker = _torchrun_marker(recipe) if run_dir is None else None
     folder = _shared_run_dir(recipe, run_dir, marker)
+    fresh = _rank_zero() and not any(folder.iterdir())
     if _rank_zero():
         save_recipe(recipe, folder / "recipe.yaml")
     try:
         return _fit(recipe, folder, ckpt_path=None, progress=progress, callbacks=callbacks,
-                    max_steps=max_steps, tracker=tracker)
+                    max_steps=max_steps, tracker=tracker, force=force, split=split)
+    except BaseException:
+        if fresh and not (folder / "run.json").exists():  # run.json: training had begun
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
     finally:
         if marker is not None and _rank_zero():  # every rank has read it by now
             marker.unlink(missing_ok=True)
@@ -218,8 +230,11 @@ class BuiltSystem:
     test_prepared: Path | None = None  # folder of data.test_source's split.json, if any
 
 
-def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> BuiltSystem:
-    """Split, data module and Lightning system for a recipe (shared by train and find_lr)."""
+def build_system(recipe: Recipe, folder: Path, *, progress: bool = True,
+                 force: bool = False, split: Any = None) -> BuiltSystem:
+    """Split, data module and Lightning system for a recipe (shared by train and find_lr);
+    `force` accepts a new split of changed data or split settings; `split`: the outcome of
+    a `prepare_split` of this recipe's data made just before (not checked again)."""
     import lightning as L
     import torch
 
@@ -230,7 +245,7 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> Buil
     from visiondeck.train.module import Classifier
 
     L.seed_everything(recipe.train.seed, workers=True, verbose=False)
-    outcome = prepare_split(recipe.data, progress=progress, force=False)
+    outcome = split or prepare_split(recipe.data, progress=progress, force=force)
     split = outcome.split
     atomic_write_json(folder / "classes.json", split.classes)
     spec_info = model_spec(recipe.model.name)
@@ -255,12 +270,13 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True) -> Buil
 
 def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool,
          callbacks: list | None, max_steps: int | None = None,
-         tracker: Tracker | None = None) -> RunResult:
+         tracker: Tracker | None = None, force: bool = False,
+         split: Any = None) -> RunResult:
     from visiondeck.train.tracking import TrackerCallback
     from visiondeck.train.trainer import build_trainer
 
     started = time.perf_counter()
-    built = build_system(recipe, folder, progress=progress)
+    built = build_system(recipe, folder, progress=progress, force=force, split=split)
     data, system, split, spec, weights = (built.data, built.system, built.split, built.spec,
                                           built.class_weights)
     extra = list(callbacks or [])
