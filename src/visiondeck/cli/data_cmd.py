@@ -195,3 +195,103 @@ def materialize(
     for sub, per_class in result.counts.items():
         console.print(f"  {sub or '.'}: {sum(per_class.values())} images in "
                       f"{len(per_class)} classes")
+
+
+@app.command()
+def audit(
+    target: Annotated[str, typer.Argument(
+        metavar="SOURCE|RECIPE",
+        help="data SOURCE (automatic recipe, as `visiondeck train SOURCE`) or recipe YAML")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="key=value overrides")] = None,
+    folds: Annotated[int, typer.Option(help="k: every image is scored by the model of the "
+                                       "fold that held it out")] = 5,
+    time_budget: Annotated[str | None, typer.Option(
+        "--time", help="budget for the whole audit, e.g. 5m (default 10m with a SOURCE, "
+                       "none when train.epochs is set)")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="audit folder (default "
+                                             "runs/NAME-audit); a rerun reuses finished "
+                                             "folds")]
+    = None,
+    dup_threshold: Annotated[float, typer.Option(help="embedding cosine from which two images "
+                                                 "are near-duplicates (when their pixels "
+                                                 "agree too)")] = 0.95,
+    show: Annotated[int, typer.Option(help="suspects shown in report.html (the CSV has "
+                                      "all)")] = 300,
+    force: Annotated[bool, typer.Option(help="accept a new split when the data changed")]
+    = False,
+) -> None:
+    """Find likely-wrong labels: out-of-fold training, confident learning (cleanlab),
+    near-duplicates with another label and outliers; writes suspects.csv (flagged),
+    possible.csv (less certain) and report.html."""
+    from rich.table import Table
+
+    from visiondeck.audit.core import audit as run_audit
+    from visiondeck.cli._ui import console
+    from visiondeck.cli.train_cmd import auto_budget, resolve_auto, split_target
+    from visiondeck.config import load_recipe
+
+    recipe_path, source, items = split_target(target, overrides)
+    budget_s = auto_budget(time_budget, recipe_path, items, automatic=source is not None)
+    if source is not None:
+        recipe = resolve_auto(source, recipe_path, items, force=force).recipe
+    else:
+        recipe = load_recipe(recipe_path, items)
+    folder = out or Path(recipe.output_dir) / f"{recipe.name}-audit"
+    budget = f", budget {budget_s:.0f} s" if budget_s else ""
+    console.print(f"auditing {recipe.data.source} with {folds} folds of {recipe.model.name}"
+                  f"{budget} → {folder}", highlight=False)
+
+    def on_fold(fold: int, status: str, info: dict) -> None:
+        verb = "reused" if status == "reused" else "trained"
+        console.print(f"fold {fold + 1}/{folds} {verb}: {info['epochs']} epoch(s), "
+                      f"held-out accuracy {info['accuracy']:.3f}", highlight=False)
+
+    result = run_audit(recipe, folder, folds=folds, budget_s=budget_s, progress=True,
+                       dup_threshold=dup_threshold, show=show, force=force,
+                       on_fold=on_fold)
+    counts = result.findings.counts()
+    table = Table(title=f"{len(result.oof.relpaths)} images, out-of-fold accuracy "
+                        f"{result.findings.accuracy:.3f}, {result.elapsed_s:.0f} s",
+                  title_justify="left")
+    table.add_column("finding")
+    table.add_column("images", justify="right")
+    table.add_row("likely wrong label (cleanlab, confident)", str(counts["label_issues"]))
+    table.add_row("possible wrong label (possible.csv)", str(counts["possible_label_issues"]))
+    table.add_row("near-duplicate pairs with another label", str(counts["near_duplicate_pairs"]))
+    table.add_row("outliers", str(counts["outliers"]))
+    table.add_row("[bold]suspects listed[/]", str(counts["suspects"]))
+    console.print(table)
+    top = Table(title="most suspect", title_justify="left")
+    for column in ("path", "given", "suggested", "score", "why"):
+        top.add_column(column)
+    for s in result.findings.suspects[:10]:
+        top.add_row(s.path, s.given, s.suggested, f"{s.score:.3f}", ", ".join(s.reasons))
+    if result.findings.suspects:
+        console.print(top)
+    console.print(f"report: {result.html}\neditable list: {result.csv} — then "
+                  f"`visiondeck data relabel {recipe.data.source} {result.csv}`",
+                  highlight=False)
+
+
+@app.command()
+def relabel(
+    source: Source,
+    edits: Annotated[Path, typer.Argument(help="the reviewed suspects.csv (path,suggested; "
+                                          "- leaves an image out)")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="corrected manifest "
+                                             "(default NAME.relabelled.csv beside the "
+                                             "data)")] = None,
+) -> None:
+    """Write a corrected path,label manifest; the images are never modified or deleted."""
+    from visiondeck.audit.relabelling import relabel as write_relabelled
+    from visiondeck.cli._ui import console
+
+    result = write_relabelled(source, edits, out=out)
+    console.print(f"wrote {result.manifest}: {result.rows} images, {len(result.changed)} "
+                  f"relabelled, {len(result.dropped)} left out, {result.unchanged} kept as "
+                  "they were", highlight=False)
+    for path, (old, new) in list(result.changed.items())[:20]:
+        console.print(f"  {path}: {old} → {new}", markup=False, highlight=False)
+    if len(result.changed) > 20:
+        console.print(f"  … and {len(result.changed) - 20} more")
+    console.print(f"train on it with data.source={result.manifest}", highlight=False)
