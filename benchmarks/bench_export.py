@@ -1,6 +1,7 @@
 """Export and engine speed: `visiondeck export --int8` + `visiondeck bench` on two models.
 
     .venv/bin/python benchmarks/bench_export.py [--fashion-run RUN] [--lite0-run RUN]
+    .venv/bin/python benchmarks/bench_export.py --sweep [--fashion-run RUN] [--skip-lite0]
 
 1. The Fashion-MNIST model (28×28 grey): the run given, else the one bench_predict.py trained
    (benchmarks/_work/runs/bench-predict), exported with INT8.
@@ -9,7 +10,10 @@
    (upscaled; the point is the engine speed of a real 224 px network, not its accuracy).
 
 Each Bundle is exported (timed) and benchmarked with `bench_bundle` (PyTorch eager, ONNX
-Runtime FP32 and INT8); the tables are printed and everything is written to
+Runtime FP32 and INT8); with `--sweep`, `visiondeck export --sweep` runs instead (every INT8
+setting, structured pruning at --sweep-prune ratios, OpenVINO when installed; one table
+with the Pareto front and the variant the Bundle serves). The tables are printed and
+everything is written to
 benchmarks/results/export.json. Load averages are recorded: the figures move with what else
 runs on the machine.
 """
@@ -81,6 +85,26 @@ def _one(name: str, run: Path, seconds: float, console: Console, reexport: bool)
             "bench": report.to_dict()}
 
 
+def _sweep(run: Path, args: argparse.Namespace, console: Console) -> dict:
+    from visiondeck.export.sweep import sweep_run
+
+    start = time.perf_counter()
+    report = sweep_run(run, run / "bundle-sweep",
+                       prune_ratios=[float(r) for r in args.sweep_prune.split(",") if r],
+                       prune_steps=args.prune_steps, rounds=7, seconds=0.5,
+                       log=lambda msg: console.print(f"  {msg}"))
+    console.print(f"[bold]{run.name}[/]: sweep in {time.perf_counter() - start:.0f} s, "
+                  f"{report.threads} threads, batch {report.batch_size}")
+    for r in report.rows:
+        marks = ("★" if r.pareto else " ") + (" served" if r.default else "") + (
+            "" if r.recommended else " not recommended")
+        acc = "—" if r.accuracy is None else f"{r.accuracy:.2%}"
+        console.print(f"  {r.variant:26} {r.engine:11} {r.bytes / 1e6:6.2f} MB  acc {acc:>7}"
+                      f"  p50 {r.p50_ms:8.3f} ms  p99 {r.p99_ms:8.3f}  {r.images_per_s:9,.0f}"
+                      f" img/s {marks}")
+    return report.to_dict()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fashion-run", default=str(WORK / "runs" / "bench-predict"))
@@ -90,20 +114,29 @@ def main() -> None:
     parser.add_argument("--skip-fashion", action="store_true")
     parser.add_argument("--reexport", action="store_true", help="export even if RUN/bundle "
                         "exists")
+    parser.add_argument("--sweep", action="store_true", help="run `export --sweep` instead")
+    parser.add_argument("--sweep-prune", default="0.3,0.5")
+    parser.add_argument("--prune-steps", type=int, default=600)
     args = parser.parse_args()
     console = Console()
     # a partial re-run (--skip-fashion / --skip-lite0) keeps the other model's figures
     results: dict = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     results["load_average_before"] = list(os.getloadavg())
     fashion = Path(args.fashion_run)
-    if args.skip_fashion:
+    if args.sweep:
+        for key, run in (("fashion_mnist", None if args.skip_fashion else fashion),
+                         ("efficientnet_lite0_224", None if args.skip_lite0 else (
+                             Path(args.lite0_run) if args.lite0_run else None))):
+            if run is not None:
+                results[f"{key}_sweep"] = _sweep(run, args, console)
+    elif args.skip_fashion:
         pass
     elif (fashion / "model" / "model.json").is_file():
         results["fashion_mnist"] = _one("Fashion-MNIST", fashion, args.seconds, console,
                                         args.reexport)
     else:
         console.print(f"[yellow]no Fashion-MNIST run at {fashion}[/] (run bench_predict.py)")
-    if not args.skip_lite0:
+    if not args.skip_lite0 and not args.sweep:
         lite0 = Path(args.lite0_run) if args.lite0_run else _lite0_run(console)
         results["efficientnet_lite0_224"] = _one("EfficientNet-Lite0 224", lite0, args.seconds,
                                                  console, args.reexport)

@@ -28,7 +28,8 @@ Where the model comes from (read once per container, i.e. per cold start):
                          of the variant are downloaded to /tmp (never the weights).
                          AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL point at an
                          S3-compatible store (MinIO, seaweedfs).
-Other settings: VISIONDECK_VARIANT (fp32 | int8), VISIONDECK_TOP_K (3; 1-100, checked at load),
+Other settings: VISIONDECK_VARIANT (auto | fp32 | int8; auto: the Bundle's default_variant),
+VISIONDECK_TOP_K (3; 1-100, checked at load),
 VISIONDECK_MAX_UPLOAD_BYTES (4 MiB: a synchronous Lambda payload is at most 6 MB, and
 base64 adds a third), VISIONDECK_MAX_PIXELS (40 million: the absolute ceiling above the
 model-derived cap) - the names `visiondeck serve` uses.
@@ -283,7 +284,7 @@ def load_model() -> Model:
     """The container's model, loaded on first use; 503 (retried next call) when it fails."""
     bundle_source = os.environ.get("VISIONDECK_BUNDLE", "").strip()
     s3_uri = os.environ.get("VISIONDECK_BUNDLE_S3", "").strip()
-    variant = os.environ.get("VISIONDECK_VARIANT", "fp32").strip() or "fp32"
+    variant = os.environ.get("VISIONDECK_VARIANT", "auto").strip() or "auto"
     key = (bundle_source, s3_uri, variant, os.environ.get("VISIONDECK_TOP_K", ""))
     with _LOCK:
         model = _MODELS.get(key)
@@ -334,6 +335,7 @@ def _load(bundle_source: str, s3_uri: str, variant: str) -> Model:
             os.environ.setdefault("VISIONDECK_MODEL_CACHE",
                                   str(Path(tempfile.gettempdir()) / "visiondeck-models"))
         bundle = load_bundle(bundle_source, check_files=False)
+    variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
     if not onnx_file.is_file():
         raise BundleError(f"bundle {bundle.path} has no {onnx_file.name}",
@@ -356,7 +358,7 @@ def _zeros(bundle: Bundle) -> Any:
     return np.zeros((1, *bundle.input.shape), dtype=np.float32)
 
 
-def fetch_s3_bundle(uri: str, variant: str = "fp32", *, root: Path | None = None) -> Bundle:
+def fetch_s3_bundle(uri: str, variant: str = "auto", *, root: Path | None = None) -> Bundle:
     """bundle.json + the variant's ONNX file of `s3://bucket/prefix`, into a /tmp folder.
 
     The weights are not fetched: the handler never needs them, and a cold start pays for
@@ -379,7 +381,8 @@ def fetch_s3_bundle(uri: str, variant: str = "fp32", *, root: Path | None = None
     try:
         _get(client, bucket, prefix, "bundle.json", work)
         bundle = load_bundle(work, check_files=False)
-        _get(client, bucket, prefix, bundle.onnx_path(variant).name, work)
+        _get(client, bucket, prefix, bundle.onnx_path(bundle.resolve_variant(variant)).name,
+             work)
         if target.exists():
             _remove(target)
         os.replace(work, target)

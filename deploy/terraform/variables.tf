@@ -31,12 +31,12 @@ variable "bundle_prefix" {
 }
 
 variable "variant" {
-  description = "Which ONNX model of the Bundle to serve: fp32 or int8"
+  description = "Which ONNX model of the Bundle to serve: auto (bundle.json's default_variant), fp32 or int8"
   type        = string
-  default     = "fp32"
+  default     = "auto"
   validation {
-    condition     = contains(["fp32", "int8"], var.variant)
-    error_message = "variant must be fp32 or int8."
+    condition     = contains(["auto", "fp32", "int8"], var.variant)
+    error_message = "variant must be auto, fp32 or int8."
   }
 }
 

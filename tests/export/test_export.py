@@ -163,7 +163,8 @@ def _mask_by_hand(model, amount: float, method: str) -> None:
 
 # deep enough that pruning costs accuracy (this easy task keeps 100 % up to 95 % sparsity),
 # so "before", "pruned" and "after" are different numbers to get right
-@pytest.mark.parametrize(("method", "amount"), [("unstructured", 0.98), ("structured", 0.5)])
+# structured pruning now removes channels: tests/export/test_compression.py checks it
+@pytest.mark.parametrize(("method", "amount"), [("unstructured", 0.98)])
 def test_prune_records_sparsity_and_accuracy(exported, trained_run: Path, tmp_path: Path,
                                              method: str, amount: float) -> None:
     import torch

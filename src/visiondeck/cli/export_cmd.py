@@ -17,20 +17,33 @@ def export(
                                        "(static, calibrated on training images)")] = False,
     prune: Annotated[float | None, typer.Option(help="prune this share of weights (e.g. 0.3) "
                                                 "and fine-tune before export")] = None,
-    prune_method: Annotated[str, typer.Option(help="unstructured (global L1) or structured "
-                                              "(conv channels)")] = "unstructured",
+    prune_method: Annotated[str, typer.Option(help="unstructured (global L1: zeroes weights) "
+                                              "or structured (removes conv channels: smaller "
+                                              "and faster)")] = "unstructured",
     prune_steps: Annotated[int, typer.Option(help="fine-tuning steps after pruning")] = 200,
     parity_images: Annotated[int, typer.Option(help="validation images for the parity "
                                                "check")] = 64,
     tolerance: Annotated[float, typer.Option(help="max |Δ probability| allowed vs "
                                              "PyTorch")] = 1e-3,
     exporter: Annotated[str, typer.Option(help="torchscript (fast) or dynamo")] = "torchscript",
+    sweep: Annotated[bool, typer.Option("--sweep", help="measure every variant (FP32, each "
+                                        "INT8 setting, pruning ratios, OpenVINO if installed) "
+                                        "in one table; the Bundle serves the fastest one within "
+                                        "--max-loss of FP32 by default")] = False,
+    sweep_prune: Annotated[str, typer.Option(help="--sweep: pruning ratios, comma-separated "
+                                             "(empty for none)")] = "0.25,0.5",
+    max_loss: Annotated[float, typer.Option(help="accuracy (and agreement with FP32) a "
+                                            "variant may lose and still be recommended")] = 0.01,
 ) -> None:
     """Export a run as a Bundle: model.onnx (+ int8), weights.safetensors, bundle.json."""
     from rich.table import Table
 
     from visiondeck.cli._ui import console
     from visiondeck.export.onnx_export import export_run
+
+    if sweep:
+        _sweep(run, out, sweep_prune, prune_steps, max_loss)
+        return
 
     with console.status("exporting") as status:
         result = export_run(run, out, int8=int8, prune=prune, prune_method=prune_method,
@@ -46,12 +59,18 @@ def export(
         table.add_column(column, justify="right" if column in ("size", "test accuracy")
                          else "left")
     for name, entry in result.variants.items():
+        settings = entry.get("settings") or {}
+        note = " ".join(v for v in (entry.get("method"), settings.get("name")) if v)
+        if entry.get("recommended") is False:
+            note += f" — not recommended: loses {entry.get('accuracy_lost')} vs FP32"
         table.add_row(name, entry["file"], _size(entry["bytes"]), _pct(entry.get("accuracy")),
-                      entry.get("method", ""))
+                      note)
     console.print(table)
     if result.pruning:
         p = result.pruning
-        console.print(f"pruned {p['amount']:.0%} ({p['method']}): sparsity {p['sparsity']:.1%}, "
+        size = (f"{p['parameters_before']:,} → {p['parameters_after']:,} parameters"
+                if p["method"] == "structured" else f"sparsity {p['sparsity']:.1%}")
+        console.print(f"pruned {p['amount']:.0%} ({p['method']}): {size}, "
                       f"val accuracy {_pct(p['val_accuracy_before'])} → "
                       f"{_pct(p['val_accuracy_pruned'])} after pruning → "
                       f"{_pct(p['val_accuracy_after'])} after {p['steps']} fine-tuning steps")
@@ -59,6 +78,42 @@ def export(
         console.print(f"[yellow]note:[/] {note}")
     _track(run, result.path)
     console.print(f"done in {result.duration_s:.1f} s")
+
+
+def _sweep(run: Path, out: Path | None, ratios: str, steps: int, max_loss: float) -> None:
+    from rich.table import Table
+
+    from visiondeck.cli._ui import console
+    from visiondeck.errors import ConfigError
+    from visiondeck.export.sweep import sweep_run
+
+    try:
+        shares = [float(v) for v in ratios.split(",") if v.strip()]
+    except ValueError:
+        raise ConfigError(f"--sweep-prune takes ratios like 0.25,0.5, not {ratios!r}") from None
+    if any(not 0 < v < 1 for v in shares):
+        raise ConfigError("--sweep-prune ratios must be between 0 and 1")
+    with console.status("sweeping") as status:
+        report = sweep_run(run, out, prune_ratios=shares, prune_steps=steps, max_loss=max_loss,
+                           log=lambda msg: status.update(msg))
+    table = Table(title=f"{report.bundle} — every variant, {report.threads} thread(s)",
+                  title_justify="left")
+    for column in ("variant", "engine", "size", "accuracy", "agreement", "p50 ms", "p99 ms",
+                   "images/s", "", "detail"):
+        table.add_column(column, justify="left" if column in ("variant", "engine", "", "detail")
+                         else "right")
+    for row in report.rows:
+        marks = ("★" if row.pareto else "") + (" served" if row.default else "") + (
+            "" if row.recommended else " not recommended")
+        table.add_row(row.variant, row.engine, _size(row.bytes), _pct(row.accuracy),
+                      _pct(row.agreement), f"{row.p50_ms:.2f}", f"{row.p99_ms:.2f}",
+                      f"{row.images_per_s:,.0f}", marks.strip(), row.detail)
+    console.print(f"latency: batch 1; images/s: batch {report.batch_size}, median of "
+                  f"{report.rounds} interleaved rounds; ★ Pareto front (accuracy vs images/s); "
+                  f"recommended: loses ≤ {report.max_loss:.0%} vs FP32", style="dim")
+    console.print(table)
+    console.print(f"the Bundle serves [bold]{report.default_variant}[/] by default "
+                  f"(bundle.json default_variant; sweep.json has every figure)")
 
 
 def _track(run_dir: Path, bundle_dir: Path) -> None:

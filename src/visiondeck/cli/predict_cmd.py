@@ -102,7 +102,8 @@ def predict(
     output: Annotated[Path | None, typer.Option(
         "--output", "-o", help="write the JSON lines or CSV to this file, as they come "
         "(format from its suffix unless --format says)")] = None,
-    variant: Annotated[str, typer.Option(help="fp32 or int8")] = "fp32",
+    variant: Annotated[str, typer.Option(help="auto (the Bundle's default variant), fp32 "
+                                         "or int8")] = "auto",
     batch_size: Annotated[int, typer.Option(help="images per ONNX Runtime call")] = 64,
     workers: Annotated[int | None, typer.Option(help="processes (default: one per core)")
                        ] = None,
@@ -110,7 +111,7 @@ def predict(
                                                  "(needs torch)")] = None,
     engine: Annotated[str, typer.Option(help="local, or ray: a Ray cluster scores shards into "
                                         "--output (a folder), resumably "
-                                        "(pip install 'visiondeck[ray]')")] = "local",
+                                        "(pip install 'visiondeck\\[ray]')")] = "local",
     address: Annotated[str | None, typer.Option(help="Ray cluster address (--engine ray; "
                                                 "default RAY_ADDRESS, else a local Ray)")] = None,
     shard_size: Annotated[int, typer.Option(help="files per output part (--engine ray)")

@@ -154,6 +154,20 @@ class Bundle:
         return _variants(self.info)
 
     @property
+    def default_variant(self) -> str:
+        """The variant served when none is asked for: bundle.json's `default_variant` when
+        it names a variant not marked `"recommended": false`, else "fp32"."""
+        chosen = self.info.get("default_variant")
+        entry = self.variants.get(chosen) if isinstance(chosen, str) else None
+        return chosen if entry is not None and entry.get("recommended") is not False else "fp32"
+
+    def resolve_variant(self, variant: str) -> str:
+        """The variant a consumer runs: "auto" is `default_variant` (the one home of that
+        rule for the server, the Predictor, `predict` and the Lambda handler); an explicit
+        name is kept as asked, even one marked not recommended."""
+        return self.default_variant if variant == "auto" else variant
+
+    @property
     def weights_path(self) -> Path:
         return self.path / WEIGHTS_FILE
 
@@ -311,6 +325,10 @@ def _parse(folder: Path, info: Any, manifest: Path) -> Bundle:
         spec = InputSpec.from_dict(info.get("input"))
         calibration = Calibration.from_dict(info.get("calibration"), classes)
         _variants(info)  # validates file names
+        _check(info.get("default_variant") is None
+               or (isinstance(info["default_variant"], str)
+                   and info["default_variant"] in _variants(info)),
+               "default_variant must name one of the variants")
     except _Invalid as exc:
         raise BundleError(f"{manifest} is malformed: {exc}",
                           hint="re-export the run with `visiondeck export RUN`") from None

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,7 @@ def export_run(
     calibration_images: int = 128,
     tolerance: float = DEFAULT_TOLERANCE,
     max_int8_drop: float = 0.01,
+    int8_candidates: Sequence[Any] | None = None,
     exporter: str = "torchscript",
     reference_images: int = 1000,
     log: Log | None = None,
@@ -84,6 +85,10 @@ def export_run(
 
     int8: also write `model.int8.onnx` (static, calibrated on `calibration_images` training
     images; dynamic when static fails or loses more than `max_int8_drop` test accuracy).
+    Each of `int8_candidates` (default `quantize.CANDIDATES`) is tried and the one that
+    agrees best with FP32 on validation images is kept; an INT8 model losing more than
+    `max_int8_drop` (test accuracy, or top-1 agreement with FP32) is recorded as not
+    recommended, otherwise it becomes the Bundle's `default_variant`.
     prune: share of weights to prune before export, with `prune_steps` fine-tuning steps.
     reference_images: held-out images measured for drift monitoring's reference statistics
     (`reference.json`; 0 leaves them out and the served model then reports "no reference").
@@ -143,7 +148,9 @@ def export_run(
         int8_info: dict[str, Any] = {}
         if int8:
             say("quantising to INT8")
-            int8_info = _quantize(work, split, classes, spec, calibration_images, notes)
+            held_out = load_samples(split.root, val, classes, spec, limit=256, seed=6)
+            int8_info = _quantize(work, split, classes, spec, calibration_images, notes,
+                                  int8_candidates, held_out.images)
             sessions["int8"] = ort_session(work / INT8_FILE)
         say(f"measuring accuracy on {len(test_records)} test images")
         scores = measure_accuracy(model, sessions, test_root, test_records, classes, spec)
@@ -154,8 +161,11 @@ def export_run(
 
         variants = {"fp32": _variant(work, MODEL_FILE, scores["fp32"])}
         if int8:
-            variants["int8"] = _variant(work, INT8_FILE, scores["int8"]) | int8_info
+            variants["int8"] = (_variant(work, INT8_FILE, scores["int8"]) | int8_info
+                                | _recommendation(scores, max_int8_drop))
         info = _bundle_info(trained, run, split, spec, parity, variants, pruning, used, notes)
+        info["default_variant"] = "int8" if variants.get("int8", {}).get("recommended") \
+            else "fp32"
         write_bundle_json(work, info)
         if reference_images > 0:
             say("measuring reference statistics for drift monitoring")
@@ -255,22 +265,63 @@ def _save_weights(model: Any, path: Path) -> None:
 
 
 def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit: int,
-              notes: list[str]) -> dict[str, Any]:
-    from visiondeck.export.quantize import quantize_dynamic_int8, quantize_static_int8
+              notes: list[str], candidates: Sequence[Any] | None, held_out: np.ndarray
+              ) -> dict[str, Any]:
+    """Static INT8 with each candidate setting; keep the one closest to FP32 on `held_out`."""
+    from visiondeck.export.quantize import (
+        CANDIDATES,
+        closeness,
+        quantize_dynamic_int8,
+        quantize_static_int8,
+    )
 
     calib = load_samples(split.root, split.subset("train"), classes, spec, limit=limit, seed=2)
     batches = [calib.images[i:i + 16] for i in range(0, len(calib.images), 16)]
-    if batches:
-        try:
-            done = quantize_static_int8(work / MODEL_FILE, work / INT8_FILE, batches)
-            return {"method": done.method, "detail": done.detail}
-        except Exception as exc:  # an operator the static quantiser cannot handle
-            notes.append(f"static INT8 failed ({type(exc).__name__}: {str(exc)[:200]}); "
-                         "used dynamic quantisation")
-    else:
+    if not batches:
         notes.append("no readable training image to calibrate on; used dynamic quantisation")
-    done = quantize_dynamic_int8(work / MODEL_FILE, work / INT8_FILE)
-    return {"method": done.method, "detail": done.detail}
+        done = quantize_dynamic_int8(work / MODEL_FILE, work / INT8_FILE)
+        return {"method": done.method, "detail": done.detail, "settings": done.settings}
+    images = held_out if len(held_out) else calib.images
+    reference = ort_session(work / MODEL_FILE)
+    best: tuple[tuple[float, float, int], dict[str, Any]] | None = None
+    tried: list[dict[str, Any]] = []
+    failures = []
+    candidate = work / "model.int8-candidate.onnx"
+    for settings in candidates if candidates is not None else CANDIDATES:
+        try:
+            done = quantize_static_int8(work / MODEL_FILE, candidate, batches, settings=settings)
+        except Exception as exc:  # an operator the static quantiser cannot handle
+            failures.append(f"{settings.name}: {type(exc).__name__}: {str(exc)[:200]}")
+            continue
+        score = closeness(reference, ort_session(candidate), images)
+        tried.append({"settings": settings.name, **score})
+        # closest to FP32 first; among equals (cosine to 3 decimals) the smaller file,
+        # which is the more quantised and faster one
+        rank = (score["top1_agreement"], round(score.get("embedding_cosine") or 0.0, 3),
+                -candidate.stat().st_size)
+        if best is None or rank > best[0]:
+            os.replace(candidate, work / INT8_FILE)
+            best = (rank, {"method": done.method, "detail": done.detail,
+                           "settings": done.settings})
+    candidate.unlink(missing_ok=True)
+    if best is None:
+        notes.append(f"static INT8 failed ({'; '.join(failures)}); used dynamic quantisation")
+        done = quantize_dynamic_int8(work / MODEL_FILE, work / INT8_FILE)
+        return {"method": done.method, "detail": done.detail, "settings": done.settings}
+    source = "validation" if len(held_out) else "calibration"
+    return best[1] | {"selection": {"images": len(images), "source": source,
+                                    "candidates": tried}}
+
+
+def _recommendation(scores: dict[str, dict[str, Any]], limit: float) -> dict[str, Any]:
+    """INT8 is recommended when it loses at most `limit` test accuracy and agrees with FP32
+    on at least 1 - `limit` of the test images."""
+    fp32, int8 = scores["fp32"].get("accuracy"), scores["int8"].get("accuracy")
+    agreement = scores["int8"].get("agreement_with_fp32")
+    lost = None if fp32 is None or int8 is None else round(fp32 - int8, 6)
+    ok = (lost is not None and lost <= limit + 1e-9
+          and agreement is not None and agreement >= 1 - limit - 1e-9)
+    return {"accuracy_lost": lost, "recommended": bool(ok), "max_loss": limit}
 
 
 def _poor(scores: dict[str, dict[str, Any]], limit: float) -> bool:
@@ -303,7 +354,7 @@ def _try_dynamic(work: Path, scores: dict[str, dict[str, Any]], static: dict[str
         os.replace(candidate, work / INT8_FILE)
         scores["int8"] = dynamic
         notes.append(f"{summary}: kept dynamic")
-        return {"method": done.method, "detail": done.detail}
+        return {"method": done.method, "detail": done.detail, "settings": done.settings}
     candidate.unlink()
     notes.append(f"{summary}: kept static")
     return static
@@ -324,6 +375,7 @@ def _prune(model: Any, split: Any, classes: list[str], spec: InputSpec, trained:
     train = split.subset("train")
     batch_size = trained.recipe.train.batch_size if trained.recipe is not None else 64
     lr = (trained.recipe.train.lr if trained.recipe is not None else 1e-3) * 0.1
+    optimizer = trained.recipe.train.optimizer if trained.recipe is not None else "adamw"
     rng = np.random.default_rng(0)
 
     def batches():  # a new shuffle on every pass over the training images
@@ -336,7 +388,8 @@ def _prune(model: Any, split: Any, classes: list[str], spec: InputSpec, trained:
 
     say(f"pruning {amount:.0%} ({method}) and fine-tuning for {steps} steps")
     return prune_and_finetune(model, amount=amount, method=method, train_batches=batches,
-                              evaluate=evaluate, steps=steps, lr=lr).to_dict()
+                              evaluate=evaluate, steps=steps, lr=lr,
+                              optimizer="sgd" if optimizer == "sgd" else "adamw").to_dict()
 
 
 def _read_evaluation(run: Path, classes: list[str], notes: list[str]

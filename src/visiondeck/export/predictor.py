@@ -79,16 +79,17 @@ class PredictFailure:
 class Predictor:
     """Run a Bundle (folder or `models:/` URI) on ONNX Runtime.
 
-    variant: "fp32" or "int8"; providers: ORT execution providers (CPU by default);
+    variant: "auto" (the Bundle's default variant), "fp32" or "int8";
+    providers: ORT execution providers (CPU by default);
     threads: ORT intra-op threads (None: ORT's default, one per physical core).
     """
 
-    def __init__(self, bundle_or_uri: Bundle | str | os.PathLike[str], variant: str = "fp32",
+    def __init__(self, bundle_or_uri: Bundle | str | os.PathLike[str], variant: str = "auto",
                  providers: Sequence[str] | None = None, threads: int | None = None,
                  top_k: int = 5) -> None:
         self.bundle = load_bundle(bundle_or_uri)
-        self.variant = variant
-        self.model_path = self.bundle.onnx_path(variant)
+        self.variant = self.bundle.resolve_variant(variant)
+        self.model_path = self.bundle.onnx_path(self.variant)
         self.providers = list(providers) if providers else ["CPUExecutionProvider"]
         self.threads = threads
         self.top_k = top_k

@@ -2,15 +2,22 @@
 
 Unstructured pruning (global L1 over every conv and linear weight but the classifier)
 zeroes the smallest weights: it keeps accuracy best and makes the weights compress well,
-but dense ONNX Runtime kernels run no faster. Structured pruning (L2 norm of whole conv
-output channels) zeroes entire filters: coarser, costs more accuracy, and is what a later
-channel-slimming step needs. Either way a few hundred fine-tuning steps on the training
-split recover most of what pruning took, and the masks are then baked into the weights so
-the exported model is an ordinary network.
+but dense ONNX Runtime kernels run no faster. Structured pruning removes whole channels
+for real with torch-pruning's dependency graph: the channels of each coupled group (a
+conv's filters, the BatchNorm after it, the next layer's inputs, both sides of a residual
+add) with the smallest L2 norm go, so the network and its ONNX file get smaller and
+faster. Either way a few hundred fine-tuning steps on the training split recover most of
+what pruning took, and the exported model is an ordinary (dense, smaller) network.
+
+A structurally pruned network no longer has the shapes its architecture name builds, so
+`fit_to_state` reshapes a freshly built network to the saved weights' shapes before they
+are loaded (what `load_torch_model` does for a Bundle whose `pruning.method` is
+"structured").
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -19,7 +26,16 @@ import numpy as np
 
 from visiondeck.export.samples import LabelledBatch
 
-__all__ = ["PRUNE_METHODS", "PruneReport", "prune_and_finetune", "sparsity"]
+__all__ = [
+    "PRUNE_METHODS",
+    "PruneReport",
+    "conv_channels",
+    "fit_to_state",
+    "parameter_count",
+    "prune_and_finetune",
+    "remove_channels",
+    "sparsity",
+]
 
 PRUNE_METHODS = ("unstructured", "structured")
 
@@ -34,6 +50,9 @@ class PruneReport:
     val_accuracy_before: float | None  # the unpruned network
     val_accuracy_pruned: float | None  # right after pruning, before fine-tuning
     val_accuracy_after: float | None  # after fine-tuning
+    parameters_before: int = 0
+    parameters_after: int = 0
+    channels: dict[str, int] | None = None  # conv layer -> output channels kept (structured)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -59,18 +78,126 @@ def sparsity(model: Any) -> float:
     return zeros / total if total else 0.0
 
 
-def _apply(model: Any, amount: float, method: str) -> list[tuple[Any, str]]:
+def parameter_count(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def conv_channels(model: Any) -> dict[str, int]:
+    """Output channels of every conv layer, by module name."""
     from torch import nn
+
+    return {
+        name: int(m.out_channels) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)
+    }
+
+
+def _apply(model: Any, amount: float, method: str, example: Any) -> list[tuple[Any, str]]:
     from torch.nn.utils import prune
 
+    if method == "structured":
+        remove_channels(model, amount, example)
+        return []
     params = _prunable(model)
-    if method == "unstructured":
-        prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
-    else:
-        for module, name in params:
-            if isinstance(module, nn.Conv2d) and module.out_channels > 1:
-                prune.ln_structured(module, name, amount=amount, n=2, dim=0)
+    prune.global_unstructured(params, pruning_method=prune.L1Unstructured, amount=amount)
     return [(m, n) for m, n in params if prune.is_pruned(m)]
+
+
+def remove_channels(model: Any, amount: float, example: Any) -> None:
+    """Remove `amount` of the channels of every prunable group, smallest L2 norm first.
+
+    torch-pruning traces `model(example)` into a dependency graph, so a channel is removed
+    from every layer that shares it; the classifier's outputs (the classes) and the
+    network's input channels are never touched.
+    """
+    import torch
+    import torch_pruning as tp
+
+    head = _head(model)
+    widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    # channel counts in multiples of 8 keep ONNX Runtime on its vectorised kernels: measured
+    # on resnet_small_t, 30 % pruned to odd widths ran *slower* than the unpruned network
+    round_to = 8 if widths and min(widths) >= 16 and all(w % 8 == 0 for w in widths) else None
+    with _plain_pools(model):
+        pruner = tp.pruner.MetaPruner(
+            model,
+            example,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=amount,
+            ignored_layers=[head] if head is not None else [],
+            round_to=round_to,
+        )
+        with torch.no_grad():
+            pruner.step()
+
+
+@contextlib.contextmanager
+def _plain_pools(model: Any) -> Iterator[None]:
+    """Trace torch's adaptive pool in place of our exportable one (same bins, same values).
+
+    The exportable pool writes uneven bins as products with constant matrices; traced
+    through, those matmuls send torch-pruning's index mapping into an endless expansion.
+    """
+    from torch import nn
+
+    from visiondeck.models.layers import AdaptiveAvgPool2dExportable
+
+    swapped = []
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, AdaptiveAvgPool2dExportable):
+                swapped.append((parent, name, child))
+                setattr(parent, name, nn.AdaptiveAvgPool2d(child.output_size))
+    try:
+        yield
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
+
+
+def _head(model: Any) -> Any:
+    from torch import nn
+
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    return linears[-1] if linears else None
+
+
+def fit_to_state(model: Any, state: dict[str, Any]) -> None:
+    """Reshape conv, BatchNorm and linear layers in place to the shapes in `state`.
+
+    Rebuilds a structurally pruned network from its architecture name and saved weights:
+    each layer keeps its class (timm's same-padding convs stay what they are); only its
+    tensors and channel counts change. Depthwise convs stay depthwise.
+    """
+    import torch
+    from torch import nn
+
+    def fresh(shape: Any) -> nn.Parameter:
+        return nn.Parameter(torch.empty(tuple(shape)))
+
+    for name, module in model.named_modules():
+        weight = state.get(f"{name}.weight")
+        if weight is None or not hasattr(module, "weight") or module.weight is None:
+            continue
+        if tuple(weight.shape) == tuple(module.weight.shape):
+            continue
+        if isinstance(module, nn.Conv2d):
+            depthwise = module.groups > 1 and module.groups == module.in_channels
+            groups = int(weight.shape[0]) if depthwise else module.groups
+            module.out_channels, module.groups = int(weight.shape[0]), groups
+            module.in_channels = int(weight.shape[1]) * groups
+        elif isinstance(module, nn.Linear):
+            module.out_features, module.in_features = int(weight.shape[0]), int(weight.shape[1])
+        elif isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.num_features = int(weight.shape[0])
+            for buffer in ("running_mean", "running_var"):
+                if getattr(module, buffer, None) is not None:
+                    setattr(module, buffer, torch.empty(tuple(weight.shape)))
+        else:
+            continue
+        module.weight = fresh(weight.shape)
+        bias = state.get(f"{name}.bias")
+        if bias is not None and getattr(module, "bias", None) is not None:
+            module.bias = fresh(bias.shape)
 
 
 def prune_and_finetune(
@@ -82,11 +209,14 @@ def prune_and_finetune(
     evaluate: Callable[[Any], float | None],
     steps: int = 200,
     lr: float = 1e-4,
+    optimizer: str = "adamw",
 ) -> PruneReport:
     """Prune `model` in place, fine-tune it for `steps` batches, bake the masks in.
 
     `train_batches()` yields prepared training batches (it is called again when exhausted);
     `evaluate(model)` returns validation accuracy (None without validation data).
+    "structured" removes channels (the model gets smaller); "unstructured" zeroes weights.
+    `optimizer`: "sgd" (momentum 0.9, Nesterov) or "adamw", as the run was trained.
     """
     import torch
     from torch.nn.utils import prune
@@ -96,10 +226,23 @@ def prune_and_finetune(
     if method not in PRUNE_METHODS:
         raise ValueError(f"pruning method must be one of {PRUNE_METHODS}, not {method!r}")
     before = evaluate(model)
-    pruned = _apply(model, amount, method)
+    size_before = parameter_count(model)
+    first = next(iter(_cycle(train_batches)), None)
+    if first is None:
+        raise ValueError("pruning needs training images to trace and fine-tune the network")
+    model.eval()
+    try:
+        pruned = _apply(model, amount, method, torch.from_numpy(first.images[:1]))
+    except (RuntimeError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(
+            f"{method} pruning failed on this network ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
     after_prune = evaluate(model)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
+    if optimizer == "sgd":  # the run's own optimiser: an SGD learning rate is no AdamW one
+        optimiser: Any = torch.optim.SGD(trainable, lr=lr, momentum=0.9, nesterov=True)
+    else:
+        optimiser = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
     loss_fn = torch.nn.CrossEntropyLoss()
     done = 0
     model.train()
@@ -120,8 +263,19 @@ def prune_and_finetune(
         model.eval()
     for module, name in pruned:
         prune.remove(module, name)
-    return PruneReport(amount, method, round(sparsity(model), 6), done, lr, before, after_prune,
-                       evaluate(model))
+    return PruneReport(
+        amount,
+        method,
+        round(sparsity(model), 6),
+        done,
+        lr,
+        before,
+        after_prune,
+        evaluate(model),
+        size_before,
+        parameter_count(model),
+        conv_channels(model) if method == "structured" else None,
+    )
 
 
 def _cycle(factory: Callable[[], Iterable[LabelledBatch]]) -> Iterator[LabelledBatch]:

@@ -38,6 +38,10 @@ def load_torch_model(bundle: Bundle | str, *, device: str = "cpu") -> Any:
     except (SafetensorError, OSError) as exc:
         raise BundleError(f"cannot read {bundle.weights_path}: {exc}",
                           hint="copy the Bundle again, or re-export the run") from None
+    if (bundle.info.get("pruning") or {}).get("method") == "structured":
+        from visiondeck.export.prune import fit_to_state
+
+        fit_to_state(model, state)  # channels were removed: layers take the saved shapes
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise BundleError(

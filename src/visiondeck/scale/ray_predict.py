@@ -74,7 +74,7 @@ class RayPredictResult:
 
 def predict_on_ray(bundle: Any, files: Iterable[str | tuple[str, bool]],
                    output: str | os.PathLike[str], *, unmatched: Iterable[str] = (),
-                   address: str | None = None, top_k: int = 3, variant: str = "fp32",
+                   address: str | None = None, top_k: int = 3, variant: str = "auto",
                    batch_size: int = 64, shard_size: int = 1000, actors: int | None = None,
                    write_csv: bool = False, compact: bool = True) -> RayPredictResult:
     """Score `files` with `bundle` on Ray into the folder `output` (resumable).
@@ -95,6 +95,7 @@ def predict_on_ray(bundle: Any, files: Iterable[str | tuple[str, bool]],
         raise ConfigError("--top-k, --batch-size and --shard-size must be at least 1")
     ray = require_ray()
     loaded = load_bundle(bundle)
+    variant = loaded.resolve_variant(variant)
     loaded.onnx_path(variant)  # a missing variant fails here, before a cluster is touched
     out = Path(output)
     parts = out / PARTS

@@ -64,7 +64,9 @@ class ServeSettings(BaseSettings):
 
     # the model
     bundle: str = Field("", description="Bundle folder or models:/NAME@ALIAS | models:/NAME/VER")
-    variant: Literal["fp32", "int8"] = Field("fp32", description="which ONNX model of the Bundle")
+    variant: Literal["auto", "fp32", "int8"] = Field(
+        "auto", description="which ONNX model of the Bundle; auto: the one bundle.json "
+                            "names as default_variant, never one marked not recommended")
     fast_lane: bool = Field(
         True, description="answer POST /predict in front of the framework "
                           "(serve/api/fast_predict.py); false sends it through FastAPI's "

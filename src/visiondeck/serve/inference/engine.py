@@ -114,7 +114,7 @@ def _resolve(source: str) -> Path:
 SINGLE_THREAD_BELOW_MS = 2.0
 
 
-def load_model(source: str, *, variant: str = "fp32", threads: int = 1,
+def load_model(source: str, *, variant: str = "auto", threads: int = 1,
                spinning: bool = False, max_batch: int = 32,
                threads_auto: bool = False) -> LoadedModel:
     """Read the Bundle, open its ONNX model in ORT and warm it up (blocking).
@@ -126,6 +126,7 @@ def load_model(source: str, *, variant: str = "fp32", threads: int = 1,
     folder = _resolve(source)
     bundle = load_bundle(folder)
     fingerprint = _folder_fingerprint(bundle.path)
+    variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
     session = _open_session(onnx_file, threads, spinning)
     inputs = {i.name: i for i in session.get_inputs()}

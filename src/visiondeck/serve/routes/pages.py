@@ -159,6 +159,7 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
         "variants": _variants(info.get("variants")),
         "parity": info.get("parity") if isinstance(info.get("parity"), dict) else {},
         "bench": _bench(bundle.path, notes),
+        "sweep": _sweep(info.get("sweep")),
         "versions": info.get("versions") if isinstance(info.get("versions"), dict) else {},
         "export_notes": [str(n) for n in (info.get("export") or {}).get("notes", [])
                          if isinstance(n, str)],
@@ -232,6 +233,20 @@ def _variants(raw: Any) -> list[dict[str, Any]]:
                          "bytes": _int(v.get("bytes")), "accuracy": _number(v.get("accuracy")),
                          "method": v.get("method") if isinstance(v.get("method"), str) else None})
     return rows
+
+
+def _sweep(raw: Any) -> list[dict[str, Any]]:
+    """bundle.json's "sweep" rows (`visiondeck export --sweep`), numbers checked."""
+    rows = raw.get("rows") if isinstance(raw, dict) else None
+    if not isinstance(rows, list):
+        return []
+    return [{"variant": str(r.get("variant", "")), "engine": str(r.get("engine", "")),
+             "bytes": _int(r.get("bytes")), "accuracy": _number(r.get("accuracy")),
+             "agreement": _number(r.get("agreement")), "p50_ms": _number(r.get("p50_ms")),
+             "p99_ms": _number(r.get("p99_ms")), "images_per_s": _number(r.get("images_per_s")),
+             "pareto": r.get("pareto") is True, "default": r.get("default") is True,
+             "recommended": r.get("recommended") is not False, "detail": str(r.get("detail", ""))}
+            for r in rows[:64] if isinstance(r, dict)]
 
 
 def _bench(path: Any, notes: list[str]) -> dict[str, Any] | None:

