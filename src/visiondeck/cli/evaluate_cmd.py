@@ -59,6 +59,13 @@ def evaluate(
         help="fail (exit 5) unless e.g. sensitivity>=0.92,specificity>=0.88,auc>=0.95 holds "
              "on val at the chosen threshold and on the test split (default: train.gate)")
     ] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: each fold (--cv) a Ray task "
+                                        "(pip install 'visiondeck\\[ray]')")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (--engine ray; "
+                                                "default RAY_ADDRESS, else a local Ray)")] = None,
+    cpus_per_task: Annotated[float, typer.Option(help="CPUs each Ray task asks for")] = 1.0,
+    retries: Annotated[int, typer.Option(help="Ray retries of a fold (--cv) whose worker "
+                                         "died")] = 2,
 ) -> None:
     """Metrics, calibration, rejection threshold and a self-contained report.html.
 
@@ -69,8 +76,11 @@ def evaluate(
                "target_sensitivity": target_sensitivity, "reject_method": reject,
                "reject_keep": keep, "ood_dir": ood, "n_boot": boot}
     if cv is not None:
-        _cross_validate(target, overrides, cv, out, options)
+        executor = _study_executor(engine, address, cpus_per_task, retries)
+        _cross_validate(target, overrides, cv, out, options, executor)
         return
+    if engine != "local":
+        raise typer.BadParameter("--engine ray runs studies: give --cv K")
     if overrides:
         raise typer.BadParameter("key=value overrides only go with --cv RECIPE")
     from visiondeck.evaluate.core import evaluate_run
@@ -139,8 +149,21 @@ def _track(run_dir: Path, result) -> None:
                    artifacts_dir=result.out_dir)
 
 
+def _study_executor(engine: str, address: str | None, cpus: float, retries: int):
+    """None (cells and folds run here, in order), or Ray's executor for --engine ray."""
+    from visiondeck.errors import ConfigError
+
+    if engine not in ("local", "ray"):
+        raise ConfigError(f"unknown engine {engine!r}", hint="use local or ray")
+    if engine == "local":
+        return None
+    from visiondeck.scale.ray_study import RayStudyExecutor
+
+    return RayStudyExecutor(address, num_cpus=cpus, retries=retries)
+
+
 def _cross_validate(target: Path, overrides: list[str] | None, folds: int, out: Path | None,
-                    options: dict) -> None:
+                    options: dict, executor=None) -> None:
     from rich.table import Table
 
     from visiondeck.cli._ui import console
@@ -153,7 +176,7 @@ def _cross_validate(target: Path, overrides: list[str] | None, folds: int, out: 
 
     tracker = _study_tracker(recipe)
     result = cross_validate(recipe, folds, out_dir=out, evaluate=options, on_fold=report,
-                            tracker=tracker)
+                            tracker=tracker, executor=executor)
     table = Table(title=f"{folds}-fold cross-validation ({result.out_dir})", title_justify="left")
     for column in ("metric", "mean", "± std", "min", "max"):
         table.add_column(column, justify="left" if column == "metric" else "right")
@@ -221,6 +244,12 @@ def ablate(
     design: Annotated[str, typer.Option(help="grid or ofat (one factor at a time)")] = "grid",
     metric: Annotated[str, typer.Option(help="headline metric to compare")] = "accuracy",
     out: Annotated[Path | None, typer.Option(help="output folder")] = None,
+    engine: Annotated[str, typer.Option(help="local, or ray: each cell a Ray task "
+                                        "(pip install 'visiondeck\\[ray]')")] = "local",
+    address: Annotated[str | None, typer.Option(help="Ray cluster address (--engine ray; "
+                                                "default RAY_ADDRESS, else a local Ray)")] = None,
+    cpus_per_task: Annotated[float, typer.Option(help="CPUs each Ray task asks for")] = 1.0,
+    retries: Annotated[int, typer.Option(help="Ray retries of a cell whose worker died")] = 2,
 ) -> None:
     """Train a grid of variants on the same split and seeds; table, chart, effects."""
     from rich.progress import Progress
@@ -230,6 +259,7 @@ def ablate(
     from visiondeck.evaluate.ablate import ablate as run_ablation
     from visiondeck.evaluate.ablate import parse_vary
 
+    executor = _study_executor(engine, address, cpus_per_task, retries)
     base = _recipe(recipe, overrides)
     factors = parse_vary(vary or [])
     seed_list = [int(s) for s in seeds.split(",") if s.strip()]
@@ -242,7 +272,8 @@ def ablate(
                             description=f"{cell.run_dir.name}{' (reused)' if cell.reused else ''}")
 
         result = run_ablation(base, factors, seeds=seed_list, design=design, out_dir=out,
-                              metric=metric, on_cell=step, tracker=tracker)
+                              metric=metric, on_cell=step, tracker=tracker,
+                              executor=executor)
     table = Table(title=f"ablation ({result.out_dir})", title_justify="left")
     for factor in result.factors:
         table.add_column(factor)

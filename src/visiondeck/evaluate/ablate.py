@@ -20,7 +20,7 @@ import json
 import os
 import re
 import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +32,8 @@ from visiondeck.config import Recipe, apply_overrides, parse_overrides
 from visiondeck.errors import ConfigError
 from visiondeck.evaluate.tracking import StudyTracker, metric_key, unfinished_on_error
 
-__all__ = ["AblationCell", "AblationResult", "ablate", "parse_vary", "plan_cells",
-           "summary_metrics"]
+__all__ = ["AblationCell", "AblationResult", "CellJob", "StudyExecutor", "ablate", "parse_vary",
+           "plan_cells", "run_cell", "run_in_order", "summary_metrics"]
 
 _SECTIONS = ("train", "model", "data")
 
@@ -121,21 +121,55 @@ class AblationResult:
 
 CELL_KIND = "ablation-cell"
 
+#: runs a study's jobs: `executor(work, jobs, tracker)` yields (index, work(job, tracker)) as
+#: each job ends, in any order (the default runs them here, in order; `scale.ray_study`
+#: sends each to a Ray task)
+StudyExecutor = Callable[[Callable[[Any, StudyTracker | None], Any], Sequence[Any],
+                          StudyTracker | None], Iterable[tuple[int, Any]]]
 
-def _run_cell(recipe: Recipe, run_dir: Path, evaluate_options: dict[str, Any],
-              tracker: StudyTracker | None = None, params: dict[str, str] | None = None
-              ) -> tuple[dict[str, float], bool]:
+
+def run_in_order(work: Callable[[Any, StudyTracker | None], Any], jobs: Sequence[Any],
+                 tracker: StudyTracker | None) -> Iterator[tuple[int, Any]]:
+    """The local executor: each job in this process, one after another."""
+    for index, job in enumerate(jobs):
+        yield index, work(job, tracker)
+
+
+@dataclass(frozen=True)
+class CellJob:
+    """One cell × seed: everything `run_cell` needs, picklable, so the same function runs
+    the cell here or in a Ray task on another node."""
+
+    recipe: Recipe
+    run_dir: Path
+    evaluate: dict[str, Any]
+    params: dict[str, str]
+
+    @property
+    def finished(self) -> bool:
+        """Evaluated already: resuming the study reuses the result on disk."""
+        return (self.run_dir / "evaluation" / "metrics.json").is_file()
+
+
+def run_cell(job: CellJob, tracker: StudyTracker | None = None) -> tuple[dict[str, float], bool]:
+    """Train (or resume) and evaluate one cell; (headline metrics, reused from disk).
+
+    An evaluated cell is read back; a trained one is only evaluated; one with a checkpoint
+    resumes from it; otherwise it trains. Its child run (under `tracker`'s parent) is
+    created here, so a cell run in a Ray task logs its own child run.
+    """
     from visiondeck.evaluate.core import evaluate_run
     from visiondeck.train.runner import resume, train
 
+    recipe, run_dir, params = job.recipe, job.run_dir, job.params
     metrics_file = run_dir / "evaluation" / "metrics.json"
-    if metrics_file.is_file():
+    if job.finished:
         headline, reused = json.loads(metrics_file.read_text())["headline"], True
     else:
         status = None
         if (run_dir / "run.json").is_file():
             status = json.loads((run_dir / "run.json").read_text()).get("status")
-        child = tracker.child(run_dir, recipe, kind=CELL_KIND, params=params or {}) \
+        child = tracker.child(run_dir, recipe, kind=CELL_KIND, params=params) \
             if tracker is not None and status not in ("completed", "passed", "failed_gate") \
             else None
         if status in ("completed", "passed", "failed_gate"):
@@ -144,9 +178,9 @@ def _run_cell(recipe: Recipe, run_dir: Path, evaluate_options: dict[str, Any],
             resume(run_dir, progress=False, tracker=child)
         else:
             train(recipe, run_dir=run_dir, progress=False, tracker=child)
-        headline, reused = evaluate_run(run_dir, **evaluate_options).headline, False
+        headline, reused = evaluate_run(run_dir, **job.evaluate).headline, False
     if tracker is not None:
-        tracker.child_done(run_dir, metrics_file, kind=CELL_KIND, params=params or {})
+        tracker.child_done(run_dir, metrics_file, kind=CELL_KIND, params=params)
     return headline, reused
 
 
@@ -178,11 +212,13 @@ def ablate(recipe: Recipe, vary: Mapping[str, Sequence[str]], *, seeds: Sequence
            design: str = "grid", out_dir: str | os.PathLike[str] | None = None,
            metric: str = "accuracy", evaluate: dict[str, Any] | None = None,
            on_cell: Callable[[int, int, AblationCell], None] | None = None,
-           tracker: StudyTracker | None = None) -> AblationResult:
+           tracker: StudyTracker | None = None, executor: StudyExecutor | None = None
+           ) -> AblationResult:
     """Run (or resume) every cell × seed; write OUT/results.json, table.csv, effects.png.
 
     `tracker` records the study as a parent run with one nested run per cell (see the
-    module's docstring); None tracks nothing.
+    module's docstring); None tracks nothing. `executor` runs the cells (None: here, one
+    after another; `visiondeck.scale.ray_study.RayStudyExecutor`: one Ray task each).
     """
     factors = {k: list(v) for k, v in vary.items()}
     cells_plan = plan_cells(factors, design)
@@ -190,23 +226,26 @@ def ablate(recipe: Recipe, vary: Mapping[str, Sequence[str]], *, seeds: Sequence
     root.mkdir(parents=True, exist_ok=True)
     options = {"gradcam_samples": 0, "n_boot": 200, "report": False, **(evaluate or {})}
     total = len(cells_plan) * len(seeds)
+    jobs, plan = [], []
+    for cell in cells_plan:
+        for seed in seeds:
+            slug = _slug(cell, seed)
+            params = {**{f"cell.{k}": v for k, v in cell.items()}, "cell.seed": str(seed)}
+            jobs.append(CellJob(_cell_recipe(recipe, cell, seed, f"{recipe.name}-{slug}"),
+                                root / "cells" / slug, options, params))
+            plan.append((dict(cell), seed))
     if tracker is not None:
         tracker.start(root, kind="ablation", name=recipe.name, params={
             "design": design, "metric": metric, "seeds": list(seeds), "cells": total,
             "vary": factors, "recipe": recipe.model_dump(mode="json")})
     with unfinished_on_error(tracker):
-        done: list[AblationCell] = []
-        for cell in cells_plan:
-            for seed in seeds:
-                slug = _slug(cell, seed)
-                run_dir = root / "cells" / slug
-                cell_recipe = _cell_recipe(recipe, cell, seed, f"{recipe.name}-{slug}")
-                params = {**{f"cell.{k}": v for k, v in cell.items()}, "cell.seed": str(seed)}
-                headline, reused = _run_cell(cell_recipe, run_dir, options, tracker, params)
-                outcome = AblationCell(dict(cell), seed, run_dir, headline, reused)
-                done.append(outcome)
-                if on_cell is not None:
-                    on_cell(len(done), total, outcome)
+        finished: dict[int, AblationCell] = {}
+        for index, (headline, reused) in (executor or run_in_order)(run_cell, jobs, tracker):
+            outcome = AblationCell(*plan[index], jobs[index].run_dir, headline, reused)
+            finished[index] = outcome
+            if on_cell is not None:
+                on_cell(len(finished), total, outcome)
+        done = [finished[i] for i in range(len(jobs))]
         result = _write_results(recipe, root, factors, metric, design, seeds, done)
     if tracker is not None:
         tracker.finish(metrics=summary_metrics(result), artifacts=[

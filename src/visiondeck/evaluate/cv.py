@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING, Any
 
 from visiondeck._files import atomic_write_json, atomic_writer
 from visiondeck.config import Recipe, save_recipe
+from visiondeck.evaluate.ablate import StudyExecutor, run_in_order
 from visiondeck.evaluate.predict import EvaluationError
 from visiondeck.evaluate.tracking import StudyTracker, metric_key, unfinished_on_error
 
 if TYPE_CHECKING:
     from visiondeck.train.tracking import Tracker
 
-__all__ = ["CVResult", "cross_validate", "summarize_folds", "summary_metrics", "train_fold"]
+__all__ = ["CVResult", "FoldJob", "cross_validate", "run_fold", "summarize_folds",
+           "summary_metrics", "train_fold"]
 
 FOLD_KIND = "cv-fold"
 
@@ -119,6 +121,58 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
     return folder
 
 
+@dataclass(frozen=True)
+class FoldJob:
+    """One fold: everything `run_fold` needs, picklable, so the same function runs the fold
+    here or in a Ray task on another node."""
+
+    recipe: Recipe  # the fold's (named NAME-foldK)
+    fold: int
+    run_dir: Path
+    evaluate: dict[str, Any]
+    params: dict[str, str]
+    progress: bool = False
+
+    @property
+    def finished(self) -> bool:
+        """Evaluated already: resuming the cross-validation reuses the result on disk."""
+        return (self.run_dir / "evaluation" / "metrics.json").is_file()
+
+
+def run_fold(job: FoldJob, tracker: StudyTracker | None = None) -> dict[str, float]:
+    """Train and evaluate one fold (or read back its evaluation); its headline metrics.
+
+    A fold trained to the end but not evaluated (stopped during its evaluation) is only
+    evaluated; one stopped during training is trained again from the start (`train_fold`
+    keeps no resumable state). The fold's child run (under `tracker`'s parent) is created
+    here, so a fold run in a Ray task logs its own child run.
+    """
+    from visiondeck.evaluate.core import evaluate_run
+
+    metrics_file = job.run_dir / "evaluation" / "metrics.json"
+    if job.finished:
+        headline = json.loads(metrics_file.read_text())["headline"]
+    else:
+        if not _trained(job.run_dir):
+            child = tracker.child(job.run_dir, job.recipe, kind=FOLD_KIND,
+                                  params=job.params) if tracker is not None else None
+            train_fold(job.recipe, job.fold, job.run_dir, progress=job.progress,
+                       tracker=child)
+        headline = evaluate_run(job.run_dir, **job.evaluate).headline
+    if tracker is not None:
+        tracker.child_done(job.run_dir, metrics_file, kind=FOLD_KIND, params=job.params)
+    return headline
+
+
+def _trained(run_dir: Path) -> bool:
+    """`train_fold` wrote its model and marked the run completed (its last two steps)."""
+    try:
+        status = json.loads((run_dir / "run.json").read_text()).get("status")
+    except (OSError, ValueError):
+        return False
+    return status == "completed" and (run_dir / "model").is_dir()
+
+
 @dataclass
 class CVResult:
     out_dir: Path
@@ -144,15 +198,16 @@ def summarize_folds(per_fold: list[dict[str, float]]) -> dict[str, dict[str, flo
 
 def cross_validate(recipe: Recipe, folds: int = 5, *, out_dir: str | os.PathLike[str] | None
                    = None, progress: bool = False, evaluate: dict[str, Any] | None = None,
-                   on_fold: Any = None, tracker: StudyTracker | None = None) -> CVResult:
+                   on_fold: Any = None, tracker: StudyTracker | None = None,
+                   executor: StudyExecutor | None = None) -> CVResult:
     """Train and evaluate one run per fold under OUT/fold-K; write OUT/cv.json, folds.csv.
 
     A fold whose run already holds `evaluation/metrics.json` is not trained again, so a
     killed cross-validation resumes where it stopped. `evaluate` holds keyword arguments
     for `evaluate_run` (e.g. {"tta": True}); `on_fold(k, headline)` reports progress;
-    `tracker` records a parent run with one nested run per fold (None tracks nothing).
+    `tracker` records a parent run with one nested run per fold (None tracks nothing);
+    `executor` runs the folds (None: here, in order; see `evaluate.ablate.StudyExecutor`).
     """
-    from visiondeck.evaluate.core import evaluate_run
 
     if folds < 2:
         raise EvaluationError(f"cross-validation needs at least 2 folds, not {folds}")
@@ -163,26 +218,18 @@ def cross_validate(recipe: Recipe, folds: int = 5, *, out_dir: str | os.PathLike
     if tracker is not None:
         tracker.start(root, kind="cv", name=recipe.name,
                       params={"folds": folds, "recipe": recipe.model_dump(mode="json")})
-    runs, per_fold = [], []
+    jobs = [FoldJob(recipe.model_copy(update={"name": f"{recipe.name}-fold{fold}"}), fold,
+                    root / f"fold-{fold}", options,
+                    {"cv.fold": str(fold), "cv.folds": str(folds)}, progress)
+            for fold in range(folds)]
     with unfinished_on_error(tracker):
-        for fold in range(folds):
-            run = root / f"fold-{fold}"
-            metrics_file = run / "evaluation" / "metrics.json"
-            fold_recipe = recipe.model_copy(update={"name": f"{recipe.name}-fold{fold}"})
-            params = {"cv.fold": str(fold), "cv.folds": str(folds)}
-            if metrics_file.is_file():
-                headline = json.loads(metrics_file.read_text())["headline"]
-            else:
-                child = tracker.child(run, fold_recipe, kind=FOLD_KIND, params=params) \
-                    if tracker is not None else None
-                train_fold(fold_recipe, fold, run, progress=progress, tracker=child)
-                headline = evaluate_run(run, **options).headline
-            if tracker is not None:
-                tracker.child_done(run, metrics_file, kind=FOLD_KIND, params=params)
-            runs.append(run)
-            per_fold.append(headline)
+        headlines: dict[int, dict[str, float]] = {}
+        for fold, headline in (executor or run_in_order)(run_fold, jobs, tracker):
+            headlines[fold] = headline
             if on_fold is not None:
                 on_fold(fold, headline)
+        runs = [job.run_dir for job in jobs]
+        per_fold = [headlines[fold] for fold in range(folds)]
         result = CVResult(root, folds, runs, per_fold, summarize_folds(per_fold))
         _write_results(result, recipe)
     if tracker is not None:
