@@ -62,7 +62,7 @@ def photos(names: list[str]) -> list:
     for name in names:
         if name == "grace_hopper":
             path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-            array = np.asarray(Image.open(path).convert("RGB"))
+            array = np.asarray(Image.open(path, formats=["JPEG"]).convert("RGB"))
         elif name in ("china", "flower"):
             array = load_sample_image(f"{name}.jpg")
         elif name == "stereo_motorcycle":
