@@ -12,12 +12,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import http.client
 import importlib.resources
 import os
-import tempfile
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
 from pathlib import Path
@@ -25,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from visiondeck.data.download import download_to_temporary
 from visiondeck.data.idx import read_idx, read_idx_bytes
 from visiondeck.errors import DataError, DatasetNotFoundError
 
@@ -87,7 +84,6 @@ _OFFLINE_HINT = (
     + f" from {OFFICIAL_URL} into a folder and pass it with --root/--data-root "
     f"(or set ${ENV_VAR}), or use download=True (--download) where there is internet."
 )
-_CHUNK = 1 << 20
 # (resolved path, mtime_ns, size) -> sha256 of the decompressed content
 _DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -172,22 +168,8 @@ def _is_valid(path: Path, base: str) -> bool:
 
 
 def _fetch(url: str, folder: Path, base: str, timeout: float) -> Path:
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{base}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while chunk := response.read(_CHUNK):
-                        out.write(chunk)
-            except (OSError, http.client.HTTPException) as exc:
-                if isinstance(exc, urllib.error.HTTPError):
-                    reason: object = f"HTTP {exc.code} {exc.reason}"
-                else:
-                    reason = getattr(exc, "reason", None) or exc
-                raise DatasetNotFoundError(
-                    f"Could not download {url}: {reason}", hint=_OFFLINE_HINT
-                ) from exc
+    with download_to_temporary(url, folder, prefix=base, timeout=timeout,
+                               failed=f"Could not download {url}", hint=_OFFLINE_HINT) as tmp:
         try:
             digest = hashlib.sha256(read_idx_bytes(tmp)).hexdigest()
         except DataError:
@@ -203,8 +185,6 @@ def _fetch(url: str, folder: Path, base: str, timeout: float) -> Path:
         final = folder / (f"{base}.gz" if gz else base)
         os.replace(tmp, final)
         return final
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def download_fashion_mnist(

@@ -16,17 +16,14 @@ its published MD5 before it is used; offline, the error says where to put the fi
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import tarfile
-import tempfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from visiondeck.data.download import download_to_temporary
 from visiondeck.errors import DataError, DatasetNotFoundError
 
 __all__ = [
@@ -153,24 +150,9 @@ def download_cifar10(
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise DataError(f"cannot create the download folder {folder}: {exc}") from exc
-    fd, tmp_name = tempfile.mkstemp(dir=folder, prefix=f".{CIFAR10_ARCHIVE}.", suffix=".part")
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    while chunk := response.read(_CHUNK):
-                        out.write(chunk)
-            except (OSError, http.client.HTTPException) as exc:
-                reason = (
-                    f"HTTP {exc.code} {exc.reason}"
-                    if isinstance(exc, urllib.error.HTTPError)
-                    else getattr(exc, "reason", None) or exc
-                )
-                raise DatasetNotFoundError(
-                    f"could not download CIFAR-10 from {url}: {reason}",
-                    hint=_HINT.format(cache=folder),
-                ) from exc
+    with download_to_temporary(url, folder, prefix=CIFAR10_ARCHIVE, timeout=timeout,
+                               failed=f"could not download CIFAR-10 from {url}",
+                               hint=_HINT.format(cache=folder)) as tmp:
         digest = _md5(tmp)
         if digest != md5:
             raise DataError(
@@ -180,8 +162,6 @@ def download_cifar10(
             )
         os.replace(tmp, final)
         return final
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _read_archive(archive: Path, names: tuple[str, ...]) -> list[bytes]:
