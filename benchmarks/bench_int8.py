@@ -148,6 +148,7 @@ def plain_ort(fp32: Path, out: Path, calibration: np.ndarray) -> None:
 
 
 def main() -> None:
+    from visiondeck.export.bench import ort_runner
     from visiondeck.export.checks import ort_session
     from visiondeck.export.quantize import (
         CANDIDATES,
@@ -155,7 +156,7 @@ def main() -> None:
         layer_losses,
         quantize_static_int8,
     )
-    from visiondeck.export.sweep import _ort_runner, interleaved_timings
+    from visiondeck.export.sweep import interleaved_timings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
@@ -238,8 +239,8 @@ def main() -> None:
         ),
     )
     runners = {
-        "fp32": _ort_runner(fp32, args.threads),
-        f"int8 {best}": _ort_runner(models[best], args.threads),
+        "fp32": ort_runner(fp32, args.threads),
+        f"int8 {best}": ort_runner(models[best], args.threads),
     }
     times = interleaved_timings(
         runners, (3, 224, 224), batch_size=8, rounds=args.rounds, seconds=1.0

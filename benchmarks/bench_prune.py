@@ -47,8 +47,9 @@ def speed_only(ratios: list[float], threads: int, rounds: int) -> None:
 
     import torch
 
+    from visiondeck.export.bench import ort_runner
     from visiondeck.export.prune import parameter_count, remove_channels
-    from visiondeck.export.sweep import _ort_runner, interleaved_timings
+    from visiondeck.export.sweep import interleaved_timings
     from visiondeck.models import create_model
 
     folder = Path(tempfile.mkdtemp(prefix="vd-prune-speed-"))
@@ -71,7 +72,7 @@ def speed_only(ratios: list[float], threads: int, rounds: int) -> None:
             dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
         )
         name = "unpruned" if not ratio else f"pruned-{round(ratio * 100)}"
-        runners[name] = _ort_runner(path, threads)
+        runners[name] = ort_runner(path, threads)
         sizes[name] = (parameter_count(model), path.stat().st_size)
     times = interleaved_timings(runners, (1, 28, 28), batch_size=64, rounds=rounds, seconds=1.0)
     base = times["unpruned"]["images_per_s"]
@@ -104,8 +105,9 @@ def speed_only(ratios: list[float], threads: int, rounds: int) -> None:
 
 
 def main() -> None:
+    from visiondeck.export.bench import ort_runner
     from visiondeck.export.onnx_export import export_run
-    from visiondeck.export.sweep import _ort_runner, interleaved_timings
+    from visiondeck.export.sweep import interleaved_timings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", help="a finished configs/fashion_mnist.yaml run")
@@ -148,7 +150,7 @@ def main() -> None:
             flush=True,
         )
     runners = {
-        name: _ort_runner(e.path / "model.onnx", args.threads) for name, e in exports.items()
+        name: ort_runner(e.path / "model.onnx", args.threads) for name, e in exports.items()
     }
     times = interleaved_timings(
         runners, base.bundle.input.shape, batch_size=64, rounds=args.rounds, seconds=1.0

@@ -94,7 +94,8 @@ def _measure(engine: str, file: Path, accuracy: float | None,
                     best, per_batch[best], per_batch)
 
 
-def _ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+def ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
+    """A CPU ONNX Runtime session as a function of a batch (`bench` and `sweep` time it)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -141,7 +142,7 @@ def bench_bundle(bundle: Bundle | str | os.PathLike[str], *,
             say(f"ONNX Runtime {name.upper()}")
             path = bundle.onnx_path(name)
             rows.append(_measure(f"onnxruntime-{name}", path, variants[name].get("accuracy"),
-                                 _ort_runner(path, threads), shape, batch_sizes, seconds))
+                                 ort_runner(path, threads), shape, batch_sizes, seconds))
     machine = {"processor": platform.processor() or platform.machine(),
                "cpu_count": os.cpu_count(), "python": platform.python_version(),
                "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from visiondeck.export.bench import ort_runner
 from visiondeck.export.bundle import MODEL_FILE, load_bundle, utc_now, write_bundle_json
 
 __all__ = ["SWEEP_FILE", "SweepReport", "SweepRow", "choose_default", "mark_pareto", "sweep_run"]
@@ -118,17 +119,6 @@ def choose_default(rows: Sequence[SweepRow], max_loss: float, servable: set[str]
 
 
 # ------------------------------------------------------------------------------ measuring
-
-
-def _ort_runner(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda x: session.run(["logits"], {"input": x})
 
 
 def _openvino_runner(path: Path, threads: int) -> Callable[[np.ndarray], Any]:
@@ -285,7 +275,7 @@ def sweep_run(
             None, sessions, test_root, test_records, bundle.classes, bundle.input
         )
         runners = {
-            (name, "onnxruntime"): _ort_runner(path, threads) for name, (path, _) in files.items()
+            (name, "onnxruntime"): ort_runner(path, threads) for name, (path, _) in files.items()
         }
         if openvino and openvino_available():
             for name in ("fp32", "int8"):
