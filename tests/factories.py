@@ -122,11 +122,17 @@ def loaded_after_import(imports: Sequence[str], watched: Sequence[str]) -> list[
     return json.loads(done.stdout)
 
 
+def tiny_overrides(data: Path, *extra: str) -> list[str]:
+    """A CPU training of simple_cnn on `write_learnable` images at 16 px, a quarter each
+    for validation and test, nothing tracked; `extra` adds or overrides keys."""
+    return [f"data.source={data}", "data.image_size=16", "data.augment=none",
+            "data.cache=memory", "data.num_workers=1", "data.val_fraction=0.25",
+            "data.test_fraction=0.25", "model.name=simple_cnn", "train.accelerator=cpu",
+            "tracking.enabled=false", *extra]
+
+
 def tiny_ddp_overrides(data: Path, runs: Path, name: str) -> list[str]:
     """A two-process CPU training of simple_cnn on `write_learnable` images (the DDP and
     torchrun tests)."""
-    return [f"data.source={data}", "data.image_size=16", "data.augment=none",
-            "data.cache=memory", "data.num_workers=1", "data.val_fraction=0.25",
-            "data.test_fraction=0.25", "model.name=simple_cnn", "train.epochs=2",
-            "train.batch_size=6", "train.lr=0.01", "train.devices=2", "train.accelerator=cpu",
-            "tracking.enabled=false", f"output_dir={runs}", f"name={name}"]
+    return tiny_overrides(data, "train.epochs=2", "train.batch_size=6", "train.lr=0.01",
+                          "train.devices=2", f"output_dir={runs}", f"name={name}")

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.factories import write_learnable
+from tests.factories import tiny_overrides, write_learnable
 from visiondeck.config import load_recipe
 from visiondeck.errors import ConfigError
 from visiondeck.train import budget
@@ -110,27 +110,9 @@ def test_guard_stops_when_the_next_epoch_would_overrun(monkeypatch) -> None:
 
 
 def _tiny_recipe(data: Path, runs: Path, *extra: str):
-    return load_recipe(
-        None,
-        [
-            f"data.source={data}",
-            f"data.prepared={runs / 'prepared'}",
-            f"output_dir={runs}",
-            "name=budget",
-            "data.image_size=16",
-            "data.augment=none",
-            "data.cache=memory",
-            "data.num_workers=1",
-            "data.val_fraction=0.25",
-            "data.test_fraction=0.25",
-            "model.name=simple_cnn",
-            "train.batch_size=8",
-            "train.lr=0.01",
-            "train.accelerator=cpu",
-            "tracking.enabled=false",
-            *extra,
-        ],
-    )
+    return load_recipe(None, tiny_overrides(
+        data, f"data.prepared={runs / 'prepared'}", f"output_dir={runs}", "name=budget",
+        "train.batch_size=8", "train.lr=0.01", *extra))
 
 
 def test_probe_times_real_batches_of_the_recipe(tmp_path: Path) -> None:

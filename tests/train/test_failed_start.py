@@ -8,34 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import write_learnable
+from tests.factories import tiny_overrides, write_learnable
 from visiondeck.config import load_recipe
 from visiondeck.errors import DataError, SplitMismatchError
 from visiondeck.train.runner import train
 
 
 def _recipe(data: Path, tmp_path: Path, *extra: str):
-    return load_recipe(
-        None,
-        [
-            f"data.source={data}",
-            f"data.prepared={tmp_path / 'prepared'}",
-            f"output_dir={tmp_path / 'runs'}",
-            "name=start",
-            "data.image_size=16",
-            "data.augment=none",
-            "data.cache=memory",
-            "data.num_workers=1",
-            "data.val_fraction=0.25",
-            "data.test_fraction=0.25",
-            "model.name=simple_cnn",
-            "train.epochs=1",
-            "train.batch_size=8",
-            "train.accelerator=cpu",
-            "tracking.enabled=false",
-            *extra,
-        ],
-    )
+    return load_recipe(None, tiny_overrides(
+        data, f"data.prepared={tmp_path / 'prepared'}", f"output_dir={tmp_path / 'runs'}",
+        "name=start", "train.epochs=1", "train.batch_size=8", *extra))
 
 
 def test_a_split_clash_leaves_no_run_folder_and_force_trains(tmp_path: Path) -> None:
