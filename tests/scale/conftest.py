@@ -53,8 +53,11 @@ def ray_cluster() -> Iterator[RayCluster]:
     marker = uuid.uuid4().hex
     # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0: Ray's single-machine mode, where "127.0.0.1" stays
     # loopback (otherwise a driver rewrites it to the host's address, where nothing listens)
+    # RAY_worker_niceness=0: Ray starts its workers at nice 15 so that a busy node's raylet
+    # stays responsive; beside other CPU-heavy processes (two other test suites) a niced
+    # worker gets almost no CPU, and a 20-second study took 18 minutes
     env = {"RAY_TMPDIR": base, "VISIONDECK_TEST_RAY": marker,
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_worker_niceness": "0"}
     saved = {key: os.environ.get(key) for key in env}
     os.environ.update(env)  # the nodes (and the workers they start) inherit the marker
     from ray.cluster_utils import Cluster
