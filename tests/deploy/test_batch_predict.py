@@ -75,14 +75,14 @@ def test_memory_stays_flat_from_200_to_2000_images(colour_bundle: Path, folders,
 
 
 def test_the_measurement_sees_results_that_are_kept(colour_bundle: Path, folders) -> None:
-    from visiondeck.cli.predict_cmd import iter_files
     from visiondeck.export.predictor import Predictor
+    from visiondeck.locations import iter_inputs
 
     predictor = Predictor(colour_bundle, top_k=3)
 
     def keep(folder: Path) -> Callable[[], object]:
         return lambda: list(predictor.predict_files(
-            (path for path, _ in iter_files([str(folder)])), workers=1))
+            (path for path, _ in iter_inputs([str(folder)])), workers=1))
 
     small, large = folders
     keep(small)()
@@ -91,10 +91,10 @@ def test_the_measurement_sees_results_that_are_kept(colour_bundle: Path, folders
 
 
 def test_csv_output_file_and_a_single_walk(colour_bundle: Path, folders, tmp_path: Path) -> None:
-    from visiondeck.cli.predict_cmd import iter_files
+    from visiondeck.locations import iter_inputs
 
     small, _ = folders
-    found = list(iter_files([str(small)]))
+    found = list(iter_inputs([str(small)]))
     assert len(found) == 201 and all(walked for _, walked in found)  # README.txt included
     out = tmp_path / "p.csv"
     _command(colour_bundle, small, out, 1)()

@@ -1,4 +1,5 @@
-"""`visiondeck predict BUNDLE PATH...`: files, folders and globs through a Bundle.
+"""`visiondeck predict BUNDLE PATH...`: files, folders, globs, manifests and S3 prefixes
+through a Bundle (what each input names: `visiondeck.locations`).
 
 Results stream as they come (JSON lines and CSV are written per batch, to stdout or to
 `--output`, so a pipe or a file sees them at once); the table is printed at the end. Bad
@@ -14,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import glob
 import json
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -27,75 +26,16 @@ import typer
 
 from visiondeck.scale.rows import csv_cells, csv_header, prediction_record
 
-__all__ = ["iter_files", "predict", "unmatched_inputs"]
+__all__ = ["predict"]
 
 FORMATS = ("table", "jsonl", "csv")
 
 
-def iter_files(inputs: list[str]) -> Iterator[tuple[str, bool]]:
-    """(path, found by walking a folder) for every file the inputs name, lazily.
-
-    Folders are walked recursively (hidden entries skipped; each folder's listing sorted);
-    what they hold that is not an image at all (a README beside the pictures) is skipped
-    by the predictor, not reported, while a file named explicitly is always reported.
-    Globs (`*`, `?`, `[`, `**`) are expanded when no file has that literal name (their
-    matches sorted). Order is kept. With several inputs, duplicates are dropped (the paths
-    seen are remembered, ~100 bytes each); a single input needs no memory per file.
-    """
-    seen: set[str] | None = set() if len(inputs) > 1 else None
-
-    def fresh(path: str) -> bool:
-        if seen is None:
-            return True
-        if path in seen:
-            return False
-        seen.add(path)
-        return True
-
-    for raw in inputs:
-        path = Path(raw).expanduser()
-        if path.is_dir():
-            found: Iterator[tuple[str, bool]] = ((f, True) for f in _walk(path))
-        elif path.exists() or not glob.has_magic(raw):
-            found = iter([(str(path), False)])  # a missing plain path is reported later
-        else:
-            found = _expand(raw)
-        for item in found:
-            if fresh(item[0]):
-                yield item
-
-
-def unmatched_inputs(inputs: list[str]) -> list[str]:
-    """The globs among `inputs` that match nothing (each checked up to its first match)."""
-    missing = []
-    for raw in inputs:
-        if (not Path(raw).expanduser().exists() and glob.has_magic(raw)
-                and next(glob.iglob(os.path.expanduser(raw), recursive=True), None) is None):
-            missing.append(raw)
-    return missing
-
-
-def _expand(pattern: str) -> Iterator[tuple[str, bool]]:
-    for match in sorted(glob.iglob(os.path.expanduser(pattern), recursive=True)):
-        if Path(match).is_dir():
-            for found in _walk(Path(match)):
-                yield found, True
-        else:
-            yield match, False
-
-
-def _walk(root: Path) -> Iterator[str]:
-    for folder, dirs, names in os.walk(root):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(names):
-            if not name.startswith("."):
-                yield os.path.join(folder, name)
-
-
 def predict(
     bundle: Annotated[str, typer.Argument(help="Bundle folder or models:/NAME@ALIAS")],
-    paths: Annotated[list[str], typer.Argument(help="image files, folders (recursive) or "
-                                               "globs")],
+    paths: Annotated[list[str], typer.Argument(help="image files, folders (recursive), "
+                                               "globs, manifests (CSV/Parquet with a path "
+                                               "column) or s3://BUCKET/PREFIX/")],
     top_k: Annotated[int, typer.Option("--top-k", "-k", help="classes to show per image")] = 3,
     output_format: Annotated[str, typer.Option("--format", "-f", help="table, jsonl or csv")
                              ] = "table",
@@ -121,6 +61,7 @@ def predict(
     from visiondeck.cli._ui import EXIT_ISSUES, console, err_console
     from visiondeck.errors import ConfigError
     from visiondeck.export.predictor import PredictFailure, Predictor
+    from visiondeck.locations import iter_inputs, unmatched_inputs
 
     if engine not in ("local", "ray"):
         raise ConfigError(f"unknown engine {engine!r}", hint="use local or ray")
@@ -143,7 +84,7 @@ def predict(
     walked: set[str] = set()  # walked paths taken but not yet batched: at most one batch
 
     def files() -> Iterator[str]:
-        for path, from_walk in iter_files(paths):
+        for path, from_walk in iter_inputs(paths):
             if from_walk:
                 walked.add(path)
             yield path
@@ -188,6 +129,7 @@ def _predict_on_ray(bundle: str, paths: list[str], output: Path | None, output_f
     """--engine ray: parts and predictions.parquet (+ .csv with --format csv) in --output."""
     from visiondeck.cli._ui import EXIT_ISSUES, err_console
     from visiondeck.errors import ConfigError
+    from visiondeck.locations import iter_inputs, unmatched_inputs
     from visiondeck.scale.ray_predict import predict_on_ray
 
     if output is None:
@@ -195,7 +137,7 @@ def _predict_on_ray(bundle: str, paths: list[str], output: Path | None, output_f
     if output_format not in ("table", "csv", "jsonl"):
         raise ConfigError(f"unknown format {output_format!r}", hint=f"use one of {FORMATS}")
     workers = options.pop("workers")
-    result = predict_on_ray(bundle, iter_files(paths), output, unmatched=unmatched_inputs(paths),
+    result = predict_on_ray(bundle, iter_inputs(paths), output, unmatched=unmatched_inputs(paths),
                             actors=workers, write_csv=output_format == "csv", **options)
     err_console.print(f"{result.scored} predicted, {result.failed} failed, "
                       f"{result.already_done} already done → {result.parquet}", highlight=False)

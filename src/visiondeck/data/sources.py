@@ -22,6 +22,7 @@ __all__ = [
     "Source",
     "SourceFile",
     "builtin_cache_dir",
+    "manifest_paths",
     "open_source",
 ]
 
@@ -181,10 +182,54 @@ def _manifest_rows(manifest: Path) -> Iterator[tuple[str, str]]:
         yield str(p or "").strip(), "" if lab is None else str(lab).strip()
 
 
-def _pick_columns(manifest: Path, columns: list[str]) -> tuple[str, str]:
+def manifest_paths(manifest: str | os.PathLike[str]) -> Iterator[str]:
+    """The image locations a manifest lists, for prediction: its path column only (a label
+    column may be there or not), in row order, streamed (a Parquet manifest a record batch
+    at a time). Relative paths are taken from the manifest's folder, as in training;
+    `s3://` locations and absolute paths are kept as they are; empty rows are skipped."""
+    manifest = Path(manifest)
+    root = manifest.parent.resolve()
+
+    def located(raw: str) -> str:
+        if raw.startswith("s3://") or os.path.isabs(raw):
+            return raw
+        return os.path.normpath(root / raw)  # "../x" as the path it names (links kept)
+
+    if manifest.suffix.lower() == ".csv":
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            reader = csv.DictReader(handle)
+            path_col, _ = _pick_columns(manifest, reader.fieldnames or [], need_label=False)
+            for row in reader:
+                raw = (row.get(path_col) or "").strip()
+                if raw:
+                    yield located(raw)
+        return
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DataError("reading a Parquet manifest needs pyarrow",
+                        hint="pip install 'visiondeck[parquet]', or give the manifest as CSV"
+                        ) from exc
+    parquet = pq.ParquetFile(manifest)
+    path_col, _ = _pick_columns(manifest, parquet.schema_arrow.names, need_label=False)
+    for batch in parquet.iter_batches(columns=[path_col], batch_size=10_000):
+        for value in batch.column(0).to_pylist():
+            raw = str(value or "").strip()
+            if raw:
+                yield located(raw)
+
+
+def _pick_columns(manifest: Path, columns: list[str], *, need_label: bool = True
+                  ) -> tuple[str, str | None]:
     lowered = {c.lower().strip(): c for c in columns}
     path_col = next((lowered[c] for c in _PATH_COLUMNS if c in lowered), None)
     label_col = next((lowered[c] for c in _LABEL_COLUMNS if c in lowered), None)
+    if not need_label:
+        if path_col is None:
+            raise DataError(f"{manifest.name} needs a path column; found {columns}",
+                            hint=f"name it one of {', '.join(_PATH_COLUMNS)} (first row is "
+                            "the header)")
+        return path_col, label_col
     if path_col is None or label_col is None:
         raise DataError(
             f"{manifest.name} needs a path column and a label column; found {columns}",

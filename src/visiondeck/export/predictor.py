@@ -31,6 +31,7 @@ from PIL import Image
 
 from visiondeck.export.bundle import Bundle, ImageInput, load_bundle
 from visiondeck.imaging import ImageDecodeError, Problem
+from visiondeck.locations import S3Object, open_location
 
 __all__ = ["PredictFailure", "Prediction", "Predictor"]
 
@@ -144,7 +145,8 @@ class Predictor:
             out.extend(self._run_chunk(items[start:start + batch_size], top_k, errors))
         return out
 
-    def predict_files(self, paths: Iterable[str | os.PathLike[str]], *, top_k: int | None = None,
+    def predict_files(self, paths: Iterable[str | os.PathLike[str] | S3Object], *,
+                      top_k: int | None = None,
                       batch_size: int = 64, workers: int | None = None,
                       skip_non_images: Collection[str] | Callable[[str], bool] = ()
                       ) -> Iterator[Prediction | PredictFailure]:
@@ -152,7 +154,9 @@ class Predictor:
 
         `paths` is consumed lazily and at most a few batches are in flight at once, so a
         folder of millions of files is predicted in constant memory: pass a generator (the
-        CLI walks folders as it goes) and consume the results as they come.
+        CLI walks folders as it goes) and consume the results as they come. A path may be
+        an `s3://BUCKET/KEY` URI (or an `S3Object`): read from the store, bounded like a
+        file (`visiondeck.locations`).
 
         skip_non_images: paths (e.g. met while walking a folder) that are dropped silently
         when their bytes are no image format at all (a README beside the pictures), instead
@@ -205,7 +209,8 @@ class Predictor:
         slots: list[Prediction | PredictFailure | None] = []
         names: list[str | None] = []
         for item in items:
-            name = os.fspath(item) if isinstance(item, str | os.PathLike) else None
+            item = open_location(item)  # an s3:// location becomes a bounded object stream
+            name = os.fspath(item) if isinstance(item, str | os.PathLike) else _stream_name(item)
             try:
                 prepared.append(self.bundle.prepare(item))
                 slots.append(None)
@@ -238,6 +243,16 @@ class Predictor:
         return out
 
 
+def _name_of(item: str | S3Object) -> str:
+    return item.name if isinstance(item, S3Object) else item
+
+
+def _stream_name(item: Any) -> str | None:
+    """The name a stream carries (an `S3Object`'s URI, an open file's path), if any."""
+    name = getattr(item, "name", None) if hasattr(item, "read") else None
+    return name if isinstance(name, str) else None
+
+
 def _failure(name: str | None, exc: BaseException) -> PredictFailure:
     if isinstance(exc, ImageDecodeError):
         return PredictFailure(name, str(exc.problem), exc.message)
@@ -257,12 +272,16 @@ def _skip_test(skip: Collection[str] | Callable[[str], bool]) -> Callable[[str],
     return names.__contains__
 
 
-def _tasks(paths: Iterable[str | os.PathLike[str]], batch_size: int,
-           skip: Callable[[str], bool] | None) -> Iterator[tuple[list[str], frozenset[str]]]:
-    """(chunk of paths, those of it whose non-images are skipped), read lazily from `paths`."""
+def _tasks(paths: Iterable[str | os.PathLike[str] | S3Object], batch_size: int,
+           skip: Callable[[str], bool] | None
+           ) -> Iterator[tuple[list[str | S3Object], frozenset[str]]]:
+    """(chunk of locations, the names of those whose non-images are skipped), read lazily
+    from `paths` (local paths, `s3://` URIs, or `S3Object`s whose reads the caller watches)."""
     source = iter(paths)
-    while chunk := [os.fspath(p) for p in itertools.islice(source, batch_size)]:
-        yield chunk, frozenset(p for p in chunk if skip(p)) if skip else frozenset()
+    while chunk := [p if isinstance(p, S3Object) else os.fspath(p)
+                    for p in itertools.islice(source, batch_size)]:
+        names = [_name_of(p) for p in chunk]
+        yield chunk, frozenset(n for n in names if skip(n)) if skip else frozenset()
 
 
 def _pool_context() -> Any:
@@ -280,10 +299,12 @@ def _worker_init(bundle: str, variant: str, providers: list[str], top_k: int) ->
     _WORKER = Predictor(Path(bundle), variant, providers, threads=1, top_k=top_k)
 
 
-def _worker_run(task: tuple[list[str], frozenset[str]]) -> list[Prediction | PredictFailure]:
+def _worker_run(task: tuple[list[str | S3Object], frozenset[str]]
+                ) -> list[Prediction | PredictFailure]:
     assert _WORKER is not None, "worker used before its initialiser ran"
     chunk, skippable = task
     try:
         return _WORKER._run_chunk(chunk, None, "report", skippable)
     except Exception as exc:  # never lose a whole chunk silently: name every file of it
-        return [PredictFailure(path, "error", f"{type(exc).__name__}: {exc}") for path in chunk]
+        return [PredictFailure(_name_of(item), "error", f"{type(exc).__name__}: {exc}")
+                for item in chunk]

@@ -1,9 +1,10 @@
 """`visiondeck predict --engine ray`: score a large image collection on a Ray cluster.
 
-Ray Data carries the work: the driver lists the inputs (files, folders, globs: the local
-command's `iter_files`, so both engines see the same files) and cuts them into *shards* of
-`shard_size` paths, one Ray Data block each; an actor pool of torch-free `Predictor`s (one
-CPU, one ORT thread each) scores a shard in ORT batches and writes it as one Parquet part.
+Ray Data carries the work: the driver lists the inputs (files, folders, globs, manifests,
+S3 prefixes: `locations.iter_inputs`, as the local engine does, so both see the same images)
+and cuts them into *shards* of `shard_size` paths, one Ray Data block each; an actor pool
+of torch-free `Predictor`s (one CPU, one ORT thread each) scores a shard in ORT batches and
+writes it as one Parquet part.
 
 Exactly once, under lost workers and reruns:
 - a shard's paths are fixed by the driver before any work starts, and the shard is written
@@ -19,7 +20,8 @@ The parts folder is a Parquet dataset on its own; at the end the parts are compa
 that no source appears twice. Rows are `scale.rows.prediction_record` plus the file's sha256.
 
 The bundle is shipped to the actors through Ray's object store (unpacked once per node), so
-the workers need only the images (a shared file system) and this package, not the bundle.
+the workers need only the images (a shared file system, or an S3 store that every node can
+read with its own credentials) and this package, not the bundle.
 """
 
 from __future__ import annotations
@@ -79,9 +81,9 @@ def predict_on_ray(bundle: Any, files: Iterable[str | tuple[str, bool]],
                    write_csv: bool = False, compact: bool = True) -> RayPredictResult:
     """Score `files` with `bundle` on Ray into the folder `output` (resumable).
 
-    files: paths, or (path, found by walking a folder) pairs as `cli.predict_cmd.iter_files`
-    yields them (a walked non-image is dropped silently, as locally); unmatched: inputs
-    that matched no file, written as "no_match" failures (as locally).
+    files: locations (paths, `s3://` URIs), or (location, found by walking) pairs as
+    `locations.iter_inputs` yields them (a walked non-image is dropped silently, as
+    locally); unmatched: inputs that matched no file, written as "no_match" failures (as locally).
 
     address: a Ray cluster (`ray://…` or `host:port`; None: RAY_ADDRESS, else a Ray started
     in this process). actors: scorers in the pool (None: one per CPU of the cluster).
@@ -164,12 +166,18 @@ class _ShardScorer:
         self.parts = Path(parts)
 
     def __call__(self, shard: dict[str, Any]) -> dict[str, Any]:
+        from visiondeck.locations import open_location
+
         paths = json.loads(shard["paths"])
         walked = {p for p, w in zip(paths, json.loads(shard["walked"]), strict=True) if w}
-        results = self.predictor.predict_files(paths, top_k=self.top_k,
+        # S3 objects are opened here, in this process, so that the hash of the bytes the
+        # decoder read can be taken from them (no second download)
+        items = [open_location(p) for p in paths]
+        streams = {item.name: item for item in items if not isinstance(item, str)}
+        results = self.predictor.predict_files(items, top_k=self.top_k,
                                                batch_size=self.batch_size, workers=0,
                                                skip_non_images=walked)
-        records = [_record(r, self.top_k) for r in results]
+        records = [_record(r, self.top_k, streams.get(r.source)) for r in results]
         seen = {r["source"] for r in records}
         skipped = [p for p in paths if p not in seen]
         name = f"part-{int(shard['generation']):05d}-{int(shard['shard']):07d}.parquet"
@@ -179,12 +187,17 @@ class _ShardScorer:
                 "failed": failed, "skipped": len(skipped)}
 
 
-def _record(result: Any, top_k: int, *, hashed: bool = True) -> dict[str, Any]:
+def _record(result: Any, top_k: int, stream: Any = None, *, hashed: bool = True
+            ) -> dict[str, Any]:
+    """The output row; sha256 of the file (of an S3 object: of the bytes read, when the
+    whole object was read; None when it could not be, as for a missing or oversized one)."""
     from visiondeck._files import file_sha256
     from visiondeck.scale.rows import prediction_record
 
     digest = None
-    if hashed and result.source is not None:
+    if stream is not None:
+        digest = stream.sha256
+    elif hashed and result.source is not None:
         try:
             digest = file_sha256(result.source)
         except OSError:
