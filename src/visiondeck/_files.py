@@ -25,7 +25,7 @@ from typing import IO, Any
 
 __all__ = [
     "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text",
-    "atomic_writer", "file_sha256", "private_tmp", "tree_sha256",
+    "atomic_writer", "file_sha256", "private_tmp", "remove_stale_temporaries", "tree_sha256",
 ]  # fmt: skip
 
 
@@ -33,6 +33,35 @@ def private_tmp(path: str | os.PathLike[str]) -> Path:
     """A temporary name beside `path` that no other process or thread uses."""
     path = Path(path)
     return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Remove, under `folder`, the `private_tmp` files of writers that were killed mid-write
+    (SIGKILL leaves the temporary; its content never reached the real name). Only files
+    whose writer process is gone are removed: a live writer's temporary is left alone.
+    Returns what was removed."""
+    removed = []
+    for tmp in Path(folder).rglob(".*.tmp"):
+        parts = tmp.name.rsplit(".", 3)  # ".NAME", PID, TID, "tmp"
+        if len(parts) != 4 or not parts[1].isdigit() or not parts[2].isdigit():
+            continue
+        if _alive(int(parts[1])):
+            continue
+        tmp.unlink(missing_ok=True)
+        removed.append(tmp)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -78,3 +78,29 @@ def test_every_file_a_resume_reads_goes_through_the_helper(tiny_recipe, tmp_path
     prepared = {p.name for p in written if run not in p.parents}  # the split's folder
     assert {"split.csv", "split.json", "catalog.jsonl"} <= prepared
     assert not [p for p in run.rglob("*") if p.name.endswith(".tmp")]
+
+
+def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path: Path) -> None:
+    """What a SIGKILL mid-write leaves (`.last.ckpt.PID.TID.tmp`, seen beside a resumed run)
+    goes; a temporary whose writer still runs, and files of other names, stay."""
+    import signal
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (tmp_path / "checkpoints").mkdir()
+        stale = tmp_path / "checkpoints" / f".last.ckpt.{dead.pid}.140206091045760.tmp"
+        running = tmp_path / "checkpoints" / f".last.ckpt.{live.pid}.1.tmp"
+        mine = _files.private_tmp(tmp_path / "run.json")
+        other = tmp_path / ".notes.tmp"
+        for path in (stale, running, mine, other):
+            path.write_bytes(b"half")
+        assert _files.remove_stale_temporaries(tmp_path) == [stale]
+        assert not stale.exists() and running.exists() and mine.exists() and other.exists()
+    finally:
+        live.kill()
+        live.wait()

@@ -135,8 +135,25 @@ def _checkpointed_epochs(run: Path) -> int | None:
 
 
 def _train_with_kills(images: Path, cwd: Path, seed: int, window_s: float) -> list[Kill]:
-    """Train, SIGKILL at seeded random moments, resume; until a launch exits on its own."""
+    """Train, SIGKILL at seeded random moments, resume; until a launch exits on its own.
+
+    The moments are drawn within the reference run's fit window; a launch may run faster
+    than the reference did (the machine's load changed), and end before its first kill:
+    then the run is removed and trained again with the window halved, until a kill lands.
+    """
     rng = random.Random(seed)
+    run = cwd / "runs" / "tiny"
+    for _ in range(8):
+        kills = _kill_and_resume(images, cwd, rng, window_s)
+        if kills:
+            return kills
+        shutil.rmtree(run)
+        window_s /= 2
+    return []
+
+
+def _kill_and_resume(images: Path, cwd: Path, rng: random.Random, window_s: float
+                     ) -> list[Kill]:
     run = cwd / "runs" / "tiny"
     log = cwd / "train.log"
     kills: list[Kill] = []

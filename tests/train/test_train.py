@@ -92,8 +92,10 @@ def test_bad_file_during_training_is_skipped_not_fatal(tiny_recipe, tmp_path) ->
     # 36 training files in batches of 12: no batch is dropped, so the bad file is surely read
     recipe = tiny_recipe("data.cache=off", "train.epochs=1", "train.batch_size=12")
 
-    class Corrupt(L.Callback):  # the file goes bad after the split check, mid-run
-        def on_train_start(self, trainer, module) -> None:
+    class Corrupt(L.Callback):  # the file goes bad after the split check, before any read
+        # `setup` runs after the data module's setup and before any loader exists (in
+        # on_train_start, loader workers may already have read the file: a race)
+        def setup(self, trainer, module, stage) -> None:
             relpath = trainer.datamodule.subsets.train[0].relpath
             (tmp_path / "images" / relpath).write_bytes(b"\x89PNG\r\n\x1a\n garbage")
 

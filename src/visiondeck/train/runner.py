@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from visiondeck._files import atomic_write_json, atomic_write_text
+from visiondeck._files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from visiondeck.config import Recipe, load_recipe, save_recipe
 from visiondeck.errors import VisionDeckError
 
@@ -276,6 +276,8 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     from visiondeck.train.trainer import build_trainer
 
     started = time.perf_counter()
+    if _rank_zero():  # a killed run's half-written checkpoint or record: never read, removed
+        remove_stale_temporaries(folder)
     built = build_system(recipe, folder, progress=progress, force=force, split=split)
     data, system, split, spec, weights = (built.data, built.system, built.split, built.spec,
                                           built.class_weights)
