@@ -30,7 +30,7 @@ from urllib.parse import urlsplit, urlunsplit
 __all__ = [
     "DEFAULT_POSTGRES", "Database", "MlflowServer", "S3Server", "ServerError",
     "create_database", "drop_database", "free_port", "free_ports", "s3_in_environment",
-    "start_mlflow_server", "start_seaweedfs", "stop_process",
+    "s3_store_in_environment", "start_mlflow_server", "start_seaweedfs", "stop_process",
 ]  # fmt: skip
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"
@@ -162,6 +162,23 @@ class S3Server:
         for port in self.ports:  # weed leaves per-port unix sockets in /tmp
             for path in Path("/tmp").glob(f"seaweedfs-*-{port}.sock"):
                 path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def s3_store_in_environment(workdir: Path, bucket: str) -> Iterator[S3Server]:
+    """A seaweedfs store with `bucket`, its settings in os.environ while it runs (see
+    `s3_in_environment`); a store that cannot start fails the test, never skips it."""
+    import pytest
+
+    try:
+        server = start_seaweedfs(workdir, bucket=bucket)
+    except ServerError as exc:
+        pytest.fail(f"cannot start seaweedfs: {exc}", pytrace=False)
+    try:
+        with s3_in_environment(server):
+            yield server
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -27,17 +27,10 @@ SHARD = 25
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    from tests.servers import ServerError, s3_in_environment, start_seaweedfs
+    from tests.servers import s3_store_in_environment
 
-    try:
-        server = start_seaweedfs(tmp_path_factory.mktemp("s3"), bucket=BUCKET)
-    except ServerError as exc:
-        pytest.fail(f"cannot start seaweedfs: {exc}", pytrace=False)
-    try:
-        with s3_in_environment(server):
-            yield server
-    finally:
-        server.stop()
+    with s3_store_in_environment(tmp_path_factory.mktemp("s3"), BUCKET) as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
