@@ -31,7 +31,6 @@ import http.client
 import io
 import json
 import os
-import socket
 import statistics
 import struct
 import subprocess
@@ -46,6 +45,9 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_serve import _free_port, _stop, _wait_http  # a sibling script, not a package
 
 PYTHON = sys.executable
 CONCURRENCY = 8
@@ -202,12 +204,6 @@ class RssWatch:
         return self.sampled
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def start_server(bundle: Path, port: int, work: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VISIONDECK_")}
     env["VISIONDECK_WATCH_INTERVAL_S"] = "0"
@@ -216,29 +212,12 @@ def start_server(bundle: Path, port: int, work: Path) -> subprocess.Popen:
                              str(port), "--data-dir", str(work / "data"), "--log-level",
                              "warning"], stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=work)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = (work / "server.log").read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"the server exited with {proc.returncode}:\n{tail}")
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
-            conn.request("GET", "/ready")
-            if conn.getresponse().status == 200:
-                return proc
-        except OSError:
-            pass
-        time.sleep(0.05)
-    raise TimeoutError("the server did not become ready in 120 s")
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    proc.terminate()
     try:
-        proc.wait(30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        _wait_http(port, "/ready", proc)
+    except RuntimeError as exc:
+        tail = (work / "server.log").read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{exc}:\n{tail}") from exc
+    return proc
 
 
 # -------------------------------------------------------------------------------- load
@@ -336,7 +315,7 @@ def main() -> None:
             mixed = [payload for payload in payloads.values() for _ in range(2)]
             results["mixed"] = run_phase(port, proc.pid, mixed, args.seconds)
         finally:
-            stop_server(proc)
+            _stop(proc)
     overall = {"peak_rss_mb": max(r["peak_rss_mb"] for r in results.values()),
                "health_p99_ms_worst_phase": max(r["health_p99_ms"] for r in results.values())}
     print(f"\n{'phase':10s} {'peak RSS':>9s} {'/health p50':>12s} {'p99':>8s} {'max':>8s} "
