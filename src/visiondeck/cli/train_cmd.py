@@ -197,6 +197,9 @@ def _report(result) -> None:
         held = "[green]held[/]" if budget["within"] else "[red]overrun[/]"
         table.add_row("time budget", f"{budget['elapsed_s']:.0f} of {budget['budget_s']:.0f} s "
                       f"({held})")
+        if budget.get("replans"):  # the epochs after each re-plan (train.guard)
+            totals = [budget["epochs_planned"], *(r["epochs"] for r in budget["replans"])]
+            table.add_row("epochs re-planned", " → ".join(map(str, totals)))
     if result.skipped_files:
         table.add_row("[yellow]skipped bad files[/]", str(result.skipped_files))
     console.print(table)

@@ -3,18 +3,17 @@
 A fixed epoch count is not a budget: the same recipe takes twice as long on a busy machine.
 Here a short throughput probe (a few real training and validation batches of the very
 recipe, on its real data path) measures the seconds per step and per validation batch; the
-number of epochs is then what fits in the time left, validation included, and since the
-one-cycle (or cosine) schedule spans `epochs × steps per epoch`, the learning rate is laid
-over the budget rather than over a guessed epoch count. `BudgetGuard` watches the real run
-and stops it cleanly at an epoch's end when the next epoch would overrun the budget (a
-machine that slows down mid-run), so the best checkpoint and every artefact are still
-written.
+first plan is the number of epochs that fits in the time left, validation included. That
+plan is only a start: `BudgetGuard` (`train.guard`) re-plans after every epoch from the
+epochs' own measured times and lays the one-cycle (or cosine) schedule over the re-planned
+total, so the learning rate anneals at the budget's end whether the machine slows down or
+speeds up mid-run, and it stops the run cleanly at an epoch's end when even that would
+overrun, so the best checkpoint and every artefact are still written.
 
 The budget covers the probe, the fit (training and validation) and writing the model; it
 does not cover checking, splitting and decoding the data into memory, which happen once and
 are reused (the decoded arrays are cached on disk).
 """
-
 from __future__ import annotations
 
 import math
@@ -28,14 +27,17 @@ from typing import TYPE_CHECKING, Any
 import lightning as L
 import torch
 
-from visiondeck.config import Recipe
+from visiondeck.config import Recipe, save_recipe
 from visiondeck.errors import ConfigError
+from visiondeck.train.guard import GUARD_TOLERANCE, PLAN_MARGIN, BudgetGuard, Clock
 
 if TYPE_CHECKING:
     from visiondeck.train.runner import RunResult
     from visiondeck.train.tracking import Tracker
 
 __all__ = [
+    "GUARD_TOLERANCE",
+    "PLAN_MARGIN",
     "BudgetGuard",
     "BudgetPlan",
     "Throughput",
@@ -45,17 +47,10 @@ __all__ = [
     "train_within",
 ]
 
-#: plan to end this share of the budget early: the guard's slack for a slower machine
-PLAN_MARGIN = 0.96
-#: the guard lets the run end this share past the budget rather than drop a whole epoch
-GUARD_TOLERANCE = 0.03
 #: the probe's training batches stop after this share of the budget (once enough ran)
 PROBE_SHARE = 0.03
 #: fewer whole epochs than this fit: this many shorter ones instead (see `plan_epochs`)
 MIN_EPOCHS = 4
-#: a run "held its budget" when it ended within this share past it
-BUDGET_TOLERANCE = 0.10
-
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(h|min|m|sec|s)?", re.IGNORECASE)
 
@@ -335,56 +330,6 @@ def measure_throughput(
     )
 
 
-class BudgetGuard(L.Callback):
-    """Stops at an epoch's end when the next epoch would end past the deadline.
-
-    The deadline is absolute (`time.monotonic()`), so the probe and start-up already spent
-    count against it. The state survives a resume as the time left. `epoch_steps` cuts every
-    epoch to that many training batches (set before the optimiser's schedule is sized, so
-    the schedule spans the cut epoch, and validation still runs at its end).
-    """
-
-    def __init__(
-        self,
-        deadline: float,
-        budget_s: float,
-        tolerance: float = GUARD_TOLERANCE,
-        epoch_steps: int | None = None,
-    ) -> None:
-        self.deadline = deadline
-        self.budget_s = budget_s
-        self.tolerance = tolerance
-        self.epoch_steps = epoch_steps
-        self._epoch_start: float | None = None
-        self.longest_epoch = 0.0
-        self.stopped_early = False
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"left_s": self.deadline - time.monotonic(), "budget_s": self.budget_s}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.deadline = time.monotonic() + float(state.get("left_s", 0.0))
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.epoch_steps:
-            trainer.limit_train_batches = self.epoch_steps
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = time.monotonic()
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        now = time.monotonic()
-        if self._epoch_start is not None:
-            self.longest_epoch = max(self.longest_epoch, now - self._epoch_start)
-        if self.would_overrun(now):
-            self.stopped_early = trainer.current_epoch + 1 < (trainer.max_epochs or 0)
-            trainer.should_stop = True
-
-    def would_overrun(self, now: float) -> bool:
-        """Another epoch as long as the longest so far would end past the tolerance."""
-        return now + self.longest_epoch > self.deadline + self.tolerance * self.budget_s
-
-
 def train_within(
     recipe: Recipe,
     budget_s: float,
@@ -397,56 +342,73 @@ def train_within(
     notes: dict[str, Any] | None = None,
     on_plan: Any = None,
     split: Any = None,
+    throughput: Throughput | None = None,
+    clock: Clock | None = None,
+    callbacks: list | None = None,
 ) -> tuple[RunResult, BudgetPlan | None]:
     """Train `recipe` so that probe + training + validation end within `budget_s`.
 
-    `keep_epochs`: the user fixed train.epochs; the guard alone holds the budget. The plan
-    and `notes` (e.g. the automatic choices) are written to RUN/auto.json; `on_plan` is
-    called with the plan before the real training starts (the CLI prints it). `split`: the
-    `SplitOutcome` of this recipe's data when it was just prepared (`AutoPlan.split`).
+    `keep_epochs`: the user fixed train.epochs; the guard alone holds the budget (no
+    re-plan). The plan, every re-plan and `notes` (e.g. the automatic choices) are written
+    to RUN/auto.json; `on_plan` is called with the plan before the real training starts
+    (the CLI prints it). `split`: the `SplitOutcome` of this recipe's data when it was just
+    prepared (`AutoPlan.split`). `throughput`: one measured before (no probe is run);
+    `clock`: the seconds the budget is held on (`time.monotonic`; tests simulate one);
+    `callbacks`: more Lightning callbacks for the fit.
     """
     from visiondeck._files import atomic_write_json
     from visiondeck.data.prepare import prepare_split
     from visiondeck.train.runner import train
 
+    clock = clock or time.monotonic
     # checking and splitting happen once, before the clock starts, and are not done again
     outcome = split or prepare_split(recipe.data, force=force, progress=progress)
-    deadline = time.monotonic() + budget_s
+    deadline = clock() + budget_s
     threads_before = torch.get_num_threads()
     plan = None
     if not keep_epochs:
-        throughput = measure_throughput(recipe, cap_s=PROBE_SHARE * budget_s, split=outcome)
+        if throughput is None:
+            throughput = measure_throughput(recipe, cap_s=PROBE_SHARE * budget_s, split=outcome)
         # decoding the images into memory is data preparation, done once and cached (like
         # checking and splitting): the budget's clock starts after it
         deadline += throughput.decode_s
-        spent = budget_s - (deadline - time.monotonic())
+        spent = budget_s - (deadline - clock())
         plan = plan_epochs(budget_s, throughput, spent_s=spent)
         recipe = recipe.model_copy(
             update={"train": recipe.train.model_copy(update={"epochs": plan.epochs})}
         )
     if on_plan is not None:
         on_plan(plan, recipe)
-    guard = BudgetGuard(deadline, budget_s, epoch_steps=plan.epoch_steps if plan else None)
+    record = {**(notes or {}), "budget": {"plan": plan.to_json() if plan else None}}
+    guard = BudgetGuard(
+        deadline,
+        budget_s,
+        epoch_steps=plan.epoch_steps if plan else None,
+        planned_epochs=plan.epochs if plan else None,
+        clock=clock,
+        record=record,
+    )
     try:  # on the thread count the probe found fastest (set by measure_throughput)
         result = train(
             recipe,
             run_dir=run_dir,
             progress=progress,
             tracker=tracker,
-            callbacks=[guard],
+            callbacks=[guard, *(callbacks or [])],
             split=outcome,
         )
     finally:
         torch.set_num_threads(threads_before)
-    elapsed = budget_s - (deadline - time.monotonic())
-    budget = {
-        "budget_s": budget_s,
-        "elapsed_s": round(elapsed, 2),
-        "within": elapsed <= budget_s * (1 + BUDGET_TOLERANCE),
-        "stopped_early_by_guard": guard.stopped_early,
-        "plan": plan.to_json() if plan else None,
-    }
+    budget = guard.summary()
     if result.run_dir.is_dir() and result.status != "worker":
-        atomic_write_json(result.run_dir / "auto.json", {"budget": budget, **(notes or {})})
-    result.extra["budget"] = {k: v for k, v in budget.items() if k != "plan"}
+        atomic_write_json(
+            result.run_dir / "auto.json",
+            {**record, "budget": {**budget, "plan": record["budget"]["plan"]}},
+        )
+        if plan is not None and result.epochs_run != plan.epochs:
+            # re-planned: the recipe names the epochs the run ended with (its schedule was
+            # stretched at each re-plan listed in auto.json)
+            ran = recipe.train.model_copy(update={"epochs": max(1, result.epochs_run)})
+            save_recipe(recipe.model_copy(update={"train": ran}), result.run_dir / "recipe.yaml")
+    result.extra["budget"] = budget
     return result, plan

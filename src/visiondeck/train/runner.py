@@ -184,6 +184,10 @@ def resume(run_dir: str | os.PathLike[str], *, progress: bool = True,
         raise TrainingError(f"{folder} has no checkpoint to resume from",
                             hint="the run stopped before its first epoch ended; start it again")
     recipe = load_recipe(recipe_file)
+    from visiondeck.train.guard import resume_callbacks
+
+    # a budgeted run goes on re-planning from its own time left (its guard's state)
+    callbacks = [*(callbacks or []), *resume_callbacks(last, callbacks)]
     return _fit(recipe, folder, ckpt_path=last, progress=progress, callbacks=callbacks,
                 tracker=tracker)
 
