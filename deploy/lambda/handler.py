@@ -335,6 +335,7 @@ def _load(bundle_source: str, s3_uri: str, variant: str) -> Model:
             os.environ.setdefault("VISIONDECK_MODEL_CACHE",
                                   str(Path(tempfile.gettempdir()) / "visiondeck-models"))
         bundle = load_bundle(bundle_source, check_files=False)
+    bundle.require_single_label("the Lambda handler")
     variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
     if not onnx_file.is_file():

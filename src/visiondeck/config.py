@@ -74,6 +74,10 @@ class DataConfig(_Section):
     test_source: str | None = Field(
         None, description="optional separate test set (same forms as source); else carved out"
     )
+    task: Literal["auto", "single", "multilabel"] = Field(
+        "auto", description="auto: multilabel for a manifest with a labels column (a|b) or "
+        "0/1 label columns, else single; multilabel also reads a label column as a|b"
+    )
     prepared: str | None = Field(
         None, description="where the catalog and split are saved (null = prepared/<source name>)"
     )
@@ -159,8 +163,21 @@ class TrainConfig(_Section):
     warmup_epochs: float = Field(
         0.0, ge=0.0, description="linear warm-up for cosine (onecycle warms up by itself)"
     )
-    loss: Literal["ce", "focal"] = Field("ce", description="loss function")
+    loss: Literal["ce", "focal", "asl"] = Field(
+        "ce", description="ce (multi-label data: binary cross-entropy per label), focal "
+        "(single-label), asl (asymmetric loss, multi-label)"
+    )
     focal_gamma: float = Field(2.0, ge=0.0, description="focusing parameter of focal loss")
+    asl_gamma_neg: float = Field(
+        4.0, ge=0.0, description="asymmetric loss (multi-label): focusing of negatives"
+    )
+    asl_gamma_pos: float = Field(
+        0.0, ge=0.0, description="asymmetric loss (multi-label): focusing of positives"
+    )
+    asl_clip: float = Field(
+        0.05, ge=0.0, lt=1.0,
+        description="asymmetric loss (multi-label): probability margin shifted off negatives",
+    )
     pos_weight: float | None = Field(
         None, gt=0.0,
         description="model.head=binary: BCE weight of positives (null = 1, or n_neg/n_pos "

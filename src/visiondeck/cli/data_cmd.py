@@ -45,6 +45,9 @@ def check(
     max_pixels: Annotated[int, typer.Option(help="decompression-bomb pixel cap")] = 64_000_000,
     workers: Workers = None,
     show: Annotated[int, typer.Option(help="problem files to list")] = 30,
+    task: Annotated[str, typer.Option(help="auto, single or multilabel (a manifest with a "
+                                      "labels column or 0/1 label columns is multilabel)")
+                    ] = "auto",
 ) -> None:
     """Decode every file and report problems; exit code 3 when any are found."""
     from visiondeck.cli._ui import EXIT_ISSUES, console
@@ -55,7 +58,7 @@ def check(
 
     limits = DecodeLimits(max_pixels=max_pixels, min_side=min_size or MIN_DECODABLE_SIDE)
     result = check_data(source, prepared=out, limits=limits, workers=workers, progress=True,
-                        size_outliers=min_size is None)
+                        size_outliers=min_size is None, task=task)
     report = result.report
     _print_report(report, reused=result.reused)
     console.print(f"report: {result.prepared / 'data_report.json'}")
@@ -91,8 +94,10 @@ def _print_report(report, *, reused: int = 0) -> None:
     console.print(status)
 
     counts = report.class_counts
+    multilabel = getattr(report, "task", "single") == "multilabel"
     if counts:
-        classes = Table(title="usable images per class", title_justify="left")
+        classes = Table(title="usable images per label (multi-label)" if multilabel
+                        else "usable images per class", title_justify="left")
         classes.add_column("class")
         classes.add_column("images", justify="right")
         classes.add_column("")
@@ -101,6 +106,8 @@ def _print_report(report, *, reused: int = 0) -> None:
             classes.add_row(name, str(count), "█" * max(1, round(24 * count / top)))
         console.print(classes)
         console.print(f"imbalance ratio (largest/smallest class): {report.imbalance_ratio:.2f}")
+    if multilabel:
+        _print_label_statistics(report.label_statistics())
 
     problems = report.problems
     if problems:
@@ -129,6 +136,28 @@ def _print_report(report, *, reused: int = 0) -> None:
         console.print(f"[yellow]warning:[/] {warning}")
 
 
+def _print_label_statistics(stats: dict) -> None:
+    """Labels per file and how often two labels come together (multi-label sources)."""
+    from rich.table import Table
+
+    from visiondeck.cli._ui import console
+
+    per_file = ", ".join(f"{k}: {v}" for k, v in stats["labels_per_file"].items())
+    console.print(f"labels per file: {per_file} (mean {stats['mean_labels_per_file']:.2f}); "
+                  f"{stats['files_without_label']} file(s) without a label")
+    names = stats["labels"]
+    if len(names) > 12:
+        console.print("co-occurrence counts: see label_statistics in the JSON report")
+        return
+    table = Table(title="co-occurrence (files carrying both labels)", title_justify="left")
+    table.add_column("")
+    for name in names:
+        table.add_column(name, justify="right")
+    for name, row in zip(names, stats["cooccurrence"], strict=True):
+        table.add_row(name, *(str(v) for v in row))
+    console.print(table)
+
+
 @app.command()
 def split(
     source: Source,
@@ -140,6 +169,8 @@ def split(
     force: Annotated[bool, typer.Option(help="replace an existing split that no longer "
                                         "matches")] = False,
     workers: Workers = None,
+    task: Annotated[str, typer.Option(help="auto, single or multilabel (multilabel: "
+                                      "iterative stratification over label sets)")] = "auto",
 ) -> None:
     """Write a stratified, seeded split (reused as long as the data is unchanged)."""
     from rich.table import Table
@@ -148,21 +179,26 @@ def split(
     from visiondeck.config import DataConfig
     from visiondeck.data.prepare import prepare_split
 
+    if task not in ("auto", "single", "multilabel"):
+        raise typer.BadParameter(f"unknown task {task!r}: use auto, single or multilabel")
     cfg = DataConfig(source=source, val_fraction=val, test_fraction=test, folds=folds,
-                     seed=seed, num_workers=workers)
+                     seed=seed, num_workers=workers, task=task)
     outcome = prepare_split(cfg, prepared=out, force=force, progress=True)
     split_ = outcome.split
     verb = "reused unchanged split" if outcome.reused else "wrote split"
     console.print(f"{verb} [bold]{split_.id}[/] in {outcome.check.prepared}")
     table = Table(title_justify="left")
-    table.add_column("class")
+    table.add_column("label (files carrying it)" if split_.multilabel else "class")
     subsets = ["train", "val", "test"]
     for name in subsets:
         table.add_column(name, justify="right")
     counts = split_.counts()
     for cls in split_.classes:
         table.add_row(cls, *(str(counts[s][cls]) for s in subsets))
-    table.add_row("[bold]total[/]", *(str(sum(counts[s].values())) for s in subsets))
+    totals = ([len(split_.subset(s)) for s in subsets] if split_.multilabel
+              else [sum(counts[s].values()) for s in subsets])
+    table.add_row("[bold]total[/]" + (" files" if split_.multilabel else ""),
+                  *(str(n) for n in totals))
     console.print(table)
     if split_.folds:
         console.print(f"{split_.folds} folds over the non-test files")

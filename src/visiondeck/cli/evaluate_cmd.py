@@ -91,6 +91,11 @@ def evaluate(
     metrics = result.metrics
     console.print(_headline_table(f"{target} — {split} ({metrics['n']} images)",
                                   result.headline, metrics.get("ci95")))
+    if metrics.get("task") == "multilabel":
+        console.print(_label_table(metrics))
+        console.print(f"report: {result.report}\nmetrics: {result.out_dir / 'metrics.json'}")
+        _track(target, result)
+        return
     calib = metrics["calibration"]
     console.print(f"temperature {calib['temperature']:.3f}: ECE {calib['ece_before']:.3f} → "
                   f"{calib['ece_after']:.3f}, NLL {calib['nll_before']:.3f} → "
@@ -110,6 +115,27 @@ def evaluate(
             console.print("[red]the model failed its evaluation gate[/]; `visiondeck register` "
                           "will refuse it unless --force")
             raise typer.Exit(5)
+
+
+def _label_table(metrics: dict):
+    """Multi-label runs: each label's scores at its threshold (chosen on validation)."""
+    from rich.table import Table
+
+    table = Table(title=f"per label, thresholds chosen on val "
+                        f"({metrics['thresholds']['method']})", title_justify="left")
+    for column in ("label", "support", "threshold", "AP", "ROC-AUC", "F1", "sensitivity",
+                   "specificity"):
+        table.add_column(column, justify="left" if column == "label" else "right")
+
+    def number(value) -> str:
+        return "–" if value is None else f"{value:.4f}"
+
+    for name, row in metrics["per_label"].items():
+        table.add_row(name, str(row["support"]), number(row["threshold"]),
+                      number(row["average_precision"]), number(row["roc_auc"]),
+                      number(row["f1"]), number(row["sensitivity"]),
+                      number(row["specificity"]))
+    return table
 
 
 def _gate_table(gate: dict):

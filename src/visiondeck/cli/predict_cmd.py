@@ -97,7 +97,8 @@ def predict(
 
     started = time.perf_counter()
     with _open_output(output) as stream:
-        writer = _Writer(output_format, top_k, stream)
+        writer = _Writer(output_format, top_k, stream,
+                         labels=predictor.classes if predictor.bundle.multilabel else None)
         writer.start()
         unmatched = [PredictFailure(raw, "no_match", f"{raw}: matched no file")
                      for raw in unmatched_inputs(paths)]
@@ -164,22 +165,25 @@ def _open_output(path: Path | None) -> Iterator[TextIO]:
 class _Writer:
     """Streams JSON lines or CSV rows as results arrive (the table waits)."""
 
-    def __init__(self, fmt: str, top_k: int, stream: TextIO) -> None:
+    def __init__(self, fmt: str, top_k: int, stream: TextIO,
+                 labels: list[str] | None = None) -> None:
         self.fmt = fmt
         self.top_k = top_k
+        self.labels = labels  # a multi-label Bundle's classes: a column pair per label
         self.stream = stream
         self.csv = csv.writer(stream) if fmt == "csv" else None
         self.count = 0
 
     def start(self) -> None:
         if self.csv is not None:
-            self.csv.writerow(csv_header(self.top_k))
+            self.csv.writerow(csv_header(self.top_k, labels=self.labels))
 
     def write(self, result: Any) -> None:
         if self.fmt == "jsonl":
             self.stream.write(json.dumps(result.to_dict()) + "\n")
         elif self.csv is not None:
-            self.csv.writerow(csv_cells(prediction_record(result, self.top_k)))
+            self.csv.writerow(csv_cells(prediction_record(result, self.top_k,
+                                                          labels=self.labels)))
         else:
             return
         self.count += 1
@@ -200,7 +204,12 @@ def _table(results: list[Any], top_k: int, title: str) -> Any:
     if top_k > 1:
         table.add_column(f"top {top_k}")
     for r in results:
-        if r.ok:
+        if r.ok and hasattr(r, "scores"):  # multi-label: every label, ✓ when it passes
+            cells = [r.source or "-", f"[bold]{r.label or '(none)'}[/]", f"{r.probability:.1%}"]
+            if top_k > 1:
+                cells.append(", ".join(f"{s.label} {s.probability:.1%}{' ✓' if s.positive else ''}"
+                                       for s in r.scores))
+        elif r.ok:
             label = f"[yellow]unknown[/] ({r.label})" if r.unknown else f"[bold]{r.label}[/]"
             cells = [r.source or "-", label, f"{r.probability:.1%}"]
             if top_k > 1:

@@ -187,7 +187,8 @@ def _report(result) -> None:
     table = Table(title=f"run {result.run_dir}", title_justify="left")
     table.add_column("metric")
     table.add_column("value", justify="right")
-    for key in ("best_val_acc", "val_acc", "val_loss", "train_acc", "train_loss_epoch"):
+    for key in ("best_val_acc", "val_acc", "best_val_map", "val_map", "val_f1",  # multi-label
+                "val_loss", "train_acc", "train_loss_epoch"):
         if key in result.metrics:
             table.add_row(key, f"{result.metrics[key]:.4f}")
     table.add_row("epochs", str(result.epochs_run))

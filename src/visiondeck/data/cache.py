@@ -21,6 +21,7 @@ import numpy as np
 
 from visiondeck._files import atomic_write_json, atomic_writer
 from visiondeck.data.catalog import default_workers
+from visiondeck.data.multilabel import label_matrix
 from visiondeck.data.split import SplitRecord
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image, resize_image
 
@@ -30,7 +31,7 @@ __all__ = ["DecodedArrays", "cache_bytes", "decode_records"]
 @dataclass(frozen=True)
 class DecodedArrays:
     images: np.ndarray  # uint8 (N, C, H, W) of the files that decoded
-    labels: np.ndarray  # int64 (N,)
+    labels: np.ndarray  # int64 (N,); multi-label: uint8 (N, K) 0/1
     relpaths: list[str]
     failed: list[str]  # files that could not be decoded (left out, counted)
 
@@ -51,9 +52,13 @@ def decode_records(
     cache_dir: Path | None = None,
     workers: int | None = None,
     progress: bool = False,
+    multilabel: bool = False,
 ) -> DecodedArrays:
-    """Decode and resize every record (in parallel), reusing a saved array when present."""
-    key = _key(records, image_size, channels, resize, limits)
+    """Decode and resize every record (in parallel), reusing a saved array when present.
+
+    `multilabel`: record labels are label sets ("a|b") and `labels` a (N, K) 0/1 matrix."""
+    key = _key(records, image_size, channels, resize, limits,
+               "|multilabel|" + "\0".join(classes) if multilabel else "")
     if cache_dir is not None:
         cached = _load(cache_dir, key)
         if cached is not None:
@@ -66,10 +71,11 @@ def decode_records(
         if array is not None:
             images[i] = array
             ok[i] = True
+    kept = [r.label for r, good in zip(records, ok, strict=True) if good]
     result = DecodedArrays(
         images[ok] if not ok.all() else images,
-        np.array([index[r.label] for r, good in zip(records, ok, strict=True) if good],
-                 dtype=np.int64),
+        label_matrix(kept, classes) if multilabel
+        else np.array([index[label] for label in kept], dtype=np.int64),
         [r.relpath for r, good in zip(records, ok, strict=True) if good],
         [r.relpath for r, good in zip(records, ok, strict=True) if not good],
     )
@@ -98,8 +104,8 @@ def _decode_all(jobs: list, workers: int | None) -> Iterator[np.ndarray | None]:
 
 
 def _key(records: Sequence[SplitRecord], size: int, channels: int, resize: str,
-         limits: DecodeLimits) -> str:
-    digest = hashlib.sha256(f"{size}|{channels}|{resize}|{limits}".encode())
+         limits: DecodeLimits, kind: str = "") -> str:
+    digest = hashlib.sha256(f"{size}|{channels}|{resize}|{limits}{kind}".encode())
     for r in records:
         digest.update(f"{r.relpath}\0{r.sha256}\0{r.label}\n".encode())
     return digest.hexdigest()[:20]

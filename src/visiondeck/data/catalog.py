@@ -20,6 +20,7 @@ from pathlib import Path
 
 from visiondeck._files import atomic_writer
 from visiondeck.config import DataConfig
+from visiondeck.data.multilabel import MULTILABEL, SINGLE, label_names
 from visiondeck.data.sources import Source, SourceFile, open_source
 from visiondeck.errors import DataError
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image, dhash
@@ -94,9 +95,13 @@ class Catalog:
     entries: list[CatalogEntry]
     unlabelled: list[str] = field(default_factory=list)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
+    #: "single" or "multilabel" (labels are then label sets "a|b", see `data.multilabel`)
+    task: str = SINGLE
 
     @property
     def classes(self) -> list[str]:
+        if self.task == MULTILABEL:
+            return label_names(e.label for e in self.entries)
         return sorted({e.label for e in self.entries})
 
     def by_relpath(self) -> dict[str, CatalogEntry]:
@@ -111,6 +116,7 @@ class Catalog:
             "root": str(self.root),
             "unlabelled": self.unlabelled,
             "limits": asdict(self.limits),
+            **({"task": self.task} if self.task != SINGLE else {}),
         }
         with atomic_writer(path) as handle:
             handle.write(json.dumps(header) + "\n")
@@ -134,6 +140,7 @@ class Catalog:
             entries,
             header.get("unlabelled", []),
             DecodeLimits(**header.get("limits", {})),
+            header.get("task", SINGLE),
         )
 
 
@@ -178,7 +185,7 @@ def scan(
             todo.append(item)
     for entry in _track(_inspect_all(todo, limits, workers), len(todo), progress):
         done[entry.relpath] = entry
-    return Catalog(src.root, [done[r] for r in order], src.unlabelled(), limits)
+    return Catalog(src.root, [done[r] for r in order], src.unlabelled(), limits, src.task)
 
 
 def _reusable(cache: Catalog | None, root: Path, limits: DecodeLimits) -> dict[str, CatalogEntry]:

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, WeightedRandomSampler
 
 from visiondeck.config import DataConfig
 from visiondeck.data.catalog import decode_limits
+from visiondeck.data.multilabel import label_matrix
 from visiondeck.data.split import Split, SplitRecord
 from visiondeck.data.transforms import build_augment, normalize
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image, resize_image
@@ -29,6 +30,7 @@ __all__ = [
     "class_balanced_sampler",
     "collate_skip_bad",
     "datasets_from_split",
+    "rare_label_sampler",
 ]
 
 # used when neither the recipe nor the model gives normalisation statistics
@@ -70,11 +72,14 @@ class ImageFileDataset(Dataset):
         *,
         augment: Callable | None = None,
         limits: DecodeLimits | None = None,
+        multilabel: bool = False,
     ) -> None:
         self.root = Path(root)
         self.paths = [r.relpath for r in records]
         index = {c: i for i, c in enumerate(classes)}
-        self.labels = np.array([index[r.label] for r in records], dtype=np.int64)
+        # multi-label: a (N, K) 0/1 matrix, one row per file (see `data.multilabel`)
+        self.labels = (label_matrix([r.label for r in records], classes) if multilabel
+                       else np.array([index[r.label] for r in records], dtype=np.int64))
         self.spec = spec
         self.augment = augment
         self.limits = limits or decode_limits()
@@ -93,7 +98,8 @@ class ImageFileDataset(Dataset):
             tensor = self.augment(torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))))
             array = tensor.numpy().transpose(1, 2, 0)
         x = torch.from_numpy(normalize(array, self.spec.mean, self.spec.std))
-        return x, int(self.labels[i])
+        label = self.labels[i]
+        return x, (torch.from_numpy(label.copy()) if label.ndim else int(label))
 
 
 def collate_skip_bad(samples: list[tuple[torch.Tensor, int] | None]) -> Batch:
@@ -103,6 +109,8 @@ def collate_skip_bad(samples: list[tuple[torch.Tensor, int] | None]) -> Batch:
     if not good:
         return Batch(torch.empty(0), torch.empty(0, dtype=torch.long), skipped)
     images = torch.stack([s[0] for s in good])
+    if isinstance(good[0][1], torch.Tensor):  # multi-label rows
+        return Batch(images, torch.stack([s[1] for s in good]), skipped)
     labels = torch.tensor([s[1] for s in good], dtype=torch.long)
     return Batch(images, labels, skipped)
 
@@ -121,6 +129,23 @@ def class_balanced_sampler(labels: Sequence[int] | np.ndarray, *, seed: int = 0,
     weights = 1.0 / counts[labels]
     return _EpochSeededSampler(torch.as_tensor(weights, dtype=torch.double),
                                num_samples or len(labels), seed=seed)
+
+
+def rare_label_sampler(matrix: np.ndarray, *, seed: int = 0,
+                       num_samples: int | None = None) -> WeightedRandomSampler:
+    """Multi-label: draw each file as often as its rarest label asks (weight = 1 / files of
+    its rarest label; files without a label form a category of their own), so a label
+    carried by a few files is seen about as often as a common one. Epoch-seeded like
+    `class_balanced_sampler`."""
+    matrix = np.asarray(matrix, dtype=bool)
+    counts = matrix.sum(axis=0).astype(np.float64)
+    inverse = np.divide(1.0, counts, out=np.zeros_like(counts), where=counts > 0)
+    weights = (matrix * inverse[None, :]).max(axis=1) if matrix.shape[1] else np.zeros(len(matrix))
+    empty = ~matrix.any(axis=1)
+    if empty.any():
+        weights[empty] = 1.0 / empty.sum()
+    return _EpochSeededSampler(torch.as_tensor(weights, dtype=torch.double),
+                               num_samples or len(matrix), seed=seed)
 
 
 class _EpochSeededSampler(WeightedRandomSampler):
@@ -146,6 +171,7 @@ def datasets_from_split(split: Split, cfg: DataConfig) -> dict[str, ImageFileDat
         subset: ImageFileDataset(
             split.root, split.subset(subset), split.classes, spec,
             augment=augment if subset == "train" else None, limits=limits,
+            multilabel=split.multilabel,
         )
         for subset in ("train", "val", "test")
     }

@@ -63,13 +63,17 @@ def check_data(
     progress: bool = False,
     data_root: str | None = None,
     size_outliers: bool | None = None,
+    task: str = "auto",
 ) -> CheckResult:
     """Scan and validate a source; write catalog.jsonl and data_report.json.
+
+    `task` (the recipe's `data.task`): "auto" detects a multi-label manifest from its
+    columns (see `sources.open_source`), "single" or "multilabel" say it.
 
     `size_outliers` (default: when `limits` sets no floor above the decodable minimum):
     flag images far smaller than the set's own (`validate.mark_size_outliers`).
     """
-    source = open_source(spec, data_root=data_root)
+    source = open_source(spec, data_root=data_root, task=task)
     out = Path(prepared) if prepared else default_prepared_dir(source)
     cache = _load_cache(out / CATALOG_FILE)
     catalog = scan(source, limits=limits, workers=workers, cache=cache, progress=progress)
@@ -124,7 +128,7 @@ def prepare_split(
     result = check_data(
         source or cfg.source, prepared=prepared or cfg.prepared, limits=limits,
         workers=cfg.num_workers, progress=progress, data_root=data_root,
-        size_outliers=cfg.min_size is None,
+        size_outliers=cfg.min_size is None, task=cfg.task,
     )
     params = {"seed": cfg.seed, "val_fraction": cfg.val_fraction,
               "test_fraction": cfg.test_fraction, "folds": cfg.folds}
@@ -136,7 +140,8 @@ def prepare_split(
         same_params = all(
             json.loads(split_json.read_text())[k] == v for k, v in params.items()
         )
-        if changes.ok and same_params and previous.root == result.source.root:
+        if (changes.ok and same_params and previous.root == result.source.root
+                and previous.task == result.catalog.task):
             return SplitOutcome(previous, result, True, changes, _test_split(cfg, result, limits,
                                                                              progress, data_root))
         if not force:
@@ -150,6 +155,7 @@ def prepare_split(
     split = make_split(
         result.report.usable, root=result.source.root, val_fraction=cfg.val_fraction,
         test_fraction=cfg.test_fraction, folds=cfg.folds, seed=cfg.seed,
+        task=result.catalog.task,
     )
     save_split(split, result.prepared)
     return SplitOutcome(split, result, False, changes,
@@ -163,13 +169,17 @@ def _test_split(cfg: DataConfig, main: CheckResult, limits: DecodeLimits, progre
         return None
     check = check_data(cfg.test_source, prepared=main.prepared / "test_source", limits=limits,
                        workers=cfg.num_workers, progress=progress, data_root=data_root,
-                       size_outliers=cfg.min_size is None)
-    classes = sorted({e.label for e in main.report.usable})
-    unknown = sorted({e.label for e in check.report.usable} - set(classes))
+                       size_outliers=cfg.min_size is None, task=main.catalog.task)
+    classes = main.report.classes
+    if check.catalog.task != main.catalog.task:
+        raise DataError(f"the test source is {check.catalog.task}, the training data "
+                        f"{main.catalog.task}", hint="give both sources in the same form")
+    unknown = sorted(set(check.report.classes) - set(classes))
     if unknown:
         raise DataError(f"the test source has classes the training data lacks: {unknown}",
                         hint="test and training data must use the same class folders")
     records = [SplitRecord(e.relpath, e.label, e.sha256, "test") for e in check.report.usable]
-    split = Split(check.source.root, classes, records, cfg.seed, 0.0, 1.0)
+    meta = {"task": main.catalog.task} if main.catalog.task != "single" else {}
+    split = Split(check.source.root, classes, records, cfg.seed, 0.0, 1.0, meta=meta)
     save_split(split, check.prepared)
     return split

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from visiondeck.data.multilabel import MULTILABEL, SINGLE, join_labels, split_labels
 from visiondeck.errors import DataError
 from visiondeck.imaging import sniff_format
 
@@ -29,6 +30,11 @@ __all__ = [
 MANIFEST_SUFFIXES = (".csv", ".parquet", ".pq")
 _PATH_COLUMNS = ("path", "filepath", "file", "filename", "image")
 _LABEL_COLUMNS = ("label", "class", "target", "category")
+#: a column of this name holds label sets ("a|b|c"): the source is multi-label
+_LABELS_COLUMN = "labels"
+#: cell values of a one-column-per-label manifest (empty = 0)
+_FLAG_VALUES = {"0": False, "1": True, "0.0": False, "1.0": True, "false": False,
+                "true": True, "": False}
 
 
 @dataclass(frozen=True)
@@ -45,11 +51,19 @@ class Source:
     root: Path
     kind: Literal["folder", "manifest"]
     manifest: Path | None = None
+    #: "single" (one class per file) or "multilabel" (a set of labels per file, written
+    #: "a|b" in `SourceFile.label`; see `data.multilabel`)
+    task: str = SINGLE
+    #: a multi-label manifest with one 0/1 column per label: those columns (else empty)
+    label_columns: tuple[str, ...] = ()
 
     def files(self) -> Iterator[SourceFile]:
         """Stream the labelled files in a deterministic (sorted) order."""
         if self.kind == "folder":
             yield from _walk_folder(self.root)
+        elif self.task == MULTILABEL:
+            assert self.manifest is not None
+            yield from _read_multilabel_manifest(self.manifest, self.root, self.label_columns)
         else:
             assert self.manifest is not None
             yield from _read_manifest(self.manifest, self.root)
@@ -79,13 +93,23 @@ def builtin_cache_dir() -> Path:
     return Path(base) / "visiondeck" / "builtin"
 
 
-def open_source(spec: str | os.PathLike[str], *, data_root: str | None = None) -> Source:
-    """Resolve a source spec: a directory, a CSV/Parquet manifest, or `builtin:NAME[/subset]`."""
+def open_source(spec: str | os.PathLike[str], *, data_root: str | None = None,
+                task: str = "auto") -> Source:
+    """Resolve a source spec: a directory, a CSV/Parquet manifest, or `builtin:NAME[/subset]`.
+
+    `task` ("auto", "single" or "multilabel", the recipe's `data.task`): "auto" makes a
+    manifest with a `labels` column, or with one 0/1 column per label and no label column,
+    multi-label; "multilabel" also reads a `label` column as label sets ("a|b").
+    """
     text = os.fspath(spec)
+    if task not in ("auto", SINGLE, MULTILABEL):
+        raise DataError(f"unknown task {task!r}", hint="use auto, single or multilabel")
     if text.startswith("builtin:"):
+        _folder_task(text, task)
         return Source(_materialize_builtin(text.removeprefix("builtin:"), data_root), "folder")
     path = Path(text).expanduser()
     if path.is_dir():
+        _folder_task(text, task)
         return Source(path.resolve(), "folder")
     if path.is_file():
         if path.suffix.lower() not in MANIFEST_SUFFIXES:
@@ -94,11 +118,124 @@ def open_source(spec: str | os.PathLike[str], *, data_root: str | None = None) -
                 hint="give a folder with one sub-folder per class, or a .csv/.parquet "
                 "manifest with columns path,label",
             )
-        return Source(path.parent.resolve(), "manifest", path.resolve())
+        found, columns = _manifest_task(path.resolve(), task)
+        return Source(path.parent.resolve(), "manifest", path.resolve(), found, columns)
     raise DataError(
         f"data source not found: {text}",
         hint="give a folder of class sub-folders, a manifest file, or builtin:sample",
     )
+
+
+def _folder_task(text: str, task: str) -> None:
+    if task == MULTILABEL:
+        raise DataError(f"{text} is a class-folder source: one class per image",
+                        hint="give multi-label data as a CSV/Parquet manifest with a labels "
+                             "column (a|b|c) or one 0/1 column per label")
+
+
+def _header(manifest: Path) -> list[str]:
+    if manifest.suffix.lower() == ".csv":
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            return list(csv.DictReader(handle).fieldnames or [])
+    return list(_parquet(manifest).ParquetFile(manifest).schema_arrow.names)
+
+
+def _parquet(manifest: Path):  # type: ignore[no-untyped-def]
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as exc:
+        raise DataError(
+            "reading a Parquet manifest needs pyarrow",
+            hint="pip install 'visiondeck[parquet]', or give the manifest as CSV",
+        ) from exc
+    return pq
+
+
+def _manifest_task(manifest: Path, task: str) -> tuple[str, tuple[str, ...]]:
+    """(task, 0/1 label columns) of a manifest, per `open_source`'s rules."""
+    if task == SINGLE:
+        return SINGLE, ()
+    columns = _header(manifest)
+    lowered = {c.lower().strip(): c for c in columns}
+    path_col = next((lowered[c] for c in _PATH_COLUMNS if c in lowered), None)
+    has_label = any(c in lowered for c in (_LABELS_COLUMN, *_LABEL_COLUMNS))
+    if _LABELS_COLUMN in lowered or (task == MULTILABEL and has_label):
+        return MULTILABEL, ()
+    if has_label or path_col is None:
+        return SINGLE, ()  # the single-label reader names what is missing
+    flags = tuple(c for c in columns if c != path_col)
+    if flags and _all_flags(manifest, flags):
+        return MULTILABEL, flags
+    if task == MULTILABEL:
+        raise DataError(f"{manifest.name} has no labels column and its other columns "
+                        f"{flags} are not all 0/1",
+                        hint="give a labels column (a|b|c) or one 0/1 column per label")
+    return SINGLE, ()
+
+
+def _all_flags(manifest: Path, columns: tuple[str, ...]) -> bool:
+    for row in _rows(manifest, columns):
+        if any(str(v).strip().lower() not in _FLAG_VALUES for v in row):
+            return False
+    return True
+
+
+def _rows(manifest: Path, columns: Sequence[str]) -> Iterator[list[str]]:
+    """The cells of `columns`, row by row, as text ("" for empty)."""
+    if manifest.suffix.lower() == ".csv":
+        with manifest.open(newline="", encoding="utf-8-sig") as handle:
+            for row in csv.DictReader(handle):
+                yield [(row.get(c) or "").strip() for c in columns]
+        return
+    parquet = _parquet(manifest).ParquetFile(manifest)
+    for batch in parquet.iter_batches(columns=list(columns), batch_size=10_000):
+        values = [batch.column(i).to_pylist() for i in range(len(columns))]
+        for row in zip(*values, strict=True):
+            yield ["" if v is None else str(int(v) if isinstance(v, bool) else v).strip()
+                   for v in row]
+
+
+def _read_multilabel_manifest(manifest: Path, root: Path, flag_columns: tuple[str, ...]
+                              ) -> Iterator[SourceFile]:
+    """Label sets from a `labels` (or, with data.task=multilabel, `label`) column of
+    "a|b|c" cells, or from one 0/1 column per label; an empty set is allowed."""
+    columns = _header(manifest)
+    lowered = {c.lower().strip(): c for c in columns}
+    path_col = next((lowered[c] for c in _PATH_COLUMNS if c in lowered), None)
+    if path_col is None:
+        raise DataError(f"{manifest.name} needs a path column; found {columns}",
+                        hint=f"name it one of {', '.join(_PATH_COLUMNS)} (first row is the "
+                             "header)")
+    if flag_columns:
+        wanted = [path_col, *flag_columns]
+    else:
+        label_col = next(lowered[c] for c in (_LABELS_COLUMN, *_LABEL_COLUMNS) if c in lowered)
+        wanted = [path_col, label_col]
+    for index, row in enumerate(_rows(manifest, wanted), start=2):
+        raw_path = row[0]
+        if not raw_path:
+            raise DataError(f"{manifest.name}, row {index}: empty path")
+        if flag_columns:
+            try:
+                flags = [_FLAG_VALUES[v.lower()] for v in row[1:]]
+            except KeyError:
+                raise DataError(f"{manifest.name}, row {index}: label columns must hold 0 or "
+                                f"1, got {row[1:]}") from None
+            label = join_labels(c for c, on in zip(flag_columns, flags, strict=True) if on)
+        else:
+            label = join_labels(split_labels(row[1]))
+        yield _located(raw_path, root, label)
+
+
+def _located(raw_path: str, root: Path, label: str) -> SourceFile:
+    path = Path(raw_path)
+    if not path.is_absolute():
+        path = root / path
+    try:
+        relpath = path.resolve().relative_to(root).as_posix()
+    except ValueError:
+        relpath = path.resolve().as_posix()
+    return SourceFile(relpath, label, path)
 
 
 def _materialize_builtin(name: str, data_root: str | None) -> Path:

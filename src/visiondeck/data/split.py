@@ -22,6 +22,14 @@ import numpy as np
 
 from visiondeck._files import atomic_write_json, atomic_writer
 from visiondeck.data.catalog import Catalog, CatalogEntry, FileStatus
+from visiondeck.data.multilabel import (
+    MULTILABEL,
+    SINGLE,
+    iterative_stratify,
+    label_matrix,
+    label_names,
+    split_labels,
+)
 from visiondeck.errors import DataError, SplitMismatchError
 
 __all__ = [
@@ -77,10 +85,21 @@ class Split:
         pool = [r for r in self.records if r.fold >= 0]
         return [r for r in pool if r.fold != k], [r for r in pool if r.fold == k]
 
+    @property
+    def task(self) -> str:
+        """"single", or "multilabel" (record labels are then label sets "a|b")."""
+        return str(self.meta.get("task", SINGLE))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == MULTILABEL
+
     def counts(self) -> dict[str, dict[str, int]]:
+        """Files per class and subset (multi-label: files carrying each label)."""
         table: dict[str, dict[str, int]] = {s: dict.fromkeys(self.classes, 0) for s in SUBSETS}
         for r in self.records:
-            table[r.subset][r.label] += 1
+            for label in (split_labels(r.label) if self.multilabel else [r.label]):
+                table[r.subset][label] += 1
         return table
 
     def label_index(self, label: str) -> int:
@@ -95,9 +114,11 @@ def make_split(
     test_fraction: float = 0.15,
     folds: int = 0,
     seed: int = 42,
+    task: str = SINGLE,
 ) -> Split:
     """Split usable files per class; with `folds` > 1, non-test files get a fold number and
-    `val` stays empty (each fold serves as validation in turn)."""
+    `val` stays empty (each fold serves as validation in turn). `task="multilabel"`: labels
+    are label sets, split by iterative stratification (`_multilabel_split`)."""
     if val_fraction + test_fraction >= 1.0:
         raise DataError("val_fraction + test_fraction must leave files for training")
     if folds == 1:
@@ -107,6 +128,9 @@ def make_split(
     )
     if not usable:
         raise DataError("no usable images to split", hint="run `visiondeck data check` first")
+    if task == MULTILABEL:
+        return _multilabel_split(usable, root=Path(root), val_fraction=val_fraction,
+                                 test_fraction=test_fraction, folds=folds, seed=seed)
     classes = sorted({e.label for e in usable})
 
     groups = _groups(usable)
@@ -137,6 +161,30 @@ def make_split(
             )
     records.sort(key=lambda r: r.relpath)
     return Split(Path(root), classes, records, seed, val_fraction, test_fraction, folds)
+
+
+def _multilabel_split(usable: list[CatalogEntry], *, root: Path, val_fraction: float,
+                      test_fraction: float, folds: int, seed: int) -> Split:
+    """Iterative stratification over near-duplicate groups: every label with enough files
+    reaches every subset (or fold) in about the asked share, and a group stays together."""
+    classes = label_names(e.label for e in usable)
+    groups = _groups(usable)
+    counts = np.stack([label_matrix([e.label for e in g], classes).sum(axis=0)
+                       for g in groups]).astype(np.int64)
+    sizes = np.array([len(g) for g in groups])
+    if folds:
+        names = [("test", -1)] + [("train", k) for k in range(folds)]
+        rest = (1.0 - test_fraction) / folds
+        fractions = [test_fraction] + [rest] * folds
+    else:
+        names = [("test", -1), ("val", -1), ("train", -1)]
+        fractions = [test_fraction, val_fraction, 1.0 - test_fraction - val_fraction]
+    chosen = iterative_stratify(counts, fractions, seed=seed, sizes=sizes)
+    records = [SplitRecord(e.relpath, e.label, e.sha256, *names[int(subset)])
+               for group, subset in zip(groups, chosen, strict=True) for e in group]
+    records.sort(key=lambda r: r.relpath)
+    return Split(root, classes, records, seed, val_fraction, test_fraction, folds,
+                 {"task": MULTILABEL})
 
 
 def _groups(entries: list[CatalogEntry]) -> list[list[CatalogEntry]]:

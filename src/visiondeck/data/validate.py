@@ -21,6 +21,14 @@ from pathlib import Path
 
 from visiondeck._files import atomic_write_json
 from visiondeck.data.catalog import Catalog, CatalogEntry, FileStatus
+from visiondeck.data.multilabel import (
+    MULTILABEL,
+    SINGLE,
+    cooccurrence,
+    label_counts,
+    label_names,
+    split_labels,
+)
 from visiondeck.errors import DataError
 
 __all__ = [
@@ -45,6 +53,9 @@ class DataReport:
     unlabelled: list[str] = field(default_factory=list)
     near_duplicate_groups: list[list[str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    #: "single" or "multilabel": then `classes` are the labels and `class_counts` the files
+    #: carrying each label (a file counts once per label it carries)
+    task: str = SINGLE
 
     @property
     def usable(self) -> list[CatalogEntry]:
@@ -61,12 +72,31 @@ class DataReport:
 
     @property
     def classes(self) -> list[str]:
+        if self.task == MULTILABEL:
+            return label_names(e.label for e in self.usable)
         return sorted({e.label for e in self.usable})
 
     @property
     def class_counts(self) -> dict[str, int]:
+        if self.task == MULTILABEL:
+            return label_counts([e.label for e in self.usable], self.classes)
         counts = Counter(e.label for e in self.usable)
         return {c: counts[c] for c in sorted(counts)}
+
+    def label_statistics(self) -> dict | None:
+        """Multi-label data: labels per file, empty sets, and label co-occurrence counts."""
+        if self.task != MULTILABEL:
+            return None
+        texts = [e.label for e in self.usable]
+        sizes = Counter(len(split_labels(t)) for t in texts)
+        return {
+            "labels": self.classes,
+            "files_without_label": sizes.get(0, 0),
+            "labels_per_file": {str(k): sizes[k] for k in sorted(sizes)},
+            "mean_labels_per_file": round(sum(k * v for k, v in sizes.items())
+                                          / max(1, len(texts)), 4),
+            "cooccurrence": cooccurrence(texts, self.classes),
+        }
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -93,6 +123,8 @@ class DataReport:
             "imbalance_ratio": round(self.imbalance_ratio, 3)
             if self.class_counts else None,
             "warnings": self.warnings,
+            **({"task": self.task, "label_statistics": self.label_statistics()}
+               if self.task == MULTILABEL else {}),
             "problems": [_problem_json(e) for e in self.problems],
             "normalised": [
                 {"relpath": e.relpath, "mode": e.source_mode, "notes": list(e.notes)}
@@ -152,7 +184,8 @@ def validate(catalog: Catalog, *, size_outliers: bool = True) -> DataReport:
                     message=f"same content as {entries[keeper].relpath}",
                 )
 
-    report = DataReport(catalog.root, entries, list(catalog.unlabelled))
+    report = DataReport(catalog.root, entries, list(catalog.unlabelled),
+                        task=getattr(catalog, "task", SINGLE))
     report.near_duplicate_groups = _near_duplicates(report.usable)
     report.warnings = _warnings(report)
     return report
@@ -203,6 +236,8 @@ def _near_duplicates(entries: list[CatalogEntry]) -> list[list[str]]:
 def _warnings(report: DataReport) -> list[str]:
     warnings = []
     counts = report.class_counts
+    if report.task == MULTILABEL:
+        return _label_warnings(report, counts)
     if len(counts) < 2:
         warnings.append(f"only {len(counts)} usable class(es): a classifier needs at least 2")
     elif report.imbalance_ratio > IMBALANCE_WARNING:
@@ -218,6 +253,27 @@ def _warnings(report: DataReport) -> list[str]:
             f"{len(report.unlabelled)} file(s) lie directly in the root, outside any class "
             "folder, and were ignored"
         )
+    return warnings
+
+
+#: a multi-label label carried by fewer files cannot reach train, val and test alike
+MIN_LABEL_FILES = 3
+
+
+def _label_warnings(report: DataReport, counts: dict[str, int]) -> list[str]:
+    warnings = []
+    if not counts:
+        warnings.append("no usable file carries a label: a multi-label classifier needs some")
+    rare = [c for c, n in counts.items() if n < MIN_LABEL_FILES]
+    if rare:
+        warnings.append(f"label(s) {', '.join(rare)} are carried by fewer than "
+                        f"{MIN_LABEL_FILES} files: they cannot be in every split")
+    usable = len(report.usable)
+    common = [c for c, n in counts.items() if usable and n == usable]
+    if common:
+        warnings.append(f"label(s) {', '.join(common)} are on every file: nothing to learn")
+    if report.unlabelled:
+        warnings.append(f"{len(report.unlabelled)} file(s) were ignored (unlabelled)")
     return warnings
 
 

@@ -174,6 +174,13 @@ def evaluate_run(
     classes = list(trained.classes)
     recipe = getattr(trained, "recipe", None)
     gate = gate if gate is not None else (recipe.train.gate if recipe is not None else None)
+    if getattr(trained, "multilabel", False):
+        return _evaluate_multilabel(trained, Path(run_dir), split, gate=gate,
+                                    positive_class=positive_class, tta=tta,
+                                    target_sensitivity=target_sensitivity, out_dir=out_dir,
+                                    n_boot=n_boot, batch_size=batch_size, seed=seed,
+                                    report=report, gradcam_samples=gradcam_samples,
+                                    gradcam_method=gradcam_method)
     rules = gating.parse_gate(gate) if gate else []
     if rules and len(classes) == 2:
         if target_sensitivity is None:
@@ -269,6 +276,33 @@ def evaluate_run(
             reliabilities=(rel_before, rel_after), reject_scores=reject_scores,
             gradcam_samples=gradcam_samples, gradcam_method=gradcam_method, seed=seed)
     return result
+
+
+def _evaluate_multilabel(trained: Any, run_dir: Path, split: str, *, gate: str | None,
+                         positive_class: str | None, tta: bool,
+                         target_sensitivity: float | None,
+                         out_dir: str | os.PathLike[str] | None, n_boot: int, batch_size: int,
+                         seed: int, report: bool, gradcam_samples: int,
+                         gradcam_method: str) -> EvaluationResult:
+    """A multi-label run (see `evaluate.multilabel`): per-label thresholds chosen on
+    validation, per-label scores and curves."""
+    from visiondeck.evaluate.multilabel import evaluate_multilabel
+
+    if gate or positive_class:
+        raise EvaluationError("gates and a positive class are for single-label runs",
+                              hint="multi-label runs choose a threshold per label; drop "
+                                   "--gate/--positive-class (--target-sensitivity applies "
+                                   "to every label)")
+    target = Path(out_dir) if out_dir else None
+    metrics, written = evaluate_multilabel(
+        trained, run_dir, split, tta=tta, target_sensitivity=target_sensitivity,
+        out_dir=target, n_boot=n_boot, batch_size=batch_size, seed=seed, report=report,
+        gradcam_samples=gradcam_samples, gradcam_method=gradcam_method)
+    folder = target or run_dir / "evaluation" / ("" if split == "test" else split)
+    calibration = {"temperature": 1.0, "reject": None, "decision_threshold": None,
+                   "label_thresholds": metrics["thresholds"]["values"]}
+    return EvaluationResult(run_dir, folder, split, metrics, calibration, written, None,
+                            list(metrics.get("skipped") or []))
 
 
 def _split_id(run_dir: Path) -> str | None:

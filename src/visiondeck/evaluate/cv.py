@@ -74,6 +74,10 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
     started = time.perf_counter()
     built = build_system(recipe, folder, progress=progress)
     split = built.split
+    if split.multilabel:
+        raise EvaluationError("cross-validation of multi-label data is not supported yet",
+                              hint="train and evaluate it with a validation split "
+                              "(docs/multilabel.md)")
     if split.folds < 2:
         raise EvaluationError("the split has no folds", hint="set data.folds=K (K >= 2)")
     data = SplitDataModule(split, recipe.data, recipe.train, built.spec,

@@ -32,14 +32,14 @@ class Predictions:
     """Raw logits of one subset with the true labels, in the split's file order."""
 
     logits: np.ndarray  # float32 (N, K)
-    labels: np.ndarray  # int64 (N,)
+    labels: np.ndarray  # int64 (N,); multi-label: uint8 (N, K) 0/1
     relpaths: list[str]
     root: Path
     skipped: list[str] = field(default_factory=list)
     images: np.ndarray | None = None  # uint8 (N, C, H, W), kept for galleries
 
     def __len__(self) -> int:
-        return int(self.labels.size)
+        return int(self.labels.shape[0])
 
 
 def _per_channel(values: Sequence[float], channels: int) -> np.ndarray:
@@ -79,19 +79,21 @@ def predict_arrays(model: Any, images: np.ndarray, spec: Any, *, batch_size: int
 
 
 def decode_subset(root: Path, records: list[SplitRecord], classes: list[str], spec: Any, *,
-                  limits: Any, cache_dir: Path | None, workers: int | None = None) -> Any:
+                  limits: Any, cache_dir: Path | None, workers: int | None = None,
+                  multilabel: bool = False) -> Any:
     from visiondeck.data.cache import decode_records
 
     return decode_records(root, records, classes, image_size=spec.image_size,
                           channels=spec.channels, resize=spec.resize, limits=limits,
-                          cache_dir=cache_dir, workers=workers)
+                          cache_dir=cache_dir, workers=workers, multilabel=multilabel)
 
 
 def _predict_records(model: Any, spec: Any, root: Path, records: list[SplitRecord],
                      classes: list[str], *, limits: Any, cache_dir: Path | None, tta: bool,
-                     batch_size: int, workers: int | None) -> Predictions:
+                     batch_size: int, workers: int | None,
+                     multilabel: bool = False) -> Predictions:
     arrays = decode_subset(root, records, classes, spec, limits=limits, cache_dir=cache_dir,
-                           workers=workers)
+                           workers=workers, multilabel=multilabel)
     logits = predict_arrays(model, arrays.images, spec, batch_size=batch_size, tta=tta)
     if not len(arrays.labels):
         logits = np.zeros((0, len(classes)), dtype=np.float32)
@@ -137,5 +139,6 @@ def predict_run_subsets(trained: Any, *, tta: bool = False, batch_size: int = 25
         cache = Path(prepared) / "cache" if prepared else None
         result[name] = _predict_records(trained.model, trained.spec, Path(root), records,
                                         split.classes, limits=limits, cache_dir=cache, tta=tta,
-                                        batch_size=batch_size, workers=workers)
+                                        batch_size=batch_size, workers=workers,
+                                        multilabel=split.multilabel)
     return result

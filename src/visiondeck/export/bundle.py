@@ -149,6 +149,24 @@ class Bundle:
         return str(self.info.get("architecture", ""))
 
     @property
+    def task(self) -> str:
+        """"single" (softmax over classes) or "multilabel" (a sigmoid per label)."""
+        return str(self.info.get("task", "single"))
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
+
+    def require_single_label(self, what: str) -> None:
+        """Refuse a multi-label Bundle where only softmax answers are built yet (serving,
+        the Lambda handler, cross-validation): a wrong answer must never look like one."""
+        if self.multilabel:
+            raise BundleError(f"{self.name} is a multi-label Bundle; {what} does not serve "
+                              "multi-label models yet",
+                              hint="use `visiondeck predict` or the Python Predictor, which "
+                              "return every label with its probability and threshold")
+
+    @property
     def variants(self) -> dict[str, dict[str, Any]]:
         """Variant name → {"file", "bytes", "accuracy", ...}; fp32 is always present."""
         return _variants(self.info)
@@ -322,6 +340,8 @@ def _parse(folder: Path, info: Any, manifest: Path) -> Bundle:
                and all(isinstance(c, str) and c for c in classes),
                "classes must be a list of at least two non-empty names")
         _check(len(set(classes)) == len(classes), "class names must be unique")
+        _check(info.get("task", "single") in ("single", "multilabel"),
+               "task must be single or multilabel")
         spec = InputSpec.from_dict(info.get("input"))
         calibration = Calibration.from_dict(info.get("calibration"), classes)
         _variants(info)  # validates file names

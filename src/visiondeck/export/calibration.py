@@ -16,7 +16,7 @@ import numpy as np
 
 from visiondeck.export.errors import BundleError
 
-__all__ = ["Calibration", "DecisionThreshold", "RejectRule", "softmax"]
+__all__ = ["Calibration", "DecisionThreshold", "RejectRule", "sigmoid", "softmax"]
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -25,6 +25,14 @@ def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function in float64 (multi-label probabilities), stable for
+    any logit scale."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(-np.abs(z))
+    return np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,18 @@ class Calibration:
     temperature: float = 1.0
     reject: RejectRule | None = None
     decision_threshold: DecisionThreshold | None = None
+    #: multi-label Bundles: label → threshold its probability must reach (chosen on
+    #: validation by `visiondeck evaluate`); a label missing here uses 0.5
+    label_thresholds: dict[str, float] | None = None
+
+    def label_probabilities(self, logits: np.ndarray) -> np.ndarray:
+        """Multi-label probabilities: sigmoid(logits / temperature), one per label."""
+        return sigmoid(np.asarray(logits, dtype=np.float64) / self.temperature)
+
+    def thresholds(self, classes: list[str]) -> np.ndarray:
+        """Per-label thresholds in class order (0.5 where none was chosen)."""
+        chosen = self.label_thresholds or {}
+        return np.asarray([chosen.get(c, 0.5) for c in classes], dtype=np.float64)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         """Calibrated probabilities: softmax(logits / temperature)."""
@@ -86,13 +106,16 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         reject, rule = self.reject, self.decision_threshold
-        return {
+        out: dict[str, Any] = {
             "temperature": self.temperature,
             "reject": None if reject is None else {"method": reject.method,
                                                    "threshold": reject.threshold},
             "decision_threshold": None if rule is None else {
                 "positive_class": rule.positive_class, "threshold": rule.threshold},
         }
+        if self.label_thresholds is not None:
+            out["label_thresholds"] = dict(self.label_thresholds)
+        return out
 
     @classmethod
     def from_dict(cls, raw: Any, classes: list[str] | None = None) -> Calibration:
@@ -121,7 +144,15 @@ class Calibration:
             _check(_is_number(decision.get("threshold")) and 0 <= decision["threshold"] <= 1,
                    "calibration.decision_threshold.threshold must be in 0..1")
             threshold = DecisionThreshold(decision["positive_class"], float(decision["threshold"]))
-        return cls(float(temperature), rule, threshold)
+        labels = raw.get("label_thresholds")
+        if labels is not None:
+            labels = _mapping(labels, "calibration.label_thresholds")
+            _check(all(classes is None or name in classes for name in labels),
+                   "calibration.label_thresholds must name classes of the Bundle")
+            _check(all(_is_number(v) and 0 <= v <= 1 for v in labels.values()),
+                   "calibration.label_thresholds values must be in 0..1")
+            labels = {str(k): float(v) for k, v in labels.items()}
+        return cls(float(temperature), rule, threshold, labels)
 
 
 class _Invalid(BundleError):

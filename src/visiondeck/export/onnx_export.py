@@ -106,6 +106,13 @@ def export_run(
     classes = trained.classes
     model = trained.model
     notes: list[str] = []
+    multilabel = bool(getattr(trained, "multilabel", False))
+    if multilabel and prune is not None:
+        raise ExportError("pruning is not available for multi-label runs yet",
+                          hint="export without --prune (--int8 works)")
+    if multilabel and reference_images > 0:
+        reference_images = 0
+        notes.append("multi-label Bundle: no reference statistics for drift monitoring yet")
 
     val = split.subset("val")
     parity_source = "val"
@@ -128,11 +135,13 @@ def export_run(
         used = _to_onnx(model, spec, work / MODEL_FILE, exporter, notes)
         _save_weights(model, work / WEIGHTS_FILE)
 
-        samples = load_samples(split.root, val, classes, spec, limit=parity_images, seed=1)
+        samples = load_samples(split.root, val, classes, spec, limit=parity_images, seed=1,
+                               multilabel=multilabel)
         if len(samples.labels) == 0:
             raise ExportError("no readable image to check the export against",
                               hint="the run's split files are missing; re-run data checks")
-        parity = parity_check(model, work / MODEL_FILE, samples.images, parity_source)
+        parity = parity_check(model, work / MODEL_FILE, samples.images, parity_source,
+                              multilabel=multilabel)
         say(f"parity on {parity['n_images']} {parity_source} images: max |Δp| "
             f"{parity['max_abs_diff']:.2e}, top-1 agreement {parity['top1_agreement']:.2%}")
         if parity["max_abs_diff"] > tolerance or parity["top1_agreement"] < MIN_AGREEMENT:
@@ -148,15 +157,17 @@ def export_run(
         int8_info: dict[str, Any] = {}
         if int8:
             say("quantising to INT8")
-            held_out = load_samples(split.root, val, classes, spec, limit=256, seed=6)
+            held_out = load_samples(split.root, val, classes, spec, limit=256, seed=6,
+                                    multilabel=multilabel)
             int8_info = _quantize(work, split, classes, spec, calibration_images, notes,
-                                  int8_candidates, held_out.images)
+                                  int8_candidates, held_out.images, multilabel=multilabel)
             sessions["int8"] = ort_session(work / INT8_FILE)
         say(f"measuring accuracy on {len(test_records)} test images")
-        scores = measure_accuracy(model, sessions, test_root, test_records, classes, spec)
+        scores = measure_accuracy(model, sessions, test_root, test_records, classes, spec,
+                                  multilabel=multilabel)
         if int8 and int8_info["method"] == "static" and _poor(scores, max_int8_drop):
             int8_info = _try_dynamic(work, scores, int8_info, test_root, test_records, classes,
-                                     spec, notes)
+                                     spec, notes, multilabel=multilabel)
         parity["pytorch_accuracy"] = scores.get("pytorch", {}).get("accuracy")
 
         variants = {"fp32": _variant(work, MODEL_FILE, scores["fp32"])}
@@ -265,8 +276,8 @@ def _save_weights(model: Any, path: Path) -> None:
 
 
 def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit: int,
-              notes: list[str], candidates: Sequence[Any] | None, held_out: np.ndarray
-              ) -> dict[str, Any]:
+              notes: list[str], candidates: Sequence[Any] | None, held_out: np.ndarray, *,
+              multilabel: bool = False) -> dict[str, Any]:
     """Static INT8 with each candidate setting; keep the one closest to FP32 on `held_out`."""
     from visiondeck.export.quantize import (
         CANDIDATES,
@@ -275,7 +286,8 @@ def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit
         quantize_static_int8,
     )
 
-    calib = load_samples(split.root, split.subset("train"), classes, spec, limit=limit, seed=2)
+    calib = load_samples(split.root, split.subset("train"), classes, spec, limit=limit, seed=2,
+                         multilabel=multilabel)
     batches = [calib.images[i:i + 16] for i in range(0, len(calib.images), 16)]
     if not batches:
         notes.append("no readable training image to calibrate on; used dynamic quantisation")
@@ -334,14 +346,15 @@ def _poor(scores: dict[str, dict[str, Any]], limit: float) -> bool:
 
 def _try_dynamic(work: Path, scores: dict[str, dict[str, Any]], static: dict[str, Any],
                  root: Path, records: list, classes: list[str], spec: InputSpec,
-                 notes: list[str]) -> dict[str, Any]:
+                 notes: list[str], *, multilabel: bool = False) -> dict[str, Any]:
     """Quantise dynamically too and keep whichever INT8 model is closer to FP32."""
     from visiondeck.export.quantize import quantize_dynamic_int8
 
     candidate = work / "model.int8-dynamic.onnx"
     done = quantize_dynamic_int8(work / MODEL_FILE, candidate)
     sessions = {"fp32": ort_session(work / MODEL_FILE), "int8": ort_session(candidate)}
-    dynamic = measure_accuracy(None, sessions, root, records, classes, spec)["int8"]
+    dynamic = measure_accuracy(None, sessions, root, records, classes, spec,
+                               multilabel=multilabel)["int8"]
     old = scores["int8"]
     summary = (f"static INT8: accuracy {old['accuracy']}, agreement with FP32 "
                f"{old.get('agreement_with_fp32')}; dynamic: {dynamic['accuracy']}, "
@@ -433,11 +446,15 @@ def _bundle_info(trained: Any, run: Path, split: Any, spec: InputSpec, parity: d
     from visiondeck import __version__
 
     calibration, metrics, evaluation = _read_evaluation(run, trained.classes, notes)
+    if getattr(trained, "multilabel", False) and not calibration.get("label_thresholds"):
+        notes.append("no per-label thresholds (run `visiondeck evaluate` before export): "
+                     "every label passes at probability 0.5")
     info: dict[str, Any] = {
         "name": trained.recipe.name if trained.recipe is not None else run.name,
         "architecture": trained.architecture,
         "model": trained.model_config.model_dump(),
         "classes": list(trained.classes),
+        **({"task": "multilabel"} if getattr(trained, "multilabel", False) else {}),
         "input": spec.to_dict(),
         "calibration": calibration,
         "metrics": metrics,

@@ -33,7 +33,7 @@ from visiondeck.export.bundle import Bundle, ImageInput, load_bundle
 from visiondeck.imaging import ImageDecodeError, Problem
 from visiondeck.locations import S3Object, open_location
 
-__all__ = ["PredictFailure", "Prediction", "Predictor"]
+__all__ = ["LabelScore", "MultiLabelPrediction", "PredictFailure", "Prediction", "Predictor"]
 
 _NOT_IMAGES = (Problem.NOT_AN_IMAGE, Problem.UNSUPPORTED_FORMAT)
 # what a single input can be; a list/tuple (or a 4-D uint8 array) is several inputs
@@ -59,6 +59,60 @@ class Prediction:
         return {"source": self.source, "label": self.label, "index": self.index,
                 "probability": self.probability, "unknown": self.unknown,
                 "topk": [{"label": label, "probability": p} for label, p in self.topk]}
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    """One label of a multi-label answer: its probability and whether it reaches its
+    threshold (chosen on validation, carried in the Bundle)."""
+
+    label: str
+    probability: float
+    threshold: float
+    positive: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "probability": self.probability,
+                "threshold": self.threshold, "positive": self.positive}
+
+
+@dataclass(frozen=True)
+class MultiLabelPrediction:
+    """A multi-label Bundle's answer: every label (in the Bundle's class order) with its
+    probability and verdict. `label`, `probability` and `topk` summarise it in the shape of
+    a `Prediction` (the passing labels joined by "|", the highest probability, the labels
+    by probability), so consumers of one-line results keep working."""
+
+    scores: list[LabelScore]
+    top_k: int = 5
+    source: str | None = None
+    unknown: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return True
+
+    @property
+    def labels(self) -> list[str]:
+        """The labels that pass their thresholds, in class order."""
+        return [s.label for s in self.scores if s.positive]
+
+    @property
+    def label(self) -> str:
+        return "|".join(self.labels)
+
+    @property
+    def probability(self) -> float:
+        return max((s.probability for s in self.scores), default=0.0)
+
+    @property
+    def topk(self) -> list[tuple[str, float]]:
+        ranked = sorted(self.scores, key=lambda s: -s.probability)[:self.top_k]
+        return [(s.label, s.probability) for s in ranked]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"source": self.source, "labels": self.labels,
+                "scores": [s.to_dict() for s in self.scores]}
 
 
 @dataclass(frozen=True)
@@ -123,7 +177,8 @@ class Predictor:
         return self.session.run(["logits"], {"input": batch})[0]
 
     def predict_prepared(self, batch: np.ndarray, *, top_k: int | None = None,
-                         sources: Sequence[str | None] | None = None) -> list[Prediction]:
+                         sources: Sequence[str | None] | None = None
+                         ) -> list[Prediction] | list[MultiLabelPrediction]:
         """Predictions for a prepared batch (what `Bundle.prepare` returns, stacked)."""
         if len(batch) == 0:
             return []
@@ -131,7 +186,7 @@ class Predictor:
 
     def predict(self, images: ImageInput | Iterable[ImageInput], *, top_k: int | None = None,
                 batch_size: int = 64, errors: str = "raise"
-                ) -> list[Prediction | PredictFailure]:
+                ) -> list[Prediction | MultiLabelPrediction | PredictFailure]:
         """Predict paths, encoded bytes, PIL images or uint8 arrays (one or a list).
 
         errors="raise": a bad input raises its `ImageDecodeError` (or TypeError/ValueError
@@ -140,7 +195,7 @@ class Predictor:
         if errors not in ("raise", "report"):
             raise ValueError("errors must be 'raise' or 'report'")
         items = self._as_list(images)
-        out: list[Prediction | PredictFailure] = []
+        out: list[Prediction | MultiLabelPrediction | PredictFailure] = []
         for start in range(0, len(items), batch_size):
             out.extend(self._run_chunk(items[start:start + batch_size], top_k, errors))
         return out
@@ -149,7 +204,7 @@ class Predictor:
                       top_k: int | None = None,
                       batch_size: int = 64, workers: int | None = None,
                       skip_non_images: Collection[str] | Callable[[str], bool] = ()
-                      ) -> Iterator[Prediction | PredictFailure]:
+                      ) -> Iterator[Prediction | MultiLabelPrediction | PredictFailure]:
         """Stream many files: results in input order, bad files as `PredictFailure`.
 
         `paths` is consumed lazily and at most a few batches are in flight at once, so a
@@ -204,9 +259,10 @@ class Predictor:
         return list(images)
 
     def _run_chunk(self, items: Sequence[Any], top_k: int | None, errors: str,
-                   skippable: Collection[str] = ()) -> list[Prediction | PredictFailure]:
+                   skippable: Collection[str] = ()
+                   ) -> list[Prediction | MultiLabelPrediction | PredictFailure]:
         prepared: list[np.ndarray] = []
-        slots: list[Prediction | PredictFailure | None] = []
+        slots: list[Prediction | MultiLabelPrediction | PredictFailure | None] = []
         names: list[str | None] = []
         for item in items:
             item = open_location(item)  # an s3:// location becomes a bounded object stream
@@ -226,9 +282,12 @@ class Predictor:
         return [slot if slot is not None else next(answers) for slot in slots]
 
     def _answers(self, logits: np.ndarray, top_k: int | None,
-                 sources: Sequence[str | None] | None) -> list[Prediction]:
+                 sources: Sequence[str | None] | None
+                 ) -> list[Prediction] | list[MultiLabelPrediction]:
         calibration = self.bundle.calibration
         classes = self.bundle.classes
+        if self.bundle.multilabel:
+            return self._label_answers(logits, top_k, sources)
         probs = calibration.probabilities(logits)
         unknown = calibration.unknown(logits, probs)
         chosen = calibration.decide(probs, classes)
@@ -240,6 +299,23 @@ class Predictor:
             out.append(Prediction(classes[int(index)], int(index),
                                   round(float(probs[row, index]), 6), topk,
                                   bool(unknown[row]), sources[row] if sources else None))
+        return out
+
+
+    def _label_answers(self, logits: np.ndarray, top_k: int | None,
+                       sources: Sequence[str | None] | None) -> list[MultiLabelPrediction]:
+        """Multi-label: a sigmoid per label, each against its own threshold."""
+        calibration = self.bundle.calibration
+        classes = self.bundle.classes
+        probs = calibration.label_probabilities(logits)
+        thresholds = calibration.thresholds(classes)
+        k = max(1, min(top_k or self.top_k, len(classes)))
+        out = []
+        for row in range(len(probs)):
+            scores = [LabelScore(name, round(float(probs[row, j]), 6), float(thresholds[j]),
+                                 bool(probs[row, j] >= thresholds[j]))
+                      for j, name in enumerate(classes)]
+            out.append(MultiLabelPrediction(scores, k, sources[row] if sources else None))
         return out
 
 
@@ -300,7 +376,7 @@ def _worker_init(bundle: str, variant: str, providers: list[str], top_k: int) ->
 
 
 def _worker_run(task: tuple[list[str | S3Object], frozenset[str]]
-                ) -> list[Prediction | PredictFailure]:
+                ) -> list[Prediction | MultiLabelPrediction | PredictFailure]:
     assert _WORKER is not None, "worker used before its initialiser ran"
     chunk, skippable = task
     try:

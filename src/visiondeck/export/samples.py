@@ -24,7 +24,7 @@ __all__ = ["LabelledBatch", "iter_batches", "load_samples", "pick_records"]
 @dataclass(frozen=True)
 class LabelledBatch:
     images: np.ndarray  # float32 (N, C, H, W)
-    labels: np.ndarray  # int64 (N,)
+    labels: np.ndarray  # int64 (N,); multi-label: uint8 (N, K) 0/1
 
 
 def pick_records(records: Sequence, limit: int | None, seed: int = 0) -> list:
@@ -37,9 +37,13 @@ def pick_records(records: Sequence, limit: int | None, seed: int = 0) -> list:
 
 
 def iter_batches(root: str | Path, records: Sequence, classes: Sequence[str], spec: InputSpec,
-                 *, batch_size: int = 64) -> Iterator[LabelledBatch]:
-    """Prepared (images, labels) batches of split records; unreadable files are skipped."""
+                 *, batch_size: int = 64, multilabel: bool = False) -> Iterator[LabelledBatch]:
+    """Prepared (images, labels) batches of split records; unreadable files are skipped.
+    `multilabel`: record labels are label sets and `labels` a (N, K) 0/1 matrix."""
     index = {c: i for i, c in enumerate(classes)}
+    if multilabel:
+        yield from _multilabel_batches(root, records, classes, spec, batch_size)
+        return
     root = Path(root)
     images: list[np.ndarray] = []
     labels: list[int] = []
@@ -59,11 +63,36 @@ def iter_batches(root: str | Path, records: Sequence, classes: Sequence[str], sp
         yield LabelledBatch(np.stack(images), np.asarray(labels, dtype=np.int64))
 
 
+def _multilabel_batches(root: str | Path, records: Sequence, classes: Sequence[str],
+                        spec: InputSpec, batch_size: int) -> Iterator[LabelledBatch]:
+    from visiondeck.data.multilabel import label_matrix
+
+    for start in range(0, len(records), batch_size):
+        chunk = list(records[start:start + batch_size])
+        names = [f"#{i}" for i in range(len(chunk))]  # keep the rows that decode
+        labels = {name: r.label for name, r in zip(names, chunk, strict=True)}
+        kept = [LabelledBatch(b.images, b.labels) for b in iter_batches(
+            root, [_Indexed(r.relpath, n) for r, n in zip(chunk, names, strict=True)], names,
+            spec, batch_size=batch_size)]
+        for batch in kept:
+            rows = [labels[names[i]] for i in batch.labels]
+            yield LabelledBatch(batch.images, label_matrix(rows, classes))
+
+
+@dataclass(frozen=True)
+class _Indexed:
+    """A record whose label is its position in a chunk (to follow it through decoding)."""
+
+    relpath: str
+    label: str
+
+
 def load_samples(root: str | Path, records: Sequence, classes: Sequence[str], spec: InputSpec,
-                 *, limit: int | None = None, seed: int = 0) -> LabelledBatch:
+                 *, limit: int | None = None, seed: int = 0,
+                 multilabel: bool = False) -> LabelledBatch:
     """One batch of up to `limit` prepared images (for parity checks and calibration)."""
     batches = list(iter_batches(root, pick_records(records, limit, seed), classes, spec,
-                                batch_size=max(1, limit or 256)))
+                                batch_size=max(1, limit or 256), multilabel=multilabel))
     if not batches:
         c, h, w = spec.shape
         return LabelledBatch(np.empty((0, c, h, w), np.float32), np.empty(0, np.int64))

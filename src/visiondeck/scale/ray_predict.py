@@ -99,6 +99,7 @@ def predict_on_ray(bundle: Any, files: Iterable[str | tuple[str, bool]],
     loaded = load_bundle(bundle)
     variant = loaded.resolve_variant(variant)
     loaded.onnx_path(variant)  # a missing variant fails here, before a cluster is touched
+    labels = list(loaded.classes) if loaded.multilabel else None  # prob_/pass_ per label
     out = Path(output)
     parts = out / PARTS
     parts.mkdir(parents=True, exist_ok=True)
@@ -115,7 +116,8 @@ def predict_on_ray(bundle: Any, files: Iterable[str | tuple[str, bool]],
         failures = [PredictFailure(raw, "no_match", f"{raw}: matched no file")
                     for raw in missing]
         _write_part(parts / f"part-{generation:05d}-unmatched.parquet",
-                    [_record(f, top_k, hashed=False) for f in failures], top_k, [])
+                    [_record(f, top_k, labels=labels, hashed=False) for f in failures],
+                    top_k, [], labels)
         result.failed += len(failures)
     shards = list(_shards(_pairs(files), done, shard_size, generation))
     result.shards = len(shards)
@@ -129,7 +131,7 @@ def predict_on_ray(bundle: Any, files: Iterable[str | tuple[str, bool]],
             pool = actors or max(1, int(ray.cluster_resources().get("CPU", 1)))
             dataset = ray.data.from_items(shards, override_num_blocks=len(shards)).map(
                 _ShardScorer, fn_constructor_args=(ref, digest, variant, top_k, batch_size,
-                                                   str(parts.resolve())),
+                                                   str(parts.resolve()), labels),
                 compute=ray.data.ActorPoolStrategy(size=min(pool, len(shards))), num_cpus=1)
             for row in dataset.iter_rows():
                 result.scored += int(row["scored"])
@@ -140,8 +142,8 @@ def predict_on_ray(bundle: Any, files: Iterable[str | tuple[str, bool]],
                 ray.shutdown()
     result.timings["score_s"] = time.perf_counter() - started - result.timings["list_s"]
     if compact:
-        result.parquet, result.csv, result.total_failed = compact_parts(out, top_k,
-                                                                        write_csv=write_csv)
+        result.parquet, result.csv, result.total_failed = compact_parts(
+            out, top_k, write_csv=write_csv, labels=labels)
     result.timings["total_s"] = time.perf_counter() - started
     return result
 
@@ -152,7 +154,7 @@ class _ShardScorer:
     """A Ray Data actor: one Predictor (one ORT thread), one shard in, one Parquet part out."""
 
     def __init__(self, payload: Any, digest: str, variant: str, top_k: int, batch_size: int,
-                 parts: str) -> None:
+                 parts: str, labels: list[str] | None = None) -> None:
         import ray
 
         from visiondeck.export.predictor import Predictor
@@ -162,6 +164,7 @@ class _ShardScorer:
         folder = _unpack_bundle(payload, digest)
         self.predictor = Predictor(folder, variant, threads=1, top_k=top_k)
         self.top_k = top_k
+        self.labels = labels
         self.batch_size = batch_size
         self.parts = Path(parts)
 
@@ -177,18 +180,19 @@ class _ShardScorer:
         results = self.predictor.predict_files(items, top_k=self.top_k,
                                                batch_size=self.batch_size, workers=0,
                                                skip_non_images=walked)
-        records = [_record(r, self.top_k, streams.get(r.source)) for r in results]
+        records = [_record(r, self.top_k, streams.get(r.source), labels=self.labels)
+                   for r in results]
         seen = {r["source"] for r in records}
         skipped = [p for p in paths if p not in seen]
         name = f"part-{int(shard['generation']):05d}-{int(shard['shard']):07d}.parquet"
-        _write_part(self.parts / name, records, self.top_k, skipped)
+        _write_part(self.parts / name, records, self.top_k, skipped, self.labels)
         failed = sum(1 for r in records if r["error"] is not None)
         return {"shard": int(shard["shard"]), "scored": len(records) - failed,
                 "failed": failed, "skipped": len(skipped)}
 
 
-def _record(result: Any, top_k: int, stream: Any = None, *, hashed: bool = True
-            ) -> dict[str, Any]:
+def _record(result: Any, top_k: int, stream: Any = None, *,
+            labels: list[str] | None = None, hashed: bool = True) -> dict[str, Any]:
     """The output row; sha256 of the file (of an S3 object: of the bytes read, when the
     whole object was read; None when it could not be, as for a missing or oversized one)."""
     from visiondeck._files import file_sha256
@@ -202,31 +206,33 @@ def _record(result: Any, top_k: int, stream: Any = None, *, hashed: bool = True
             digest = file_sha256(result.source)
         except OSError:
             digest = None
-    return prediction_record(result, top_k, sha256=digest, with_sha256=True)
+    return prediction_record(result, top_k, sha256=digest, with_sha256=True, labels=labels)
 
 
 # ---------------------------------------------------------------------------- parts on disk
 
-def _schema(top_k: int) -> Any:
+def _schema(top_k: int, labels: list[str] | None = None) -> Any:
     import pyarrow as pa
 
     from visiondeck.scale.rows import record_columns
 
     kinds = {"probability": pa.float64(), "unknown": pa.bool_()}
+    kinds |= {f"prob_{name}": pa.float64() for name in labels or ()}
+    kinds |= {f"pass_{name}": pa.bool_() for name in labels or ()}
     return pa.schema([(name, kinds.get(name, pa.float64() if name.endswith("_probability")
                                        else pa.string()))
-                      for name in record_columns(top_k, sha256=True)])
+                      for name in record_columns(top_k, sha256=True, labels=labels)])
 
 
 def _write_part(path: Path, records: list[dict[str, Any]], top_k: int,
-                skipped: list[str]) -> None:
+                skipped: list[str], labels: list[str] | None = None) -> None:
     """One part, whole or not at all (a killed writer leaves only a hidden temporary)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     from visiondeck._files import atomic_path
 
-    schema = _schema(top_k).with_metadata({_SKIPPED_KEY: json.dumps(skipped).encode()})
+    schema = _schema(top_k, labels).with_metadata({_SKIPPED_KEY: json.dumps(skipped).encode()})
     table = pa.Table.from_pylist(records, schema=schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
@@ -268,8 +274,8 @@ def _remove_stale_temporaries(parts: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def compact_parts(output: str | os.PathLike[str], top_k: int, *, write_csv: bool = False
-                  ) -> tuple[Path, Path | None, int]:
+def compact_parts(output: str | os.PathLike[str], top_k: int, *, write_csv: bool = False,
+                  labels: list[str] | None = None) -> tuple[Path, Path | None, int]:
     """predictions.parquet (and .csv), sorted by source; refuses a source seen twice."""
     import csv as csv_module
 
@@ -294,7 +300,7 @@ def compact_parts(output: str | os.PathLike[str], top_k: int, *, write_csv: bool
         csv_path = out / "predictions.csv"
         with atomic_writer(csv_path, newline="") as handle:
             writer = csv_module.writer(handle)
-            writer.writerow(csv_header(top_k, sha256=True))
+            writer.writerow(csv_header(top_k, sha256=True, labels=labels))
             for batch in table.to_batches(max_chunksize=10_000):
                 writer.writerows(csv_cells(row) for row in batch.to_pylist())
     return parquet, csv_path, int(failed)

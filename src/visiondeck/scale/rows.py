@@ -7,22 +7,29 @@ engine, and a Ray result can be compared with a local one cell by cell.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 __all__ = ["csv_cells", "csv_header", "prediction_record", "record_columns"]
 
 
-def record_columns(top_k: int, *, sha256: bool = False) -> list[str]:
-    """Column names, in order: source[, sha256], label, probability, unknown, error, top-k."""
+def record_columns(top_k: int, *, sha256: bool = False,
+                   labels: Sequence[str] | None = None) -> list[str]:
+    """Column names, in order: source[, sha256], label, probability, unknown, error, top-k;
+    a multi-label Bundle (`labels`: its classes) adds prob_LABEL and pass_LABEL per label
+    ("label" is then the passing labels joined by "|", "probability" the highest one)."""
     columns = ["source", *(["sha256"] if sha256 else []), "label", "probability", "unknown",
                "error"]
     for i in range(1, top_k + 1):
         columns += [f"top{i}_label", f"top{i}_probability"]
+    for name in labels or ():
+        columns += [f"prob_{name}", f"pass_{name}"]
     return columns
 
 
 def prediction_record(result: Any, top_k: int, *, sha256: str | None = None,
-                      with_sha256: bool = False) -> dict[str, Any]:
+                      with_sha256: bool = False,
+                      labels: Sequence[str] | None = None) -> dict[str, Any]:
     """A `Prediction` or `PredictFailure` as typed cells (None where a cell is empty).
 
     A failure keeps its source and says `problem: message` under "error"; top-k cells past
@@ -43,11 +50,17 @@ def prediction_record(result: Any, top_k: int, *, sha256: str | None = None,
         label, p = pairs[i - 1] if i <= len(pairs) else (None, None)
         record[f"top{i}_label"] = label
         record[f"top{i}_probability"] = None if p is None else float(p)
+    scores = {s.label: s for s in getattr(result, "scores", ())} if result.ok else {}
+    for name in labels or ():
+        score = scores.get(name)
+        record[f"prob_{name}"] = None if score is None else float(score.probability)
+        record[f"pass_{name}"] = None if score is None else bool(score.positive)
     return record
 
 
-def csv_header(top_k: int, *, sha256: bool = False) -> list[str]:
-    return record_columns(top_k, sha256=sha256)
+def csv_header(top_k: int, *, sha256: bool = False,
+               labels: Sequence[str] | None = None) -> list[str]:
+    return record_columns(top_k, sha256=sha256, labels=labels)
 
 
 def csv_cells(record: dict[str, Any]) -> list[str]:

@@ -46,6 +46,11 @@ class TrainedModel:
     def architecture(self) -> str:
         return self.model_config.name
 
+    @property
+    def multilabel(self) -> bool:
+        """A multi-label network: one independent sigmoid per class (model.json "task")."""
+        return self.info.get("task") == "multilabel"
+
 
 def save_trained(folder: Path, model: Any, *, recipe: Recipe, spec: PrepareSpec,
                  classes: list[str], extra: dict[str, Any] | None = None) -> Path:

@@ -117,7 +117,8 @@ def mix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, *, mixup: floa
     alpha = cutmix if use_cutmix else mixup
     lam = float(torch.distributions.Beta(alpha, alpha).sample())
     perm = torch.randperm(x.shape[0], generator=generator).to(x.device)
-    target = F.one_hot(y, num_classes).float()
+    # multi-label targets are already (N, K) rows; mixing blends the label sets
+    target = y.float() if y.dim() == 2 else F.one_hot(y, num_classes).float()
     if use_cutmix:
         h, w = x.shape[2:]
         cut = math.sqrt(1.0 - lam)

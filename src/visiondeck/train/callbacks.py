@@ -135,7 +135,7 @@ class HistoryWriter(L.Callback):
         if trainer.sanity_checking or trainer.global_rank != 0:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()
-                   if k in _KEPT and torch.as_tensor(v).numel() == 1}
+                   if k in (*_KEPT, *_MULTILABEL_KEPT) and torch.as_tensor(v).numel() == 1}
         lrs = [g["lr"] for g in trainer.optimizers[0].param_groups] if trainer.optimizers else []
         row = {"epoch": trainer.current_epoch + 1, "step": trainer.global_step,
                "time_s": round(self._elapsed(), 2), **metrics,
@@ -145,7 +145,8 @@ class HistoryWriter(L.Callback):
 
     def _write(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        columns = ["epoch", "step", "time_s", *_KEPT, "lr"]
+        extra = [k for k in _MULTILABEL_KEPT if any(k in r for r in self.rows)]
+        columns = ["epoch", "step", "time_s", *_KEPT, *extra, "lr"]
         with atomic_writer(self.run_dir / "history.csv", newline="") as handle:
             writer = csv.DictWriter(handle, columns, extrasaction="ignore")
             writer.writeheader()
@@ -155,3 +156,5 @@ class HistoryWriter(L.Callback):
 
 
 _KEPT = ("train_loss_epoch", "train_acc", "val_loss", "val_acc", "skipped_files")
+#: what multi-label runs log instead of accuracy (columns only in their history)
+_MULTILABEL_KEPT = ("val_map", "val_map_micro", "val_f1")

@@ -25,7 +25,9 @@ from visiondeck.data.dataset import (
     PrepareSpec,
     class_balanced_sampler,
     collate_skip_bad,
+    rare_label_sampler,
 )
+from visiondeck.data.multilabel import label_matrix
 from visiondeck.data.split import Split, SplitRecord
 from visiondeck.data.transforms import build_augment
 from visiondeck.train.augment import BatchAugment, Normalize
@@ -86,8 +88,14 @@ class SplitDataModule(L.LightningDataModule):
 
     @property
     def train_labels(self) -> np.ndarray:
+        if self.multilabel:  # (N, K) 0/1
+            return label_matrix([r.label for r in self.subsets.train], self.classes)
         index = {c: i for i, c in enumerate(self.classes)}
         return np.array([index[r.label] for r in self.subsets.train], dtype=np.int64)
+
+    @property
+    def multilabel(self) -> bool:
+        return self.split.multilabel
 
     # --------------------------------------------------------------- datasets
     def setup(self, stage: str | None = None) -> None:
@@ -106,7 +114,7 @@ class SplitDataModule(L.LightningDataModule):
                 root, records, self.classes, image_size=self.spec.image_size,
                 channels=self.spec.channels, resize=self.spec.resize, limits=limits,
                 cache_dir=self.cache_dir, workers=self.data_cfg.num_workers,
-                progress=self.progress,
+                progress=self.progress, multilabel=self.multilabel,
             )
             self.decode_failures.extend(arrays.failed)
             return TensorDataset(torch.from_numpy(arrays.images),
@@ -114,7 +122,8 @@ class SplitDataModule(L.LightningDataModule):
         augment = build_augment(self.data_cfg.augment, self.spec.image_size,
                                 flip=self.data_cfg.flip)
         return ImageFileDataset(root, records, self.classes, self.spec,
-                                augment=augment if name == "train" else None, limits=limits)
+                                augment=augment if name == "train" else None, limits=limits,
+                                multilabel=self.multilabel)
 
     # --------------------------------------------------------------- loaders
     def _loader(self, name: str, *, train: bool) -> DataLoader:
@@ -123,7 +132,8 @@ class SplitDataModule(L.LightningDataModule):
         if train and self.train_cfg.balance == "sampler":
             labels = (dataset.tensors[1].numpy() if isinstance(dataset, TensorDataset)
                       else dataset.labels)
-            sampler = class_balanced_sampler(labels, seed=self.train_cfg.seed)
+            sampler = (rare_label_sampler(labels, seed=self.train_cfg.seed) if self.multilabel
+                       else class_balanced_sampler(labels, seed=self.train_cfg.seed))
         workers = 0 if self.in_memory else (self.data_cfg.num_workers
                                             if self.data_cfg.num_workers is not None
                                             else default_workers())

@@ -17,7 +17,8 @@ from torch import nn
 from visiondeck.config import TrainConfig
 from visiondeck.errors import ConfigError
 
-__all__ = ["BinaryCrossEntropy", "FocalLoss", "build_loss", "class_weights"]
+__all__ = ["AsymmetricLoss", "BinaryCrossEntropy", "FocalLoss", "MultiLabelBCE", "build_loss",
+           "class_weights", "label_pos_weights"]
 
 
 def class_weights(labels: Sequence[int] | np.ndarray, num_classes: int) -> list[float]:
@@ -106,6 +107,71 @@ class BinaryCrossEntropy(nn.Module):
         return F.binary_cross_entropy_with_logits(z, positive, pos_weight=self.pos_weight)
 
 
+def label_pos_weights(matrix: np.ndarray) -> list[float]:
+    """Multi-label: n_neg / n_pos of each label over the training files (1 for a label
+    absent from training, whose positives can then not be weighed)."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    positives = matrix.sum(axis=0)
+    negatives = len(matrix) - positives
+    weights = np.divide(negatives, positives, out=np.ones_like(positives), where=positives > 0)
+    return [round(float(w), 6) for w in weights]
+
+
+class MultiLabelBCE(nn.Module):
+    """Binary cross-entropy per label on (N, K) logits and 0/1 (or mixed soft) targets, with
+    an optional per-label `pos_weight` (n_neg / n_pos); smoothing moves targets towards 1/2."""
+
+    def __init__(self, pos_weight: Sequence[float] | None = None,
+                 label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.label_smoothing = label_smoothing
+        weight = None if pos_weight is None else torch.tensor(list(pos_weight),
+                                                              dtype=torch.float32)
+        self.register_buffer("pos_weight", weight)
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        target = target.float()
+        if self.label_smoothing:
+            target = target * (1.0 - self.label_smoothing) + self.label_smoothing / 2
+        return F.binary_cross_entropy_with_logits(logits.float(), target,
+                                                  pos_weight=self.pos_weight)
+
+
+class AsymmetricLoss(nn.Module):
+    """Asymmetric loss (Ridnik et al. 2021, "Asymmetric Loss For Multi-Label
+    Classification"): many easy negatives per image swamp BCE, so negatives are focused
+    harder (`gamma_neg`) than positives (`gamma_pos`), and a negative whose probability is
+    under `clip` costs nothing (probability shifting). Mean over labels and images, so its
+    scale stays near BCE's."""
+
+    def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
+                 eps: float = 1e-8) -> None:
+        super().__init__()
+        self.gamma_neg, self.gamma_pos, self.clip, self.eps = gamma_neg, gamma_pos, clip, eps
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        y = target.float()
+        p = torch.sigmoid(logits.float())
+        p_neg = (p - self.clip).clamp(min=0) if self.clip else p
+        loss_pos = y * torch.log(p.clamp(min=self.eps)) * (1 - p).pow(self.gamma_pos)
+        loss_neg = (1 - y) * torch.log((1 - p_neg).clamp(min=self.eps)) * p_neg.pow(
+            self.gamma_neg)
+        return -(loss_pos + loss_neg).mean()
+
+
+def _multilabel_loss(cfg: TrainConfig, weights: Sequence[float] | None) -> nn.Module:
+    if cfg.loss == "focal" or cfg.balance == "focal":
+        raise ConfigError("focal loss is for single-label data",
+                          hint="multi-label data: train.loss=asl (the asymmetric loss focuses "
+                               "negatives and positives apart)")
+    if cfg.loss == "asl":
+        return AsymmetricLoss(cfg.asl_gamma_neg, cfg.asl_gamma_pos, cfg.asl_clip)
+    if cfg.pos_weight is not None:
+        return MultiLabelBCE([float(cfg.pos_weight)] * len(weights or [1]), cfg.label_smoothing)
+    use = cfg.balance == "weights" and weights is not None
+    return MultiLabelBCE(list(weights) if use else None, cfg.label_smoothing)
+
+
 def binary_pos_weight(cfg: TrainConfig, weights: Sequence[float] | None) -> float | None:
     """`train.pos_weight`, else n_neg/n_pos from the class weights with `balance=weights`."""
     if cfg.pos_weight is not None:
@@ -116,10 +182,18 @@ def binary_pos_weight(cfg: TrainConfig, weights: Sequence[float] | None) -> floa
 
 
 def build_loss(cfg: TrainConfig, weights: Sequence[float] | None, *,
-               binary: bool = False) -> nn.Module:
+               binary: bool = False, multilabel: bool = False) -> nn.Module:
     """Loss for a recipe. `balance=weights` weights CE (or focal), `balance=focal` uses focal
     loss, `balance=sampler` balances the data instead and leaves the loss unweighted.
-    `binary` (a `model.head=binary` network): BCE with `pos_weight` (`binary_pos_weight`)."""
+    `binary` (a `model.head=binary` network): BCE with `pos_weight` (`binary_pos_weight`).
+    `multilabel`: `weights` are per-label n_neg/n_pos (`label_pos_weights`); BCE per label,
+    weighted by them with `balance=weights` (or by `train.pos_weight` for every label), or
+    the asymmetric loss with `train.loss=asl`."""
+    if multilabel:
+        return _multilabel_loss(cfg, weights)
+    if cfg.loss == "asl":
+        raise ConfigError("the asymmetric loss is for multi-label data",
+                          hint="single-label data: train.loss=ce or focal")
     if binary:
         if cfg.loss == "focal" or cfg.balance == "focal":
             raise ConfigError("focal loss is not available with model.head=binary",

@@ -18,7 +18,10 @@ from visiondeck.config import TrainConfig
 from visiondeck.train.augment import mix_batch
 from visiondeck.train.losses import build_loss
 
-__all__ = ["Classifier"]
+__all__ = ["MULTILABEL_MONITOR", "Classifier"]
+
+#: the metric that picks the best epoch (and early stopping, plateau) of a multi-label run
+MULTILABEL_MONITOR = "val_map"
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 
@@ -27,19 +30,42 @@ class Classifier(L.LightningModule):
     def __init__(self, model: nn.Module, num_classes: int, cfg: TrainConfig, *,
                  class_weights: Sequence[float] | None = None,
                  train_transform: Transform | None = None,
-                 eval_transform: Transform | None = None) -> None:
+                 eval_transform: Transform | None = None, multilabel: bool = False) -> None:
+        """`multilabel`: `num_classes` independent labels (sigmoid per logit, targets (N, K)
+        0/1); `class_weights` are then per-label n_neg/n_pos (`losses.label_pos_weights`),
+        and validation reports mAP (macro, the checkpoint metric `val_map`, and micro) and
+        macro F1 at 0.5 instead of accuracy."""
         super().__init__()
         self.model = model
         self.num_classes = num_classes
         self.cfg = cfg
+        self.multilabel = multilabel
         self.binary = _has_binary_head(model)
-        self.loss = build_loss(cfg, class_weights, binary=self.binary)
-        self.eval_loss = nn.CrossEntropyLoss()
+        if multilabel and self.binary:
+            from visiondeck.errors import ConfigError
+
+            raise ConfigError("model.head=binary is for two-class single-label data",
+                              hint="multi-label data takes the default head (one logit per "
+                                   "label, each read through a sigmoid)")
+        self.loss = build_loss(cfg, class_weights, binary=self.binary, multilabel=multilabel)
+        self.eval_loss = nn.BCEWithLogitsLoss() if multilabel else nn.CrossEntropyLoss()
         self.train_transform = train_transform or (lambda x: x)
         self.eval_transform = eval_transform or (lambda x: x)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro")
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro")
+        if multilabel:
+            from torchmetrics.classification import MultilabelAveragePrecision, MultilabelF1Score
+
+            self.val_map = MultilabelAveragePrecision(num_classes, average="macro")
+            self.val_map_micro = MultilabelAveragePrecision(num_classes, average="micro")
+            self.val_f1 = MultilabelF1Score(num_classes, average="macro")
+        else:
+            self.val_acc = MulticlassAccuracy(num_classes, average="micro")
+            self.train_acc = MulticlassAccuracy(num_classes, average="micro")
         self._unfrozen = 0
+
+    @property
+    def monitor(self) -> str:
+        """The validation metric that picks the best epoch (higher is better)."""
+        return MULTILABEL_MONITOR if self.multilabel else "val_acc"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
@@ -73,10 +99,12 @@ class Classifier(L.LightningModule):
                               cutmix=self.cfg.cutmix)
         logits = self(x)
         loss = self.loss(logits, target)
-        self.train_acc(logits.detach(), y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True,
                  batch_size=len(y))
-        self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, batch_size=len(y))
+        if not self.multilabel:
+            self.train_acc(logits.detach(), y)
+            self.log("train_acc", self.train_acc, on_step=False, on_epoch=True,
+                     batch_size=len(y))
         return loss
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -84,10 +112,24 @@ class Classifier(L.LightningModule):
         if y.numel() == 0:
             return
         logits = self(self._prepare(x, train=False))
+        if self.multilabel:
+            self._validate_labels(logits, y)
+            return
         self.val_acc(logits, y)
         self.log("val_loss", self.eval_loss(logits, y), on_epoch=True, prog_bar=True,
                  batch_size=len(y), sync_dist=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True, batch_size=len(y))
+
+    def _validate_labels(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        target = y.long()
+        logits = logits.float()
+        for metric in (self.val_map, self.val_map_micro, self.val_f1):
+            metric(logits, target)
+        self.log("val_loss", self.eval_loss(logits, y.float()), on_epoch=True, prog_bar=True,
+                 batch_size=len(y), sync_dist=True)
+        self.log("val_map", self.val_map, on_epoch=True, prog_bar=True, batch_size=len(y))
+        self.log("val_map_micro", self.val_map_micro, on_epoch=True, batch_size=len(y))
+        self.log("val_f1", self.val_f1, on_epoch=True, batch_size=len(y))
 
     # ----------------------------------------------------------------- freezing
     def on_train_epoch_start(self) -> None:
@@ -129,7 +171,7 @@ class Classifier(L.LightningModule):
             scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="max",
                                                                    factor=0.3, patience=2)
             return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": scheduler, "monitor": "val_acc"}}
+                    "lr_scheduler": {"scheduler": scheduler, "monitor": self.monitor}}
         total = max(1, int(self.trainer.estimated_stepping_batches))
         if cfg.scheduler == "onecycle" and total >= 8:  # one-cycle needs a few steps per phase
             scheduler = torch.optim.lr_scheduler.OneCycleLR(

@@ -245,7 +245,7 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True,
     from visiondeck.data.prepare import prepare_split
     from visiondeck.models import from_config, model_spec
     from visiondeck.train.datamodule import SplitDataModule, resolve_spec
-    from visiondeck.train.losses import class_weights
+    from visiondeck.train.losses import class_weights, label_pos_weights
     from visiondeck.train.module import Classifier
 
     L.seed_everything(recipe.train.seed, workers=True, verbose=False)
@@ -258,14 +258,17 @@ def build_system(recipe: Recipe, folder: Path, *, progress: bool = True,
     data = SplitDataModule(split, recipe.data, recipe.train, spec,
                            cache_dir=outcome.check.prepared / "cache",
                            test_split=outcome.test_split, progress=progress)
-    weights = class_weights(data.train_labels, len(split.classes))
+    # multi-label: per-label n_neg/n_pos of the training files (recorded as class_weights)
+    weights = (label_pos_weights(data.train_labels) if split.multilabel
+               else class_weights(data.train_labels, len(split.classes)))
     model = from_config(recipe.model, num_classes=len(split.classes),
                         in_chans=recipe.data.channels)
     if recipe.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     system = Classifier(model, len(split.classes), recipe.train, class_weights=weights,
                         train_transform=data.device_transform(train=True),
-                        eval_transform=data.device_transform(train=False))
+                        eval_transform=data.device_transform(train=False),
+                        multilabel=split.multilabel)
     test_prepared = (outcome.check.prepared / "test_source") if outcome.test_split else None
     return BuiltSystem(data, system, split, spec, weights,
                        outcome.check.prepared.resolve(),
@@ -289,7 +292,7 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     if tracker is not None:
         extra.append(TrackerCallback(tracker))
     trainer = build_trainer(recipe.train, folder, progress=progress,
-                            extra_callbacks=extra, max_steps=max_steps)
+                            extra_callbacks=extra, max_steps=max_steps, monitor=system.monitor)
     split_ref = {"id": split.id, "root": str(split.root), "classes": split.classes,
                  "prepared": str(built.prepared) if built.prepared else None,
                  "test_prepared": str(built.test_prepared) if built.test_prepared else None}
@@ -308,11 +311,12 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     checkpoint = trainer.checkpoint_callback
     best = Path(checkpoint.best_model_path) if checkpoint and checkpoint.best_model_path else None
     if checkpoint is not None and checkpoint.best_model_score is not None:
-        metrics["best_val_acc"] = round(float(checkpoint.best_model_score), 6)
+        metrics[f"best_{system.monitor}"] = round(float(checkpoint.best_model_score), 6)
     if not trainer.is_global_zero:  # rank zero alone writes the run's outcome
         return RunResult(folder, "worker", metrics, best, None, trainer.current_epoch,
                          time.perf_counter() - started)
-    _save_best_model(folder, system, best, recipe, spec, split.classes)
+    _save_best_model(folder, system, best, recipe, spec, split.classes,
+                     task=split.task)
     gate = _gate(recipe, metrics)
     status = "completed" if gate is None else ("passed" if gate.passed else "failed_gate")
     result = RunResult(
@@ -343,7 +347,7 @@ def _final_metrics(trainer) -> dict[str, float]:
 
 
 def _save_best_model(folder: Path, system, best: Path | None, recipe: Recipe, spec,
-                     classes: list[str]) -> None:
+                     classes: list[str], task: str = "single") -> None:
     """The best epoch's network as safetensors + model.json (see `train.artifacts`)."""
     import torch
 
@@ -354,7 +358,8 @@ def _save_best_model(folder: Path, system, best: Path | None, recipe: Recipe, sp
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         own = {k.removeprefix("model."): v for k, v in state.items() if k.startswith("model.")}
         model.load_state_dict(own)
-    save_trained(folder, model, recipe=recipe, spec=spec, classes=list(classes))
+    save_trained(folder, model, recipe=recipe, spec=spec, classes=list(classes),
+                 extra={"task": task} if task != "single" else None)
 
 
 def _gate(recipe: Recipe, metrics: dict[str, float]) -> GateResult | None:

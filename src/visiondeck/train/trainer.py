@@ -41,10 +41,12 @@ def resolve_precision(cfg: TrainConfig) -> str:
 
 
 def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
-                  extra_callbacks: list | None = None, max_steps: int | None = None
-                  ) -> L.Trainer:
+                  extra_callbacks: list | None = None, max_steps: int | None = None,
+                  monitor: str = "val_acc") -> L.Trainer:
+    """`monitor`: the validation metric (higher is better) that picks the best checkpoint
+    and stops early (`Classifier.monitor`: val_map for multi-label runs)."""
     best = ModelCheckpoint(
-        dirpath=run_dir / "checkpoints", filename="best", monitor="val_acc", mode="max",
+        dirpath=run_dir / "checkpoints", filename="best", monitor=monitor, mode="max",
         save_top_k=1, every_n_epochs=1, enable_version_counter=False,
     )
     # A checkpoint of its own for "last": Lightning 2.6 writes save_last only in the epochs
@@ -55,7 +57,7 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, *, progress: bool = True,
     )
     callbacks: list = [best, last, RngState(), HistoryWriter(run_dir), EpochMetrics()]
     if cfg.patience:
-        callbacks.append(EarlyStopping("val_acc", mode="max", patience=cfg.patience))
+        callbacks.append(EarlyStopping(monitor, mode="max", patience=cfg.patience))
     if cfg.ema:
         callbacks.append(EMAWeightAveraging(decay=cfg.ema))
     if progress:

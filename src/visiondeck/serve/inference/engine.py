@@ -125,6 +125,7 @@ def load_model(source: str, *, variant: str = "auto", threads: int = 1,
     start = time.perf_counter()
     folder = _resolve(source)
     bundle = load_bundle(folder)
+    bundle.require_single_label("the API server")
     fingerprint = _folder_fingerprint(bundle.path)
     variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
