@@ -304,14 +304,7 @@ def _manifest_rows(manifest: Path) -> Iterator[tuple[str, str]]:
             for row in reader:
                 yield (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
         return
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise DataError(
-            "reading a Parquet manifest needs pyarrow",
-            hint="pip install 'visiondeck[parquet]', or give the manifest as CSV",
-        ) from exc
-    table = pq.read_table(manifest)
+    table = _parquet(manifest).read_table(manifest)
     path_col, label_col = _pick_columns(manifest, table.column_names)
     paths = table.column(path_col).to_pylist()
     labels = table.column(label_col).to_pylist()
@@ -341,13 +334,7 @@ def manifest_paths(manifest: str | os.PathLike[str]) -> Iterator[str]:
                 if raw:
                     yield located(raw)
         return
-    try:
-        import pyarrow.parquet as pq
-    except ImportError as exc:
-        raise DataError("reading a Parquet manifest needs pyarrow",
-                        hint="pip install 'visiondeck[parquet]', or give the manifest as CSV"
-                        ) from exc
-    parquet = pq.ParquetFile(manifest)
+    parquet = _parquet(manifest).ParquetFile(manifest)
     path_col, _ = _pick_columns(manifest, parquet.schema_arrow.names, need_label=False)
     for batch in parquet.iter_batches(columns=[path_col], batch_size=10_000):
         for value in batch.column(0).to_pylist():
