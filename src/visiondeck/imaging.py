@@ -7,10 +7,13 @@ escapes `decode_image`/`probe_image` for any input bytes (MemoryError and Keyboa
 aside). A path that cannot be opened (missing, permission denied) raises the ordinary
 `OSError`: an I/O fault, not a property of the bytes. Non-regular files are `NOT_AN_IMAGE`.
 
-This module is the decoder and its policies; three neighbours hold what reads apart from
+This module is the decoder and its policies; five neighbours hold what reads apart from
 it and import nothing of it: the format allow-list (imaging_formats.py), PNG chunk work
-done without Pillow (imaging_png.py), and what is done to a decoded array - resize, dhash
-(imaging_arrays.py). Every public name of all four is importable from here.
+done without Pillow (imaging_png.py), what is done to a decoded array - resize, dhash
+(imaging_arrays.py), what a decode may cost - `DecodeLimits`, `model_decode_limits`
+(imaging_limits.py), and how a decode fails - `Problem`, `ImageDecodeError` and the
+TRUNCATED/CORRUPT rules (imaging_problems.py). Every public name of all six is importable
+from here.
 
 Policies
 --------
@@ -33,19 +36,13 @@ Policies
   `PIL.Image.MAX_IMAGE_PIXELS` still meets Pillow's hard ceiling.
 * `TOO_SMALL`: the smaller side is below `min_side` (orientation cannot change it).
 * Served models: `model_decode_limits` is the one place a served upload's limits come
-  from (REST API, /explain, the Lambda handler). Its pixel cap is derived from the model:
-  `(MODEL_SIDE_FACTOR * input side)²`, 32× the side - a 28 px model takes up to
-  896×896 pixels (or any shape of that area), a 224 px one 7168×7168 - below the server's
-  own `max_pixels` (an absolute ceiling) and the Bundle's. Decoding costs time and memory
-  in proportion to pixels while the model only ever sees `image_size`², so a pixel past
-  1,024 times the model's input area is work nobody uses: at 32× the resize already
-  discards 99.9 % of what was decoded. A BOMB message then names that cap and where it
-  comes from. With `reduce_jpeg` (on for served models), a JPEG over the cap is not
-  refused but decoded at the largest DCT scale (1/2, 1/4, 1/8) that fits, by libjpeg
-  itself (Pillow's `draft`): a 6000×6000 photo on a 28 px model decodes at 750×750 in
-  14 ms instead of 110 ms and 108 MB ("reduced"); JPEGs within the cap decode at full
-  size, as in evaluation. Pillow's own ceiling (`Image.MAX_IMAGE_PIXELS`) still refuses
-  bigger JPEGs before any scale is chosen.
+  from; its pixel cap is `(MODEL_SIDE_FACTOR * input side)²` (imaging_limits.py says
+  why), and a BOMB message names that cap and where it comes from. With `reduce_jpeg` (on
+  for served models), a JPEG over the cap is not refused but decoded at the largest DCT
+  scale (1/2, 1/4, 1/8) that fits, by libjpeg itself (Pillow's `draft`): a 6000×6000 photo
+  on a 28 px model decodes at 750×750 in 14 ms instead of 110 ms and 108 MB ("reduced");
+  JPEGs within the cap decode at full size, as in evaluation. Pillow's own ceiling
+  (`Image.MAX_IMAGE_PIXELS`) still refuses bigger JPEGs before any scale is chosen.
 * PNG metadata: compressed metadata chunks (zTXt, compressed iTXt, iCCP) that would take
   a file's inflated metadata past `PNG_METADATA_BUDGET` (256 KiB) are dropped, uninflated,
   before Pillow sees the file; small ones stay, so the orientation they carry still
@@ -63,10 +60,8 @@ Policies
   fixed `background` ("alpha") - also when fully opaque, so notes never depend on pixels.
 * Output "L" is ITU-R 601-2 luma (Pillow's `convert("L")`) after compositing; "RGB" repeats
   grey. Arrays are uint8 (H, W, C), C-contiguous, writable and owned by the caller.
-* Failures: `EOFError`, messages about truncation/end of data, and a missing end marker or
-  declared length (JPEG EOI, PNG IEND, GIF trailer, WebP RIFF size, BMP file size; for TIFF:
-  a parse error after all input was consumed) are `TRUNCATED`; every other failure
-  (SyntaxError, OSError, ValueError, zlib/struct errors, ...) is `CORRUPT`.
+* Failures: a missing end marker or declared length, or a message about the end of data,
+  is `TRUNCATED`, every other failure `CORRUPT` (imaging_problems.py has the rules).
   `ImageFile.LOAD_TRUNCATED_IMAGES` is never set; Pillow's `UserWarning`s are silenced.
 * Plain PNGs - 8-bit grey or RGB, not interlaced, nothing but IHDR, IDAT and IEND chunks,
   every CRC right, no byte after IEND - skip `Image.open`: imaging_png.py walks their
@@ -83,22 +78,23 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
 import os
-import re
 import stat
-import struct
 import warnings
 from dataclasses import dataclass
-from enum import StrEnum
-from typing import Any, BinaryIO, Literal, Protocol
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from PIL import Image
 
-from visiondeck.errors import DataError
 from visiondeck.imaging_arrays import dhash, dhash_distance, resize_image
 from visiondeck.imaging_formats import ALLOWED_FORMATS, refused_format, sniff_format
+from visiondeck.imaging_limits import (
+    MODEL_SIDE_FACTOR,
+    DecodeLimits,
+    ModelInput,
+    model_decode_limits,
+)
 from visiondeck.imaging_png import (
     PLAIN_PNG_MODES,
     PNG_METADATA_BUDGET,
@@ -106,6 +102,11 @@ from visiondeck.imaging_png import (
     plain_png_size,
 )
 from visiondeck.imaging_png import tame_png as _tame_png
+from visiondeck.imaging_problems import ImageDecodeError, Problem
+from visiondeck.imaging_problems import bomb as _bomb
+from visiondeck.imaging_problems import classify as _classify
+from visiondeck.imaging_problems import fail as _fail
+from visiondeck.imaging_problems import pillow_bomb as _pillow_bomb
 
 __all__ = [
     "ALLOWED_FORMATS", "MODEL_SIDE_FACTOR", "NOTE_VOCABULARY", "PNG_METADATA_BUDGET",
@@ -118,74 +119,8 @@ NOTE_VOCABULARY: tuple[str, ...] = (
     "cmyk", "16bit", "palette", "alpha", "exif_rotated", "multi_frame", "float", "bilevel",
     "reduced",
 )  # fmt: skip
-#: a served model takes pictures of up to (this × its input side)² pixels (module docstring)
-MODEL_SIDE_FACTOR = 32
 Source = bytes | bytearray | memoryview | str | os.PathLike[str] | BinaryIO
-
-
-class Problem(StrEnum):
-    ZERO_BYTES = "zero_bytes"
-    NOT_AN_IMAGE = "not_an_image"
-    UNSUPPORTED_FORMAT = "unsupported_format"
-    CORRUPT = "corrupt"
-    TRUNCATED = "truncated"
-    TOO_SMALL = "too_small"
-    BOMB = "bomb"
-    TOO_LARGE = "too_large"
-
-
-_HINTS = {
-    Problem.ZERO_BYTES: "the file is empty; copy or export it again, or remove it",
-    Problem.NOT_AN_IMAGE: "only JPEG, PNG, GIF, BMP, TIFF and WebP are read (whatever the file "
-    "name says); remove the file or move it out of the image folder",
-    Problem.UNSUPPORTED_FORMAT: "convert it to PNG or JPEG, or remove it",
-    Problem.CORRUPT: "the file is damaged; export or download it again, or remove it",
-    Problem.TRUNCATED: "the file ends early (an interrupted copy or download?); copy it again "
-    "or remove it",
-    Problem.TOO_SMALL: "remove the image, or lower the limit (data.min_size)",
-    Problem.BOMB: "downscale the image, or raise the limit (data.max_pixels) if it is genuine",
-    Problem.TOO_LARGE: "shrink the file, or raise the byte limit (e.g. the server's upload limit)",
-}
-
-
-class ImageDecodeError(DataError):
-    """Bytes that cannot become a picture; `problem` lets callers count and route by kind.
-
-    A `DataError` (exit code 4); `hint` defaults to a fix for the `problem`.
-    """
-
-    exit_code = 4
-
-    def __init__(self, problem: Problem, message: str, *, hint: str | None = None) -> None:
-        super().__init__(message, hint=hint or _HINTS[problem])
-        self.problem = problem
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # the keyword-only hint defeats default exception pickling (process-pool scans)
-        return (_rebuild_error, (self.problem, self.message, self.hint))
-
-
-def _rebuild_error(problem: Problem, message: str, hint: str | None) -> ImageDecodeError:
-    return ImageDecodeError(problem, message, hint=hint)
-
-
-@dataclass(frozen=True)
-class DecodeLimits:
-    """What a decode may cost. `reduce_jpeg`: a JPEG over `max_pixels` is decoded at a
-    smaller DCT scale instead of refused; `pixels_from`: where `max_pixels` comes from,
-    for the BOMB message (see `model_decode_limits`)."""
-
-    max_pixels: int = 64_000_000
-    max_bytes: int | None = None
-    min_side: int = 1
-    reduce_jpeg: bool = False
-    pixels_from: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_pixels < 1 or self.min_side < 1:
-            raise ValueError("max_pixels and min_side must be at least 1")
-        if self.max_bytes is not None and self.max_bytes < 0:
-            raise ValueError("max_bytes must be None or >= 0")
+_DEFAULT_LIMITS = DecodeLimits()  # frozen: one shared default is safe
 
 
 @dataclass(frozen=True)
@@ -204,48 +139,7 @@ class DecodedImage:
     info: ImageInfo
 
 
-class ModelInput(Protocol):
-    """What `model_decode_limits` reads of a model's input (a Bundle's `InputSpec`)."""
-
-    @property
-    def image_size(self) -> int: ...
-
-    @property
-    def max_pixels(self) -> int: ...
-
-    @property
-    def max_bytes(self) -> int | None: ...
-
-
-def model_decode_limits(spec: ModelInput, *, max_pixels: int, max_bytes: int | None
-                        ) -> DecodeLimits:
-    """The limits an upload to a served model is decoded under - every serving path's.
-
-    `max_pixels` and `max_bytes` are the server's own (an absolute ceiling and its upload
-    limit). The pixel cap is the smallest of that ceiling, the Bundle's `max_pixels` and
-    `(MODEL_SIDE_FACTOR * spec.image_size)²`: the module docstring says why. JPEGs over
-    the cap are decoded at reduced scale rather than refused (`reduce_jpeg`).
-    """
-    side = MODEL_SIDE_FACTOR * spec.image_size
-    cap = min(max_pixels, spec.max_pixels, side * side)
-    if cap == side * side:
-        why = (f"{side}×{side}: {MODEL_SIDE_FACTOR}× the model's {spec.image_size} px "
-               "input side")
-    elif cap == max_pixels:
-        why = "the server's max_pixels (VISIONDECK_MAX_PIXELS)"
-    else:
-        why = "the Bundle's input.max_pixels"
-    byte_cap = max_bytes
-    if spec.max_bytes is not None:
-        byte_cap = spec.max_bytes if max_bytes is None else min(max_bytes, spec.max_bytes)
-    return DecodeLimits(max_pixels=cap, max_bytes=byte_cap, reduce_jpeg=True, pixels_from=why)
-
-
 # --------------------------------------------------------------------- reading, sniffing
-
-
-def _fail(problem: Problem, message: str, name: str | None) -> ImageDecodeError:
-    return ImageDecodeError(problem, f"{name}: {message}" if name else message)
 
 
 def _read_source(source: Source, limits: DecodeLimits) -> tuple[bytes, str | None]:
@@ -290,24 +184,6 @@ def _sniff_or_fail(data: bytes, name: str | None) -> str:
 
 # ----------------------------------------------------------------------------- decoding
 
-_TRUNCATION = re.compile(r"truncat|unexpected end|premature end|end of (file|data|stream)"
-                         r"|not enough data|ran out of|\beof\b|incomplete", re.I)  # fmt: skip
-_PIXELS_IN_MESSAGE = re.compile(r"\((\d+) pixels\)")
-_DIMS_AT = {"PNG": (16, ">II"), "GIF": (6, "<HH"), "BMP": (18, "<ii")}  # for bomb messages
-
-
-def _bomb(width: int, height: int, pixels: int, cap: int, name: str | None,
-          pixels_from: str | None = None) -> ImageDecodeError:
-    size = f"{width:,}×{height:,} = " if width * height == pixels else ""
-    if pixels_from is None:
-        return _fail(Problem.BOMB, f"image is {size}{pixels:,} pixels, above the limit of "
-                     f"{cap:,}; raise the limit (data.max_pixels) if this is a genuine image",
-                     name)  # fmt: skip
-    side = math.isqrt(cap)
-    message = f"image is {size}{pixels:,} pixels, above the limit of {cap:,} ({pixels_from})"
-    return ImageDecodeError(Problem.BOMB, f"{name}: {message}" if name else message,
-                            hint=f"downscale it to at most {cap:,} pixels (e.g. {side}×{side}) "
-                                 "and send it again")  # fmt: skip
 
 
 def _reduce_jpeg(im: Image.Image, fmt: str, limits: DecodeLimits) -> bool:
@@ -337,31 +213,6 @@ def _check_header(im: Image.Image, limits: DecodeLimits, name: str | None) -> No
         raise _fail(Problem.UNSUPPORTED_FORMAT, "CIE L*a*b* images are not supported", name)
 
 
-def _le(raw: bytes) -> int:
-    return int.from_bytes(raw, "little")
-
-
-def _looks_cut(data: bytes, fmt: str) -> bool | None:
-    """Whether the format's end marker or declared length is missing; None: cannot tell."""
-    end = data.rstrip(b"\0")
-    return {
-        "JPEG": not end.endswith(b"\xff\xd9"),
-        "PNG": b"IEND" not in data[-16:],
-        "GIF": not end.endswith(b";"),
-        "WEBP": len(data) < 8 + _le(data[4:8]),
-        "BMP": len(data) < _le(data[2:6]),
-    }.get(fmt)
-
-
-def _classify(exc: BaseException, data: bytes, fmt: str, exhausted: bool) -> Problem:
-    if isinstance(exc, EOFError) or _TRUNCATION.search(str(exc)):
-        return Problem.TRUNCATED
-    cut = _looks_cut(data, fmt)
-    if cut is None:  # a parser that ran off the end complains about a short struct/chunk
-        cut = exhausted and isinstance(exc, SyntaxError | struct.error | IndexError)
-    return Problem.TRUNCATED if cut else Problem.CORRUPT
-
-
 def _guarded(data: bytes, fmt: str, name: str | None, limits: DecodeLimits, work: Any) -> Any:
     """Run `work(stream)` under Pillow with every failure mapped onto a `Problem`."""
     stream = io.BytesIO(data)
@@ -375,13 +226,8 @@ def _guarded(data: bytes, fmt: str, name: str | None, limits: DecodeLimits, work
         except (ImageDecodeError, MemoryError):
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            found = _PIXELS_IN_MESSAGE.search(str(exc))
-            pixels = int(found.group(1)) if found else 0
-            offset, layout = _DIMS_AT.get(fmt, (len(data), ""))
-            dims = struct.unpack_from(layout, data, offset) if len(data) >= offset + 8 else (0, 0)
-            if pixels > limits.max_pixels:
-                raise _bomb(*dims, pixels, limits.max_pixels, name, limits.pixels_from) from exc
-            raise _bomb(*dims, pixels, 2 * ceiling, name) from exc
+            raise _pillow_bomb(exc, data, fmt, limits.max_pixels, ceiling, name,
+                               limits.pixels_from) from exc
         except Exception as exc:
             cause: BaseException = exc
             exhausted = not stream.closed and stream.tell() >= len(data)
@@ -491,7 +337,7 @@ def decode_image(
     source: Source,
     *,
     mode: Literal["RGB", "L"] = "RGB",
-    limits: DecodeLimits = DecodeLimits(),
+    limits: DecodeLimits = _DEFAULT_LIMITS,
     background: tuple[int, int, int] = (255, 255, 255),
 ) -> DecodedImage:
     """Decode untrusted bytes into a uint8 (H, W, C) array, or fail with a `Problem`.
@@ -529,7 +375,7 @@ def decode_image(
     return _guarded(data, fmt, name, limits, work)
 
 
-def probe_image(source: Source, *, limits: DecodeLimits = DecodeLimits()) -> ImageInfo:
+def probe_image(source: Source, *, limits: DecodeLimits = _DEFAULT_LIMITS) -> ImageInfo:
     """Header-only: validates magic bytes, byte size, dimensions vs limits, without decoding pixels.
 
     Cheap enough to run on every file of a folder; a file that probes fine can still fail

@@ -23,7 +23,13 @@ import httpx
 import pytest
 
 from tests.deploy.conftest import colour_png
-from tests.servers import create_database, drop_database, free_port, stop_process
+from tests.servers import (
+    create_database,
+    drop_database,
+    free_port,
+    stop_process,
+    wait_server_ready,
+)
 
 REDIS_URL = os.environ.get("VISIONDECK_TEST_REDIS", "redis://127.0.0.1:6379/0")
 BURST = 12  # "12/hour": a bucket of 12 that refills one token every 5 minutes
@@ -67,26 +73,12 @@ def replicas(colour_bundle: Path, tmp_path: Path) -> Iterator[tuple[Replica, Rep
                                            stderr=subprocess.STDOUT, start_new_session=True)
             started.append(Replica(f"http://127.0.0.1:{port}", process, log))
         for replica in started:
-            _wait_ready(replica)
+            wait_server_ready(replica.process, replica.url, replica.log, timeout=90.0)
         yield started[0], started[1], db
     finally:
         for replica in started:
             stop_process(replica.process)
         drop_database(db)
-
-
-def _wait_ready(replica: Replica, timeout: float = 90.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if replica.process.poll() is not None:
-            pytest.fail(f"replica exited: {replica.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{replica.url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"replica not ready in {timeout:.0f} s: {replica.log.read_text()[-3000:]}")
 
 
 def _predict(replica: Replica, colour: str, seed: int) -> httpx.Response:

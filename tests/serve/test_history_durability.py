@@ -24,7 +24,7 @@ import pytest
 
 from tests.serve.conftest import learnable_png
 from tests.serve.test_store import PG_URL, require_postgres, unique_prefix
-from tests.servers import free_port
+from tests.servers import free_port, wait_server_ready
 from visiondeck.serve.history.store import PredictionQuery, PredictionStore
 
 
@@ -73,27 +73,13 @@ def start(serve_bundle: Path, tmp_path: Path, history: PredictionStore) -> Itera
                                        start_new_session=True)
         server = Server(f"http://127.0.0.1:{port}", process, log)
         started.append(server)
-        _wait_ready(server)
+        wait_server_ready(server.process, server.url, server.log, timeout=120.0)
         return server
 
     yield start_server
     for server in started:
         if server.process.poll() is None:
             server.kill()
-
-
-def _wait_ready(server: Server, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(f"server exited: {server.log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{server.url}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"server not ready in {timeout:.0f} s: {server.log.read_text()[-3000:]}")
 
 
 def _until(condition, what: str, server: Server, timeout: float = 60.0) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator
 from pathlib import Path
 
 import lightning as L
@@ -29,13 +28,7 @@ QUICK = ("tracking.enabled=false", "train.batch_size=4", "train.epochs=1",
 BATCHES = 9
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Intra-op threads only fight over a shared 2-core machine for models this small."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class Recorder(L.Callback):

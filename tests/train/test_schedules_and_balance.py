@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import shutil
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import lightning as L
@@ -32,13 +32,7 @@ RUN = ("tracking.enabled=false", "train.batch_size=4", f"train.lr={LR}",
        "train.optimizer=sgd")
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Intra-op threads only fight over a shared 2-core machine for models this small."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 class StepRates(L.Callback):

@@ -17,8 +17,9 @@ take it from there:
 
 The journal itself - one SQLite file per writer, its flock, and the take-over of journals
 left by dead processes (at start and every `SWEEP_S`) and of the old JSON-lines spool - is
-journal_file.py; telling a refused row from a database that is away is rejections.py. This
-module is the threads and the request side that tie them together.
+journal_file.py; telling a refused row from a database that is away is rejections.py; the
+database thread and the take-over are journal_database.py. This module is the request side,
+the journal thread and the lifecycle that ties both threads together.
 
 Labels: `update_pending` changes a row still in memory, or records a label for a row the
 writer still holds; that label is journaled with the next group commit and written to the
@@ -50,8 +51,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from visiondeck.serve.history.journal_file import JournalFile, Row, encode_row, take_over
-from visiondeck.serve.history.rejections import describe, isolate, row_fault, set_aside
+from visiondeck.serve.history.journal_database import DatabaseSide
+from visiondeck.serve.history.journal_file import JournalFile, encode_row
 from visiondeck.serve.history.store import PredictionRecord, PredictionStore
 
 __all__ = ["COMMIT_INTERVAL_S", "DurableHistoryWriter"]
@@ -59,10 +60,9 @@ __all__ = ["COMMIT_INTERVAL_S", "DurableHistoryWriter"]
 log = logging.getLogger("visiondeck.serve.history")
 
 COMMIT_INTERVAL_S = 0.1  # the group commit: an answered row is journaled within this (+1 commit)
-SWEEP_S = 30.0  # how often a running writer looks for journals of dead processes
 
 
-class DurableHistoryWriter:
+class DurableHistoryWriter(DatabaseSide):
     """Queue → journal (group commit) → database, for the prediction history."""
 
     def __init__(self, store: PredictionStore, journal_dir: Path | None = None, *,
@@ -331,158 +331,9 @@ class DurableHistoryWriter:
             log.warning("history journal back under its cap (%d MiB)", used >> 20)
         self._journal_error, self._over_cap = None, False
 
-    # ------------------------------------------------------------------ database thread
-
-    def _database_loop(self) -> None:
-        try:
-            self._claim(legacy=True)
-        except _JournalClosed:
-            return
-        except Exception:  # never let a stranger's file stop this writer
-            log.exception("history: taking over journals failed")
-        finally:
-            self._claimed.set()
-        delay, next_sweep = self.retry_initial_s, time.monotonic() + SWEEP_S
-        while True:
-            try:
-                wrote = self._write_rows() + self._write_labels()
-            except _JournalClosed:
-                return
-            except Exception as exc:
-                self._database_failed(exc)
-                if self._stopping.is_set():
-                    return  # the rows are safe in the journal: do not wait for the database
-                self._db_wake.wait(delay)
-                self._db_wake.clear()
-                delay = min(self.retry_max_s, delay * 2)
-                continue
-            delay = self.retry_initial_s
-            if self._stopping.is_set():
-                if time.monotonic() > self._close_deadline:
-                    return
-                if not wrote and self._journal_done.is_set():
-                    return  # everything journaled is written
-            if wrote:
-                continue
-            if time.monotonic() > next_sweep:
-                try:
-                    self._claim(legacy=False)
-                except _JournalClosed:
-                    return
-                except Exception:
-                    log.exception("history: taking over journals failed")
-                next_sweep = time.monotonic() + SWEEP_S
-            self._db_wake.wait(1.0)
-            self._db_wake.clear()
-
-    def _write_rows(self) -> int:
-        with self._jlock:
-            batch = self._journal_or_raise().oldest(self.batch_size)
-        if not batch:
-            return 0
-        records = [record for _, record in batch]
-        try:
-            self.store.insert_many(records)
-        except Exception as exc:
-            if len(records) == 1 or not row_fault(exc):
-                raise
-            self._reject(isolate(records, lambda record: self.store.insert_many([record])))
-        with self._jlock:
-            self._journal_or_raise().written_through(batch[-1][0], len(batch))
-            with self._lock:
-                self._unsent.difference_update(r.id for _, r in batch
-                                               if r.id not in self._labelled)
-        self.written += len(batch)
-        self._database_ok()
-        return len(batch)
-
-    def _write_labels(self) -> int:
-        with self._jlock:
-            entries = self._journal_or_raise().ready_labels(self.batch_size)
-        if not entries:
-            return 0
-        refused = isolate(entries, self._set_label)
-        for record_id, label, after in entries:  # written, or refused for good
-            with self._jlock:
-                if self._journal_or_raise().delete_label(record_id, label, after):
-                    self._labelled.discard(record_id)
-                    with self._lock:
-                        self._unsent.discard(record_id)
-        self._reject(refused)
-        self._database_ok()
-        return len(entries)
-
-    def _set_label(self, entry: tuple[str, str | None, int]) -> None:
-        if not self.store.set_label(entry[0], entry[1]):
-            log.warning("history: a label for %s found no row in the database", entry[0])
-
-    def _reject(self, refused: list[tuple[Any, Exception]]) -> None:
-        """Rows or labels the database refuses while it takes the others (a value it
-        cannot store): out of the journal, so they stop blocking what follows, into
-        `rejected.jsonl` beside it for an operator, logged and counted."""
-        if not refused:
-            return
-        self.rejected += len(refused)
-        set_aside(refused, self.journal_dir)
-
-    def _journal_or_raise(self) -> JournalFile:
-        if self._journal is None:
-            raise _JournalClosed
-        return self._journal
-
-    def _database_failed(self, exc: BaseException) -> None:
-        self.failures += 1
-        self.healthy = False
-        self._db_error = describe(exc)
-        if self.metrics is not None:
-            self.metrics.store_failures.inc()
-        log.warning("prediction store write failed (%s); %d rows wait in the journal, "
-                    "will retry", self._db_error, self.pending)
-        self._gauge()
-
-    def _database_ok(self) -> None:
-        self.healthy, self._db_error = True, None
-        self._gauge()
-
     def _gauge(self, value: int | None = None) -> None:
         if self.metrics is not None:
             self.metrics.store_pending.set(self.pending if value is None else value)
-
-    # ------------------------------------------------------------------ taking over
-
-    def _claim(self, *, legacy: bool) -> None:
-        """Take over the journals of dead writers (and, at start, an old spool)."""
-        own = self._journal
-        if own is None:
-            return
-        take_over(own, self._take, legacy=legacy, failed=self._failed_claims)
-
-    def _take(self, rows: Iterator[list[Row]], labels: list[tuple[str, str | None]],
-              origin: str) -> None:
-        taken = 0
-        for chunk in rows:  # a commit per chunk: the journal thread gets its turns
-            with self._jlock:
-                journal = self._journal_or_raise()
-                journal.append(chunk, {})
-                with self._lock:
-                    self._unsent.update(row[0] for row in chunk)
-            taken += len(chunk)
-        if labels:
-            with self._jlock:  # a label this writer holds for the same row is newer
-                self._journal_or_raise().append([], dict(labels), replace=False)
-                self._labelled.update(record_id for record_id, _ in labels)
-                with self._lock:
-                    self._unsent.update(record_id for record_id, _ in labels)
-        if taken or labels:
-            self.replayed += taken
-            log.info("history: %d rows and %d labels taken over from %s", taken, len(labels),
-                     origin)
-            self._db_wake.set()
-
-
-class _JournalClosed(Exception):
-    """The writer closed its journal while the database thread was in a write."""
-
 
 
 class _JournalCollector:

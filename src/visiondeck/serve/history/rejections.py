@@ -1,12 +1,13 @@
 """Rows and labels the database refuses for good, told apart from a database that is away.
 
 A row the database cannot store (a value it refuses) while it takes the others would fail
-its batch on every retry and hold back every row journaled after it. The history writer
-(journal.py) therefore writes a refused batch again one item at a time: the items refused
-while others go in are set aside in `rejected.jsonl` beside the journals, logged, and taken
-out of the journal. When every item is refused the fault is not theirs (a permission, a
-missing table, an outage): the error stands and they all wait in the journal. Kept apart
-from the writer because this is the one rule for deciding whose fault a failed write is.
+its batch on every retry and hold back every row journaled after it. The history writer's
+database thread (journal_database.py) therefore writes a refused batch again one item at a
+time: the items refused while others go in are set aside in `rejected.jsonl` beside the
+journals, logged, and taken out of the journal. When every item is refused the fault is
+not theirs (a permission, a missing table, an outage): the error stands and they all wait in
+the journal. Kept apart from the writer because this is the one rule for deciding whose
+fault a failed write is.
 """
 
 from __future__ import annotations
