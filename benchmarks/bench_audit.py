@@ -136,10 +136,10 @@ def sample_benchmark(args: argparse.Namespace) -> dict:
     return result
 
 
-def suspects_grid(args: argparse.Namespace, flipped: set[str]) -> dict:
-    """The 50 most suspect images among those whose label was *not* flipped: the sample's
-    own Fashion-MNIST labels that the audit doubts (read back from the saved folds, no
-    training)."""
+def doubted_grid(audit: Path, folds: int, path: str | os.PathLike[str], title: str,
+                 *, leave_out: set[str] = frozenset()) -> dict:
+    """The 50 images an audit doubts most (flagged, then possible; by score), but those in
+    `leave_out`, as a thumbnail grid read back from the audit's saved folds (no training)."""
     from dataclasses import replace
 
     from visiondeck.audit.findings import find_suspects
@@ -147,23 +147,25 @@ def suspects_grid(args: argparse.Namespace, flipped: set[str]) -> dict:
     from visiondeck.audit.report import save_grid
     from visiondeck.config import load_recipe
 
-    out = Path(args.out) / "audit"
-    recipe = load_recipe(out / "folds" / "fold-0" / "recipe.yaml")
-    oof = compute_oof(recipe, out, folds=args.folds)
+    recipe = load_recipe(audit / "folds" / "fold-0" / "recipe.yaml")
+    oof = compute_oof(recipe, audit, folds=folds)
     if oof.trained:
         sys.exit("the grid must come from the audit's saved folds, yet a fold was trained")
     findings = find_suspects(oof)
     doubted = sorted(findings.suspects + findings.possible, key=lambda s: (-s.score, s.path))
-    own = [s for s in doubted if s.path not in flipped]
-    grid = save_grid(
-        replace(findings, suspects=own),
-        oof,
-        args.grid,
-        n=50,
-        title="Fashion-MNIST sample: the 50 labels the audit doubts most "
-        "(given → suggested, score; none of them flipped by us)",
-    )
-    return {"grid": str(grid), "shown": min(50, len(own)), "suspects_not_flipped": len(own)}
+    own = [s for s in doubted if s.path not in leave_out]
+    grid = save_grid(replace(findings, suspects=own), oof, path, n=50, title=title)
+    return {"grid": str(grid), "shown": min(50, len(own)), "doubted": len(own),
+            "flagged": len(findings.suspects), "possible": len(findings.possible)}
+
+
+def suspects_grid(args: argparse.Namespace, flipped: set[str]) -> dict:
+    """The 50 most suspect images among those whose label was *not* flipped: the sample's
+    own Fashion-MNIST labels that the audit doubts."""
+    return doubted_grid(Path(args.out) / "audit", args.folds, args.grid,
+                        "Fashion-MNIST sample: the 50 labels the audit doubts most "
+                        "(given → suggested, score; none of them flipped by us)",
+                        leave_out=flipped)
 
 
 def main() -> None:
