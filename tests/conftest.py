@@ -13,6 +13,14 @@ from PIL import Image
 
 from tests.factories import crafted_png, pattern, png_bytes, write_class_folder, write_learnable
 
+# Ray reads RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, when `ray` is first imported (a
+# module-level constant). The loopback test cluster (tests/scale/conftest.py) needs it "0"
+# (single-machine mode: 127.0.0.1 stays loopback); set here, before any test can import
+# ray in this process, or a test that imports it first (the Ray engine's scorer, run
+# without a cluster) leaves the driver dialling the host's address: "Timed out while
+# waiting for GCS to become available".
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
 
 @pytest.fixture
 def messy_folder(tmp_path: Path) -> Path:
