@@ -286,14 +286,7 @@ def _read_manifest(manifest: Path, root: Path) -> Iterator[SourceFile]:
     for index, (raw_path, label) in enumerate(rows, start=2):
         if not raw_path or label in (None, ""):
             raise DataError(f"{manifest.name}, row {index}: empty path or label")
-        path = Path(raw_path)
-        if not path.is_absolute():
-            path = root / path
-        try:
-            relpath = path.resolve().relative_to(root).as_posix()
-        except ValueError:
-            relpath = path.resolve().as_posix()
-        yield SourceFile(relpath, str(label), path)
+        yield _located(raw_path, root, str(label))
 
 
 def _manifest_rows(manifest: Path) -> Iterator[tuple[str, str]]:
