@@ -64,11 +64,28 @@ def test_epochs_are_what_fits_in_the_budget_left() -> None:
     assert t.epoch_s == pytest.approx(11.0)  # 100 × 0.1 + 20 × 0.05
     # 120 s × 0.96 = 115.2; minus the probe 3, start-up 2 and a quarter of decoding 1
     plan = plan_epochs(120, t, spent_s=3.0)
-    assert plan.epochs == 9 and plan.epoch_steps is None  # 109.2 // 11
-    assert plan.predicted_s == pytest.approx(3 + 3 + 99)
-    assert plan.predicted_s <= 120
-    # the same throughput with ten times the budget buys ten times the epochs, nearly
-    assert plan_epochs(1200, t, spent_s=3.0).epochs == 104  # (1152 - 6) // 11
+    # 109.2 // 11 = 9 whole epochs would leave 10.2 s (8.5 % of the budget) unused: ten
+    # epochs of (109.2 - 10 × 1) / 10 / 0.1 = 99 steps fill it
+    assert (plan.epochs, plan.epoch_steps) == (10, 99)
+    assert plan.predicted_s == pytest.approx(3 + 3 + 10 * (99 * 0.1 + 1))
+    assert 0.9 * 120 <= plan.predicted_s <= 120
+    # the same throughput with ten times the budget buys ten times the epochs, nearly;
+    # what whole epochs leave there (2 s) is under 3 % of it: whole epochs
+    plan = plan_epochs(1200, t, spent_s=3.0)
+    assert (plan.epochs, plan.epoch_steps) == (104, None)  # (1152 - 6) // 11
+
+
+def test_whole_epochs_are_kept_when_they_nearly_fill_the_budget() -> None:
+    t = _throughput()
+    # 120 × 0.96 - 3 - 3 = 109.2: ten epochs of 10.9 s fill it to within 0.2 s
+    plan = plan_epochs(120, _throughput(step_s=0.099), spent_s=3.0)
+    assert (plan.epochs, plan.epoch_steps) == (10, None)
+    assert t.epoch_s > 10.9
+    # coarse steps: 4 epochs of 4 s leave 3.2 of 19.2 s, but 5 epochs of 2 one-second
+    # steps would fill less (15 s): whole epochs
+    coarse = _throughput(step_s=1.0, val_batch_s=0.5, steps_per_epoch=3, val_batches=2,
+                         setup_s=0.0, decode_s=0.0)
+    assert (plan_epochs(20, coarse).epochs, plan_epochs(20, coarse).epoch_steps) == (4, None)
 
 
 def test_when_one_epoch_does_not_fit_the_epoch_is_cut_to_the_steps_that_do() -> None:

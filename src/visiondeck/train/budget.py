@@ -51,6 +51,8 @@ __all__ = [
 PROBE_SHARE = 0.03
 #: fewer whole epochs than this fit: this many shorter ones instead (see `plan_epochs`)
 MIN_EPOCHS = 4
+#: whole epochs leave more than this share of the budget unused: one more, shorter, epoch
+FILL_SLACK = 0.03
 _UNITS = {"s": 1.0, "sec": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*(h|min|m|sec|s)?", re.IGNORECASE)
 
@@ -101,7 +103,7 @@ class Throughput:
 class BudgetPlan:
     budget_s: float
     epochs: int
-    epoch_steps: int | None  # set when not even one epoch fits: the steps that do
+    epoch_steps: int | None  # set when epochs are cut (to fill the budget, or to fit it)
     predicted_s: float  # probe + start-up + the planned epochs
     throughput: Throughput
 
@@ -114,13 +116,16 @@ class BudgetPlan:
 def plan_epochs(
     budget_s: float, throughput: Throughput, *, spent_s: float = 0.0, margin: float = PLAN_MARGIN
 ) -> BudgetPlan:
-    """The most whole epochs that fit in what is left of the budget.
+    """The most epochs that fit in what is left of the budget, filling it.
 
     `spent_s`: budget already used (the probe). The fit's start-up and a re-read of the
-    decoded cache are charged first. When fewer than `MIN_EPOCHS` whole epochs fit, the run
-    is `MIN_EPOCHS` shorter epochs of `epoch_steps` batches each (each a fresh shuffle's
-    first batches), each validated: the guard can still act between them and the best one
-    is kept. When not even that fits, one epoch cut to the steps that do.
+    decoded cache are charged first. When whole epochs would leave more than `FILL_SLACK`
+    of the budget unused (a 2-minute budget of 20-second epochs), the run is one more
+    epoch, each cut to the batches that fill the time: a budget is for training, not for
+    waiting. When fewer than `MIN_EPOCHS` whole epochs fit, the run is `MIN_EPOCHS`
+    shorter epochs of `epoch_steps` batches each (each a fresh shuffle's first batches),
+    each validated: the guard can still act between them and the best one is kept. When
+    not even that fits, one epoch cut to the steps that do.
     """
     # the real fit re-reads the decoded arrays from the disk cache: a fraction of decoding
     overhead = throughput.setup_s + min(0.25 * throughput.decode_s, 0.05 * budget_s)
@@ -131,6 +136,13 @@ def plan_epochs(
     epoch_steps = None
     if epochs >= MIN_EPOCHS:
         fit_s = epochs * throughput.epoch_s
+        if left - fit_s > FILL_SLACK * budget_s:
+            # 5 whole epochs of 20 s in 110 s leave 10 s unused: 6 epochs of 18 s fill it
+            more = epochs + 1
+            steps = min(throughput.steps_per_epoch, int((left - more * val) // (more * step)))
+            if more * (steps * throughput.step_s + val) > fit_s:  # coarse steps may not
+                epochs, epoch_steps = more, steps
+                fit_s = epochs * (epoch_steps * throughput.step_s + val)
     else:
         steps = int((left - MIN_EPOCHS * val) // step)
         if steps >= MIN_EPOCHS:
