@@ -57,6 +57,7 @@ from visiondeck.export.predictor import Predictor
 from visiondeck.imaging import ImageDecodeError, decode_image, model_decode_limits
 from visiondeck.serve.api.rules import TOP_K_MAX, TOP_K_MIN, parse_json_body, parse_top_k
 from visiondeck.serve.errors import ServeError, decode_error_status
+from visiondeck.serve.labelsets import LabelSetError, check_servable, label_answer
 
 __all__ = ["Refusal", "handler", "load_model"]
 
@@ -141,18 +142,38 @@ def _predict(event: dict[str, Any], started: float) -> dict[str, Any]:
         raise Refusal(decode_error_status(exc), exc.problem.value, exc.message,
                       exc.hint) from None
     batch = model.bundle.prepare(decoded.array)[None]
-    [answer] = model.predictor.predict_prepared(batch, top_k=top_k)
+    answer_fields = _answer_fields(model, batch, top_k)
     return {
-        "predicted": answer.label,
-        "confidence": answer.probability,
-        "unknown": answer.unknown,
-        "top_k": [{"class": label, "probability": p} for label, p in answer.topk],
+        "predicted": answer_fields["predicted"],
+        "confidence": answer_fields["confidence"],
+        "unknown": answer_fields["unknown"],
+        "top_k": answer_fields["top_k"],
         "model": {"name": model.bundle.name, "version": model.version,
                   "variant": model.predictor.variant},
         "latency_ms": round((time.perf_counter() - started) * 1000.0, 3),
         "image": {"width": decoded.info.width, "height": decoded.info.height,
                   "sha256": hashlib.sha256(data).hexdigest()},
+        "task": answer_fields["task"], "labels": answer_fields.get("labels"),
+        "predicted_labels": answer_fields.get("predicted_labels"),
     }
+
+
+def _answer_fields(model: Model, batch: Any, top_k: int) -> dict[str, Any]:
+    """predicted, confidence, unknown, top_k and task; for a multi-label Bundle also labels
+    and predicted_labels, built by the API's own `label_answer` (one shape for both)."""
+    bundle = model.bundle
+    if not bundle.multilabel:
+        [answer] = model.predictor.predict_prepared(batch, top_k=top_k)
+        return {"predicted": answer.label, "confidence": answer.probability,
+                "unknown": answer.unknown, "task": "single",
+                "top_k": [{"class": label, "probability": p} for label, p in answer.topk]}
+    calibration = bundle.calibration
+    logits = model.predictor.logits(batch)
+    probabilities = calibration.label_probabilities(logits)
+    unknown = bool(calibration.unknown(logits, probabilities)[0])
+    fields = label_answer(bundle.classes, probabilities[0], calibration.thresholds(bundle.classes),
+                          top_k, 0)
+    return {**fields, "unknown": unknown}
 
 
 # ------------------------------------------------------------------------------ events
@@ -335,7 +356,12 @@ def _load(bundle_source: str, s3_uri: str, variant: str) -> Model:
             os.environ.setdefault("VISIONDECK_MODEL_CACHE",
                                   str(Path(tempfile.gettempdir()) / "visiondeck-models"))
         bundle = load_bundle(bundle_source, check_files=False)
-    bundle.require_single_label("the Lambda handler")
+    if bundle.multilabel:
+        try:
+            check_servable(bundle.classes)
+        except LabelSetError as exc:
+            raise BundleError(f"{bundle.name}: {exc}",
+                              hint="rename the labels and export again") from None
     variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
     if not onnx_file.is_file():

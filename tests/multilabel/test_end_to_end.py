@@ -195,31 +195,32 @@ def test_a_killed_multilabel_run_resumes(tmp_path: Path) -> None:
     assert all("val_map" in row for row in history)
 
 
-def test_engines_without_multilabel_answers_refuse_the_bundle(
+def test_the_api_engine_and_the_lambda_handler_answer_the_trained_bundle(
         run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The API server and the Lambda handler apply a softmax: they refuse a multi-label
-    Bundle at load, saying so, rather than answer with numbers that look right."""
+    """The API server's engine and the Lambda handler load the trained multi-label Bundle
+    and give each label the Predictor's probability and verdict (no softmax anywhere)."""
+    import base64
+
     from tests.deploy.test_lambda import call, event, lam
-    from visiondeck.export.errors import BundleError
     from visiondeck.serve.inference.engine import load_model
 
-    bundle = str(run["export"].bundle.path)
-    with pytest.raises(BundleError, match="multi-label Bundle; the API server"):
-        load_model(bundle)
+    bundle = run["export"].bundle
+    image = sorted((run["tmp"] / "data" / "images").glob("*.png"))[0]
+    [expected] = Predictor(bundle.path).predict([str(image)])
+    model = load_model(str(bundle.path))
+    assert model.multilabel
+    [row] = model.run(bundle.prepare(str(image))[None])
+    assert list(row.passed) == [s.positive for s in expected.scores]
+    assert np.abs(row.probabilities - [s.probability for s in expected.scores]).max() < 1e-5
     lam._MODELS.clear()
-    monkeypatch.setenv("VISIONDECK_BUNDLE", bundle)
-    status, body = call(event("v2-http-post-png.json"))
-    assert status == 503 and "multi-label" in body["detail"]
+    monkeypatch.setenv("VISIONDECK_BUNDLE", str(bundle.path))
+    ev = event("v2-http-post-json.json")
+    ev["body"] = json.dumps({"image": base64.b64encode(image.read_bytes()).decode()})
+    status, body = call(ev)
+    assert status == 200 and body["task"] == "multilabel"
+    assert body["predicted_labels"] == expected.labels
+    assert [e["passed"] for e in body["labels"]] == [s.positive for s in expected.scores]
     lam._MODELS.clear()
-
-
-def test_cross_validation_refuses_multilabel_data(run: dict) -> None:
-    from visiondeck.errors import VisionDeckError
-    from visiondeck.evaluate.cv import cross_validate
-
-    recipe = _recipe(run["tmp"] / "cv", run["manifest"], "data.folds=2")
-    with pytest.raises(VisionDeckError, match="multi-label data is not supported"):
-        cross_validate(recipe, 2, out_dir=run["tmp"] / "cv" / "out")
 
 
 def test_ray_engine_rows_carry_the_label_columns_of_the_local_engine(run: dict,
@@ -249,3 +250,26 @@ def test_ray_engine_rows_carry_the_label_columns_of_the_local_engine(run: dict,
     assert local.exit_code == 0, local.output
     assert rows == sorted(csv.DictReader(io.StringIO(local.stdout)), key=lambda r: r["source"])
     assert {f"prob_{name}" for name in LABELS} <= set(rows[0])
+
+
+def test_bundle_reference_holds_each_labels_rate_as_served(run: dict) -> None:
+    """Monitoring compares live label rates with the Bundle's reference: its counts are
+    the labels passing their thresholds on the held-out images, as the Predictor (and the
+    server, through the same Calibration) decides them, and the true sets beside them."""
+    from visiondeck.data.split import load_split
+    from visiondeck.monitor.reference import load_reference
+
+    bundle = load_bundle(run["export"].bundle.path)
+    reference = load_reference(bundle)
+    assert reference is not None and reference.classes == tuple(LABELS)
+    split = load_split(run["tmp"] / "prep")
+    held_out = [r for r in split.records if r.subset in ("val", "test")]
+    assert reference.n == len(held_out)
+    answers = Predictor(bundle.path).predict([str(split.root / r.relpath) for r in held_out])
+    passed = np.array([[s.positive for s in a.scores] for a in answers])
+    truth = np.array([[name in r.label.split("|") for name in LABELS] for r in held_out])
+    assert reference.class_counts == tuple(int(c) for c in passed.sum(axis=0))
+    assert reference.label_counts == tuple(int(c) for c in truth.sum(axis=0))
+    assert reference.label_rates == pytest.approx(
+        {name: c / len(held_out) for name, c in zip(LABELS, passed.sum(axis=0), strict=True)})
+    assert reference.accuracy == pytest.approx((passed == truth).all(axis=1).mean())

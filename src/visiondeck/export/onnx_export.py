@@ -110,9 +110,6 @@ def export_run(
     if multilabel and prune is not None:
         raise ExportError("pruning is not available for multi-label runs yet",
                           hint="export without --prune (--int8 works)")
-    if multilabel and reference_images > 0:
-        reference_images = 0
-        notes.append("multi-label Bundle: no reference statistics for drift monitoring yet")
 
     val = split.subset("val")
     parity_source = "val"

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from visiondeck.data.multilabel import split_labels
 from visiondeck.data.transforms import normalize
 from visiondeck.export.bundle import Bundle, InputSpec
 from visiondeck.export.checks import ort_session
@@ -49,23 +50,31 @@ def compute_reference(bundle: Bundle, onnx_path: Path,
         if basis_measured is not None:
             basis_embeddings = basis_measured[2]
     calibration = bundle.calibration
+    images = dict(widths=stats[:, 0], heights=stats[:, 1], brightness=stats[:, 2],
+                  contrast=stats[:, 3], embeddings=embeddings,
+                  basis_embeddings=basis_embeddings, source=f"held-out images ({len(labels)})")
+    if bundle.multilabel:  # each label's positive rate, as serving counts it
+        probabilities = calibration.label_probabilities(logits)
+        return build_reference(
+            classes=bundle.classes, probabilities=probabilities,
+            predicted=probabilities.argmax(axis=1),
+            passed=probabilities >= calibration.thresholds(bundle.classes),
+            true_sets=labels, **images)
     probabilities = calibration.probabilities(logits)
     return build_reference(
-        classes=bundle.classes, widths=stats[:, 0], heights=stats[:, 1],
-        brightness=stats[:, 2], contrast=stats[:, 3], probabilities=probabilities,
-        predicted=calibration.decide(probabilities, bundle.classes), labels=labels,
-        embeddings=embeddings, basis_embeddings=basis_embeddings,
-        source=f"held-out images ({len(labels)})")
+        classes=bundle.classes, probabilities=probabilities,
+        predicted=calibration.decide(probabilities, bundle.classes), labels=labels, **images)
 
 
 def _measure(bundle: Bundle, session: Any, names: list[str], pairs: list[tuple[Path, Any]],
              batch_size: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray] | None:
-    """Image statistics, logits, embeddings and label indices of readable images."""
+    """Image statistics, logits, embeddings and labels of readable images: class indices,
+    or for a multi-label Bundle each image's true label set as a 0/1 row."""
     spec = bundle.input
     index = {c: i for i, c in enumerate(bundle.classes)}
     stats: list[tuple[float, float, float, float]] = []
-    labels: list[int] = []
+    labels: list[Any] = []
     logits: list[np.ndarray] = []
     embeddings: list[np.ndarray] = []
     batch: list[np.ndarray] = []
@@ -78,7 +87,14 @@ def _measure(bundle: Bundle, session: Any, names: list[str], pairs: list[tuple[P
         batch.clear()
 
     for root, record in pairs:
-        if record.label not in index:
+        if bundle.multilabel:
+            carried = split_labels(record.label)
+            if any(name not in index for name in carried):
+                continue
+            truth: Any = np.isin(bundle.classes, carried)
+        elif record.label in index:
+            truth = index[record.label]
+        else:
             continue
         try:
             array = decode_image(root / record.relpath, mode=spec.mode,  # type: ignore[arg-type]
@@ -87,7 +103,7 @@ def _measure(bundle: Bundle, session: Any, names: list[str], pairs: list[tuple[P
             continue
         # the statistics serving computes (serve/inference/preprocess.py), from the decoded array
         stats.append((array.shape[1], array.shape[0], *brightness_contrast(array)))
-        labels.append(index[record.label])
+        labels.append(truth)
         resized = resize_image(array, spec.image_size, spec.resize)  # type: ignore[arg-type]
         batch.append(normalize(resized, spec.mean, spec.std))
         if len(batch) == batch_size:

@@ -163,6 +163,14 @@ class ReferenceStats:
         total = max(1, sum(self.class_counts))
         return {c: n / total for c, n in zip(self.classes, self.class_counts, strict=True)}
 
+    @property
+    def label_rates(self) -> dict[str, float]:
+        """Each label's positive rate on the reference images, for a multi-label model
+        (whose `class_counts` count the images each label passed on, an image counting
+        once per passing label): counts / n."""
+        return {c: k / max(1, self.n) for c, k in zip(self.classes, self.class_counts,
+                                                     strict=True)}
+
     @cached_property
     def id(self) -> str:
         """Content hash: rows projected with this reference carry it (computed once)."""
@@ -226,12 +234,17 @@ def build_reference(*, classes: Sequence[str], widths: Any, heights: Any, bright
                     contrast: Any, probabilities: np.ndarray, predicted: Any,
                     labels: Any = None, embeddings: np.ndarray | None = None,
                     basis_embeddings: np.ndarray | None = None, source: str = "val+test",
-                    components: int = EMBEDDING_COMPONENTS) -> ReferenceStats:
+                    components: int = EMBEDDING_COMPONENTS, passed: Any = None,
+                    true_sets: Any = None) -> ReferenceStats:
     """Reference statistics from per-image arrays of the held-out images.
 
     probabilities: calibrated (N, K); predicted: (N,) class indices as served (the
     Bundle's decision rule); labels: (N,) true indices or None; embeddings: (N, D) of the
     same images, basis_embeddings: (M, D) of other (training) images for the PCA basis.
+    Multi-label models: `passed` (N, K) the labels that pass their thresholds, so
+    `class_counts` counts each label's positives (`label_rates`), `true_sets` (N, K) the
+    true label sets (`label_counts` per label, `accuracy` the whole set right), and
+    `predicted` the most probable label (whose probability is the served confidence).
     """
     probabilities = np.asarray(probabilities, dtype=np.float64)
     predicted = np.asarray(predicted, dtype=np.int64)
@@ -253,14 +266,22 @@ def build_reference(*, classes: Sequence[str], widths: Any, heights: Any, bright
             basis, embeddings, k=components,
             basis_source="train" if basis is basis_embeddings else "reference")
     label_counts = accuracy = None
-    if labels is not None:
+    if passed is not None:
+        passed = np.asarray(passed, dtype=bool)
+        class_counts = tuple(int(c) for c in passed.sum(axis=0))
+        if true_sets is not None:
+            true_sets = np.asarray(true_sets, dtype=bool)
+            label_counts = tuple(int(c) for c in true_sets.sum(axis=0))
+            accuracy = round(float((true_sets == passed).all(axis=1).mean()), 6)
+    else:
+        class_counts = tuple(int(c) for c in np.bincount(predicted, minlength=k))
+    if passed is None and labels is not None:
         labels = np.asarray(labels, dtype=np.int64)
         label_counts = tuple(int(c) for c in np.bincount(labels, minlength=k))
         accuracy = round(float((labels == predicted).mean()), 6)
     return ReferenceStats(
         classes=tuple(classes), n=n, source=source,
-        class_counts=tuple(int(c) for c in np.bincount(predicted, minlength=k)),
-        features=features, probabilities=per_class, embedding=embedding,
+        class_counts=class_counts, features=features, probabilities=per_class, embedding=embedding,
         label_counts=label_counts, accuracy=accuracy)
 
 

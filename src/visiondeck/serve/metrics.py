@@ -45,6 +45,13 @@ class ServeMetrics:
                                     buckets=_LATENCY_BUCKETS, registry=r)
         self.predictions = Counter("visiondeck_predictions", "predictions by predicted class",
                                    ["model", "cls"], registry=r)
+        self.label_images = Counter("visiondeck_multilabel_predictions",
+                                    "images answered by a multi-label model", ["model"],
+                                    registry=r)
+        self.label_positives = Counter(
+            "visiondeck_label_positives", "multi-label answers in which this label passed its "
+            "threshold (its positive rate: this over visiondeck_multilabel_predictions)",
+            ["model", "label"], registry=r)
         self.unknown = Counter("visiondeck_unknown_predictions",
                                "predictions flagged unknown (unlike the training data)",
                                ["model"], registry=r)
@@ -69,6 +76,15 @@ class ServeMetrics:
         place both the app's metrics layer and the /predict fast path count requests."""
         self.requests.labels(method, path, str(status)).inc()
         self.latency.labels(path).observe(seconds)
+
+    def observe_label_set(self, model: str, classes: list[str],
+                          predicted_labels: list[str]) -> None:
+        """One multi-label answer: each label's series counts whether it passed (every label
+        of the model gets a series, at 0 until it first passes, so its rate reads 0)."""
+        self.label_images.labels(model).inc()
+        passed = set(predicted_labels)
+        for name in classes:
+            self.label_positives.labels(model, name).inc(1 if name in passed else 0)
 
     def set_model(self, name: str, version: str, variant: str) -> None:
         self.model_info.clear()

@@ -27,6 +27,12 @@ from visiondeck.serve.errors import ServeError, error_answer
 from visiondeck.serve.history.store import PredictionRecord, new_prediction_id
 from visiondeck.serve.inference.engine import LoadedModel
 from visiondeck.serve.inference.preprocess import PreparedImage
+from visiondeck.serve.labelsets import (
+    LabelSetError,
+    label_answer,
+    labels_from_text,
+    stored_text,
+)  # fmt: skip
 from visiondeck.serve.monitoring.observers import PredictionEvent
 from visiondeck.serve.services import Services
 from visiondeck.serve.settings import BATCH_ROUTE
@@ -91,41 +97,61 @@ async def predict_upload(services: Services, upload: Upload, label: str | None, 
     """
     engine = services.engine
     model, prepared = await engine.prepare(upload.data)
-    row = await engine.infer(model, prepared)
     classes = model.bundle.classes
+    true_labels = None
+    if model.multilabel and label is not None:
+        try:
+            true_labels = labels_from_text(label, classes)
+        except LabelSetError as exc:
+            raise ServeError(str(exc), code="unknown_label", status=422,
+                             hint="send labels of the served model, joined by |") from None
+        label = stored_text(true_labels)
+    row = await engine.infer(model, prepared)
     probabilities = row.probabilities
-    order = np.argsort(-probabilities, kind="stable")[: max(top_k, SEED_TOP)]
-    scores = [(classes[i], round(float(probabilities[i]), 6)) for i in order]
-    predicted = classes[row.predicted]
-    confidence = round(float(probabilities[row.predicted]), 6)
     prediction_id = new_prediction_id()
     stats = prepared.stats
+    if model.label_thresholds is not None:
+        fields = label_answer(classes, probabilities, model.label_thresholds, top_k, SEED_TOP)
+    else:
+        order = np.argsort(-probabilities, kind="stable")[: max(top_k, SEED_TOP)]
+        scores = [(classes[i], round(float(probabilities[i]), 6)) for i in order]
+        predicted = classes[row.predicted]
+        fields = {
+            "task": "single", "predicted": predicted, "prediction": predicted,
+            "confidence": round(float(probabilities[row.predicted]), 6),
+            "top_k": [{"class": name, "probability": p} for name, p in scores[:top_k]],
+            "top3_predictions": [{"class": name, "confidence": p}
+                                 for name, p in scores[:SEED_TOP]],
+        }
     answer = {
-        "id": prediction_id, "predicted": predicted, "confidence": confidence,
-        "unknown": row.unknown,
-        "top_k": [{"class": name, "probability": p} for name, p in scores[:top_k]],
+        "id": prediction_id, "predicted": fields["predicted"],
+        "confidence": fields["confidence"], "unknown": row.unknown, "top_k": fields["top_k"],
         "model": model_ref(model),
         "latency_ms": round((time.perf_counter() - started) * 1000.0, 3),
         "image": {"width": stats.width, "height": stats.height, "sha256": prepared.sha256},
         "label_token": services.label_token(prediction_id),
-        "success": True, "prediction": predicted,
-        "top3_predictions": [{"class": name, "confidence": p}
-                             for name, p in scores[:SEED_TOP]],
+        "success": True, "prediction": fields["prediction"],
+        "top3_predictions": fields["top3_predictions"], "task": fields["task"],
+        "labels": fields.get("labels"), "predicted_labels": fields.get("predicted_labels"),
     }
     _record(services, model, prepared, answer, row.embedding, probabilities, label, client,
-            endpoint, upload.data)
+            endpoint, upload.data, true_labels)
     return answer
 
 
 def _record(services: Services, model: LoadedModel, prepared: PreparedImage,
             answer: dict[str, Any], embedding: np.ndarray | None,
             probabilities: np.ndarray, label: str | None, client: str, endpoint: str,
-            data: bytes) -> None:
+            data: bytes, true_labels: list[str] | None = None) -> None:
     """Metrics, the history row (queued, never awaited) and the observers (which get the
     upload's bytes in `extra["upload"]`, for VISIONDECK_KEEP_UPLOADS)."""
     m = services.metrics
     predicted, confidence, unknown = answer["predicted"], answer["confidence"], answer["unknown"]
-    m.predictions.labels(model.name, predicted).inc()
+    predicted_labels = answer.get("predicted_labels")
+    if predicted_labels is None:
+        m.predictions.labels(model.name, predicted).inc()
+    else:  # one series per label, never per label combination (2^K of them)
+        m.observe_label_set(model.name, model.bundle.classes, predicted_labels)
     m.confidence.observe(confidence)
     if unknown:
         m.unknown.labels(model.name).inc()
@@ -134,11 +160,14 @@ def _record(services: Services, model: LoadedModel, prepared: PreparedImage,
     if services.writer is not None:
         services.writer.submit(PredictionRecord(
             id=answer["id"], created_at=now, model_name=model.name,
-            model_version=model.version, predicted=predicted, confidence=confidence,
-            unknown=unknown, top_k=answer["top_k"], latency_ms=answer["latency_ms"],
+            model_version=model.version,
+            predicted=predicted if predicted_labels is None else stored_text(predicted_labels),
+            confidence=confidence, unknown=unknown, top_k=answer["top_k"],
+            latency_ms=answer["latency_ms"],
             image_sha256=prepared.sha256, image_width=stats.width, image_height=stats.height,
             endpoint=endpoint, label=label, client=client[:100], thumbnail=prepared.thumbnail,
-            brightness=stats.brightness, contrast=stats.contrast))
+            brightness=stats.brightness, contrast=stats.contrast,
+            predicted_labels=predicted_labels, true_labels=true_labels))
     if len(services.observers):
         services.observers.notify(PredictionEvent(
             id=answer["id"], created_at=now, model_name=model.name,
@@ -146,4 +175,5 @@ def _record(services: Services, model: LoadedModel, prepared: PreparedImage,
             probabilities=probabilities, predicted=predicted, confidence=confidence,
             unknown=unknown, latency_ms=answer["latency_ms"], image=stats,
             image_sha256=prepared.sha256, label=label, embedding=embedding,
-            extra={"upload": data}))
+            extra={"upload": data}, predicted_labels=(
+                None if predicted_labels is None else tuple(predicted_labels))))

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "BatchItem", "BatchResponse", "ClassConfidence", "ClassScore", "ErrorBody", "ExplainResponse",
-    "HealthResponse", "ImageInfoOut", "LabelRequest", "ModelInfo", "ModelRef", "PredictionPage",
-    "PredictionResponse", "ReadyResponse", "ReloadResponse",
+    "HealthResponse", "ImageInfoOut", "LabelRequest", "LabelVerdict", "ModelInfo", "ModelRef",
+    "PredictionPage", "PredictionResponse", "ReadyResponse", "ReloadResponse",
 ]  # fmt: skip
 
 
@@ -35,6 +35,17 @@ class ClassConfidence(BaseModel):
     confidence: float
 
 
+class LabelVerdict(BaseModel):
+    """One label of a multi-label answer, in the model's class order."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class", serialization_alias="class")
+    probability: float = Field(description="the label's sigmoid probability")
+    threshold: float = Field(description="the probability it must reach (chosen on validation)")
+    passed: bool = Field(description="probability >= threshold")
+
+
 class ModelRef(BaseModel):
     name: str
     version: str
@@ -49,8 +60,10 @@ class ImageInfoOut(BaseModel):
 
 class PredictionResponse(BaseModel):
     id: str = Field(description="opaque id of the stored prediction")
-    predicted: str = Field(description="the predicted class")
-    confidence: float = Field(description="its calibrated probability")
+    predicted: str = Field(description="the predicted class; multi-label: the passing labels "
+                           "joined by |")
+    confidence: float = Field(description="its calibrated probability; multi-label: the "
+                              "highest label probability")
     unknown: bool = Field(description="true when the image looks unlike the training data")
     top_k: list[ClassScore]
     model: ModelRef
@@ -62,6 +75,12 @@ class PredictionResponse(BaseModel):
     prediction: str = Field(description="the predicted class (the seed API's name for it)")
     top3_predictions: list[ClassConfidence] = Field(
         description="the three most probable classes (the seed API's shape)")
+    task: Literal["single", "multilabel"] = Field(
+        description="single: one class per image (softmax); multilabel: a set of labels")
+    labels: list[LabelVerdict] | None = Field(
+        None, description="multi-label only: every label with its probability and verdict")
+    predicted_labels: list[str] | None = Field(
+        None, description="multi-label only: the labels that passed, in class order")
 
 
 class BatchItem(BaseModel):
@@ -125,6 +144,9 @@ class ModelInfo(BaseModel):
     max_batch: int
     threads: int = Field(description="ONNX Runtime intra-op threads of the session")
     bundle: dict[str, Any] = Field(description="the rest of bundle.json (data, parity, ...)")
+    task: Literal["single", "multilabel"] = Field(
+        "single", description="multilabel: answers carry `labels` (see PredictionResponse); "
+        "the thresholds are calibration.label_thresholds")
 
 
 class PredictionPage(BaseModel):
@@ -136,6 +158,9 @@ class PredictionPage(BaseModel):
 
 class LabelRequest(BaseModel):
     label: str | None = Field(None, max_length=200, description="the true class (null clears)")
+    labels: list[Annotated[str, Field(max_length=200)]] | None = Field(
+        None, max_length=1000, description="multi-label models: the true label set, each one "
+        "of the model's labels ([] = none of them); instead of `label`")
     token: str | None = Field(None, description="the label_token of the prediction")
 
 

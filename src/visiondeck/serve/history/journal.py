@@ -52,7 +52,7 @@ from pathlib import Path
 from typing import Any
 
 from visiondeck.serve.history.journal_database import DatabaseSide
-from visiondeck.serve.history.journal_file import JournalFile, encode_row
+from visiondeck.serve.history.journal_file import JournalFile, encode_label, encode_row
 from visiondeck.serve.history.store import PredictionRecord, PredictionStore
 
 __all__ = ["COMMIT_INTERVAL_S", "DurableHistoryWriter"]
@@ -122,16 +122,18 @@ class DurableHistoryWriter(DatabaseSide):
         annotates their rows while they are still in memory."""
         self._hooks.append(hook)
 
-    def update_pending(self, record_id: str, label: str | None) -> bool:
-        """Set the label of a row the writer still holds (queued, journaled, or with a label
-        on its way); False when it holds nothing of that id (then update the database)."""
+    def update_pending(self, record_id: str, label: str | None,
+                       labels: list[str] | None = None) -> bool:
+        """Set the label (and a multi-label row's true set, `labels`) of a row the writer
+        still holds (queued, journaled, or with a label on its way); False when it holds
+        nothing of that id (then update the database)."""
         with self._lock:
             for record in reversed(self._queue):  # a label follows its prediction closely
                 if record.id == record_id:
-                    record.label = label
+                    record.label, record.true_labels = label, labels
                     return True
             if record_id in self._unsent or record_id in self._late_labels:
-                self._late_labels[record_id] = label
+                self._late_labels[record_id] = encode_label(label, labels)
                 self._unsent.add(record_id)
                 return True
         return False

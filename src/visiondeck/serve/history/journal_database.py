@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from visiondeck.serve.history.journal_file import JournalFile, Row, take_over
+from visiondeck.serve.history.journal_file import JournalFile, Row, decode_label, take_over
 from visiondeck.serve.history.rejections import describe, isolate, row_fault, set_aside
 from visiondeck.serve.history.store import PredictionStore
 
@@ -147,7 +147,7 @@ class DatabaseSide:
         return len(entries)
 
     def _set_label(self, entry: tuple[str, str | None, int]) -> None:
-        if not self.store.set_label(entry[0], entry[1]):
+        if not self.store.set_label(entry[0], *decode_label(entry[1])):
             log.warning("history: a label for %s found no row in the database", entry[0])
 
     def _reject(self, refused: list[tuple[Any, Exception]]) -> None:

@@ -40,12 +40,13 @@ from typing import Any, BinaryIO
 
 from visiondeck.serve.history.store import PredictionRecord
 
-__all__ = ["LEGACY_SPOOL", "JournalFile", "Row", "Take", "encode_row", "take_over", "to_plain"]
+__all__ = ["LEGACY_SPOOL", "JournalFile", "Row", "Take", "decode_label", "encode_label",
+           "encode_row", "take_over", "to_plain"]
 
 log = logging.getLogger("visiondeck.serve.history")
 
 LEGACY_SPOOL = "prediction_spool"  # <data dir>/prediction_spool.jsonl, .<pid>.replay (old)
-_FORMAT = 1  # PRAGMA user_version of the journal files
+_FORMAT = 2  # PRAGMA user_version of the journal files (2: labels as `encode_label` text)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (seq INTEGER PRIMARY KEY AUTOINCREMENT,
     id TEXT NOT NULL UNIQUE, label TEXT, data TEXT NOT NULL, thumbnail BLOB);
@@ -256,12 +257,14 @@ def take_over(own: JournalFile, take: Take, *, legacy: bool, failed: set[Path]) 
 def _take_journal(path: Path, take: Take) -> None:
     with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as source:
         version = source.execute("PRAGMA user_version").fetchone()[0]
-        if version not in (0, _FORMAT):
+        if version not in (0, 1, _FORMAT):
             raise sqlite3.DatabaseError(f"journal format {version} is newer than this "
                                         f"VisionDeck's ({_FORMAT})")
         source.executescript(_SCHEMA)  # a journal killed before its schema: empty
-        take(_journal_rows(source), list(source.execute("SELECT id, label FROM labels")),
-             str(path))
+        labels = list(source.execute("SELECT id, label FROM labels"))
+        if version < 2:  # format 1 journaled a label as its plain text
+            labels = [(record_id, encode_label(label)) for record_id, label in labels]
+        take(_journal_rows(source), labels, str(path))
 
 
 def _remove_journal(path: Path) -> None:
@@ -291,6 +294,22 @@ def _read_spool(handle: BinaryIO, name: Path, chunk: int = 512) -> Iterator[list
             rows = []
     if rows:
         yield rows
+
+
+def encode_label(label: str | None, labels: list[str] | None = None) -> str | None:
+    """A late label as the journal's labels table holds it: the true label's text and, for a
+    multi-label row, the true set, as one JSON text (None clears both)."""
+    if label is None and labels is None:
+        return None
+    return json.dumps({"label": label, "labels": labels}, separators=(",", ":"))
+
+
+def decode_label(text: str | None) -> tuple[str | None, list[str] | None]:
+    """Inverse of `encode_label`: (label, labels)."""
+    if text is None:
+        return None, None
+    value = json.loads(text)
+    return value["label"], value["labels"]
 
 
 def encode_row(record: PredictionRecord) -> Row:

@@ -66,6 +66,10 @@ class PredictionRecord:
     # filled from top_k when not given, so every path that makes a row stores them
     margin: float | None = None
     entropy: float | None = None
+    # added for multi-label models (None on single-label rows): the labels that passed
+    # their thresholds and the true label set (`label` holds both sets' text joined by "|")
+    predicted_labels: list[str] | None = None
+    true_labels: list[str] | None = None
 
     def __post_init__(self) -> None:
         if self.margin is None or self.entropy is None:
@@ -107,6 +111,8 @@ class PredictionQuery:
     unknown: bool | None = None
     labelled: bool | None = None
     image_sha256: str | None = None
+    #: this label is predicted: in the passing set of a multi-label row, the class of others
+    label: str | None = None
     limit: int = 50
     offset: int = 0
     newest_first: bool = True
@@ -126,9 +132,11 @@ class PredictionStore:
 
     COLUMNS = ("id", "created_at", "model_name", "model_version", "predicted", "confidence",
                "unknown", "top_k", "latency_ms", "image_sha256", "image_width",
-               "image_height", "endpoint", "label", "client", "brightness", "contrast")
+               "image_height", "endpoint", "label", "client", "brightness", "contrast",
+               "predicted_labels", "true_labels")
     #: columns added after the first release: nullable, added in place to older tables
-    ADDED_COLUMNS = ("brightness", "contrast", "features", "margin", "entropy")
+    ADDED_COLUMNS = ("brightness", "contrast", "features", "margin", "entropy",
+                     "predicted_labels", "true_labels")
 
     def __init__(self, url: str, *, prefix: str = "visiondeck_", connect_timeout: float = 3.0
                  ) -> None:
@@ -169,6 +177,9 @@ class PredictionStore:
             sa.Column("features", sa.JSON, nullable=True),
             sa.Column("margin", sa.Float, nullable=True),
             sa.Column("entropy", sa.Float, nullable=True),
+            # SQL NULL (not JSON null) on single-label rows, so `is_(None)` finds them
+            sa.Column("predicted_labels", sa.JSON(none_as_null=True), nullable=True),
+            sa.Column("true_labels", sa.JSON(none_as_null=True), nullable=True),
         )
         self._created = False
         self._create_lock = threading.Lock()
@@ -288,11 +299,13 @@ class PredictionStore:
         types = [self.table.c[name].type.dialect_impl(dialect) for name in _FIELDS]
         return statement, [type_.bind_processor(dialect) for type_ in types]
 
-    def set_label(self, prediction_id: str, label: str | None) -> bool:
+    def set_label(self, prediction_id: str, label: str | None,
+                  labels: list[str] | None = None) -> bool:
+        """The true label (`labels`: the true set of a multi-label row, `label` its text)."""
         self.create()
         with self.engine.begin() as conn:
             result = conn.execute(self.table.update().where(self.table.c.id == prediction_id)
-                                  .values(label=_text(label)))
+                                  .values(label=_text(label), true_labels=labels))
         return bool(result.rowcount)
 
     def drop(self) -> None:
@@ -385,6 +398,13 @@ class PredictionStore:
             where.append(t.c.label.is_not(None) if q.labelled else t.c.label.is_(None))
         if q.image_sha256 is not None:
             where.append(t.c.image_sha256 == q.image_sha256)
+        if q.label is not None:
+            # an element of the stored JSON list appears in its text exactly as json.dumps
+            # writes it, quotes included, so "a" never matches inside "ab"
+            element = json.dumps(q.label)
+            where.append(sa.or_(
+                sa.and_(t.c.predicted_labels.is_(None), t.c.predicted == q.label),
+                sa.cast(t.c.predicted_labels, sa.Text).contains(element, autoescape=True)))
         return where
 
 
@@ -397,6 +417,9 @@ def to_csv(records: Iterable[PredictionRecord]) -> str:
     for record in records:
         data = record.to_json()
         data["top_k"] = json.dumps(record.top_k, separators=(",", ":"))
+        for name in ("predicted_labels", "true_labels"):
+            if data[name] is not None:
+                data[name] = json.dumps(data[name], separators=(",", ":"))
         writer.writerow([csv_cell(data[c]) for c in PredictionStore.COLUMNS])
     return buffer.getvalue()
 

@@ -39,6 +39,8 @@ class RowResult:
     embedding: np.ndarray | None
     batch_size: int
     inference_ms: float
+    #: multi-label models: each label's verdict (probability >= its threshold)
+    passed: np.ndarray | None = None
 
 
 @dataclass

@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from visiondeck.export.bundle import Bundle, load_bundle
+from visiondeck.export.errors import BundleError
 from visiondeck.serve.errors import ModelUnavailable, Overloaded
 from visiondeck.serve.inference.batching import MicroBatcher, RowResult
 from visiondeck.serve.inference.preprocess import PreparedImage, is_small_image, prepare_image
+from visiondeck.serve.labelsets import LabelSetError, check_servable
 from visiondeck.serve.settings import ServeSettings
 
 __all__ = ["Engine", "LoadedModel", "load_model", "source_fingerprint"]
@@ -60,6 +62,12 @@ class LoadedModel:
     logits_name: str
     embedding_name: str | None
     threads: int = 1  # ONNX Runtime intra-op threads of `session`
+    #: multi-label Bundles: each label's threshold in class order (`Calibration.thresholds`)
+    label_thresholds: np.ndarray | None = None
+
+    @property
+    def multilabel(self) -> bool:
+        return self.label_thresholds is not None
 
     @property
     def name(self) -> str:
@@ -72,14 +80,21 @@ class LoadedModel:
         outputs = self.session.run(names, {self.input_name: batch})
         logits = outputs[0]
         calibration = self.bundle.calibration
-        probabilities = calibration.probabilities(logits)
+        passed = None
+        if self.label_thresholds is not None:  # a sigmoid per label, each its own threshold
+            probabilities = calibration.label_probabilities(logits)
+            passed = probabilities >= self.label_thresholds
+            predicted = probabilities.argmax(axis=-1)
+        else:
+            probabilities = calibration.probabilities(logits)
+            predicted = calibration.decide(probabilities, self.bundle.classes)
         unknown = calibration.unknown(logits, probabilities)
-        predicted = calibration.decide(probabilities, self.bundle.classes)
         elapsed = (time.perf_counter() - start) * 1000.0
         embedding = outputs[1] if self.embedding_name else None
         n = batch.shape[0]
         return [RowResult(probabilities[i], int(predicted[i]), bool(unknown[i]),
-                          None if embedding is None else embedding[i], n, elapsed)
+                          None if embedding is None else embedding[i], n, elapsed,
+                          None if passed is None else passed[i])
                 for i in range(n)]
 
 
@@ -125,7 +140,14 @@ def load_model(source: str, *, variant: str = "auto", threads: int = 1,
     start = time.perf_counter()
     folder = _resolve(source)
     bundle = load_bundle(folder)
-    bundle.require_single_label("the API server")
+    thresholds = None
+    if bundle.multilabel:
+        try:
+            check_servable(bundle.classes)
+        except LabelSetError as exc:
+            raise BundleError(f"{bundle.name}: {exc}",
+                              hint="rename the labels and export again") from None
+        thresholds = bundle.calibration.thresholds(bundle.classes)
     fingerprint = _folder_fingerprint(bundle.path)
     variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
@@ -145,7 +167,7 @@ def load_model(source: str, *, variant: str = "auto", threads: int = 1,
         source=source, loaded_at=datetime.now(UTC), load_seconds=0.0, fingerprint=fingerprint,
         max_batch=limit, input_name=input_name, logits_name=logits_name,
         embedding_name=EMBEDDING_OUTPUT if EMBEDDING_OUTPUT in outputs else None,
-        threads=threads,
+        threads=threads, label_thresholds=thresholds,
     )
     _warm(model)
     if threads_auto and threads > 1 and _one_image_ms(model) < SINGLE_THREAD_BELOW_MS:

@@ -238,6 +238,10 @@ class DriftObserver:
                             "the model's")
                 reference = None
             self._state = _State(model.name, version, reference, self.capacity)
+            if getattr(model, "multilabel", False):
+                # the window's tests read a softmax vector and one class per image; a
+                # multi-label model is watched per label (`/monitor/summary`'s label rates)
+                self._state.window = None
             return self._state
 
     def _start_refresh(self) -> None:

@@ -57,6 +57,8 @@ class PredictionEvent:
     label: str | None = None  # the client's label, when it sent one
     embedding: np.ndarray | None = None  # the model's "embedding" output, when it has one
     extra: dict[str, Any] = field(default_factory=dict)
+    #: multi-label models: the labels that passed their thresholds (None: single-label)
+    predicted_labels: tuple[str, ...] | None = None
 
 
 @runtime_checkable

@@ -19,6 +19,7 @@ from visiondeck.serve.history.store import (
     StoreUnavailable,
     to_csv,
 )
+from visiondeck.serve.labelsets import LabelSetError, check_label_set, stored_text
 from visiondeck.serve.services import Services
 
 __all__ = ["router"]
@@ -63,6 +64,9 @@ async def list_predictions(
     labelled: bool | None = None,
     sha256: Annotated[str | None, Query(pattern=r"^[0-9a-f]{64}$",
                                         description="only this image (its SHA-256)")] = None,
+    label: Annotated[str | None, Query(
+        max_length=200, description="rows predicting this label: in the passing set of a "
+        "multi-label row, the predicted class of a single-label one")] = None,
     limit: Annotated[int, Query(ge=1, le=10_000)] = 50,
     offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
     order: Literal["newest", "oldest"] = "newest",
@@ -74,7 +78,7 @@ async def list_predictions(
     query = PredictionQuery(predicted=predicted, model_version=model_version,
                             min_confidence=min_confidence, max_confidence=max_confidence,
                             since=since, until=until, unknown=unknown, labelled=labelled,
-                            image_sha256=sha256, limit=limit, offset=offset,
+                            image_sha256=sha256, label=label, limit=limit, offset=offset,
                             newest_first=order == "newest")
     rows, total = await _call(_store(services).query, query)
     if format == "csv":
@@ -109,6 +113,7 @@ async def get_thumbnail(prediction_id: PredictionId, services: ServicesDep,
 
 @router.put("/predictions/{prediction_id}/label", responses={
     400: {"model": ErrorBody, "description": "the body is not JSON"},
+    422: {"model": ErrorBody, "description": "a label the served model does not know"},
     409: {"model": ErrorBody, "description": "answered, but its row is not written yet"},
     401: {"model": ErrorBody}, 403: {"model": ErrorBody}, **_ERRORS})
 async def set_label(prediction_id: PredictionId, body: LabelRequest, services: ServicesDep,
@@ -121,11 +126,15 @@ async def set_label(prediction_id: PredictionId, body: LabelRequest, services: S
     allowed = body.token is not None and services.check_label_token(prediction_id, body.token)
     if not allowed:
         services.auth.authorize(None if caller.anonymous else caller, "admin")
-    label = body.label.strip() if body.label else None
+    label, labels = _true_label(services, body)
     store = _store(services)
-    if services.writer is not None and services.writer.update_pending(prediction_id, label):
-        return {"id": prediction_id, "label": label}
-    if not await _call(store.set_label, prediction_id, label):
+    answer = {"id": prediction_id, "label": label}
+    if labels is not None:
+        answer["labels"] = labels
+    if services.writer is not None and services.writer.update_pending(prediction_id, label,
+                                                                      labels):
+        return answer
+    if not await _call(store.set_label, prediction_id, label, labels):
         if allowed:  # the token proves this deployment answered it: its row is on its way
             raise ServeError(
                 "this prediction is not in the history yet (another worker or replica "
@@ -133,5 +142,28 @@ async def set_label(prediction_id: PredictionId, body: LabelRequest, services: S
                 status=409, headers={"Retry-After": "1"},
                 hint="send the label again in a second")
         raise ServeError("no such prediction", code="not_found", status=404)
-    return {"id": prediction_id, "label": label}
+    return answer
+
+
+def _true_label(services: Services, body: LabelRequest) -> tuple[str | None, list[str] | None]:
+    """(label text, true set): `label` for a single-label model; `labels` (a set of the
+    model's labels) for a multi-label one, which also takes `label: null` to clear. The
+    model served now decides (a label is checked against the classes it knows)."""
+    model = services.engine.model
+    if not model.multilabel:
+        if body.labels is not None:
+            raise ServeError("this model answers one class per image: send `label`, not "
+                             "`labels`", code="not_multilabel", status=422)
+        return (body.label.strip() if body.label else None), None
+    if body.labels is None:
+        if body.label is None:
+            return None, None  # clears the label
+        raise ServeError("this model answers a set of labels: send `labels`, a list of its "
+                         "labels ([] for none of them)", code="labels_expected", status=422,
+                         hint=f"its labels: {', '.join(model.bundle.classes)}")
+    try:
+        labels = check_label_set(body.labels, model.bundle.classes)
+    except LabelSetError as exc:
+        raise ServeError(str(exc), code="unknown_label", status=422) from None
+    return stored_text(labels), labels
 

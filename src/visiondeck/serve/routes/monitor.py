@@ -27,6 +27,7 @@ from visiondeck.serve.api.deps import PredictCaller, ServicesDep
 from visiondeck.serve.api.schemas import ErrorBody
 from visiondeck.serve.errors import ServeError
 from visiondeck.serve.monitoring.drift import DriftObserver
+from visiondeck.serve.monitoring.label_rates import label_rates, read_live_counts
 from visiondeck.serve.services import Services
 
 __all__ = ["router"]
@@ -49,6 +50,32 @@ def _iso(value: datetime | float | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
+async def _multilabel_summary(services: Services, observer: DriftObserver, model: Any,
+                              state: Any) -> dict[str, Any]:
+    """A multi-label model's summary: each label's positive rate, live against reference."""
+    classes = list(model.bundle.classes)
+    if services.store is not None:
+        images, positives = await asyncio.to_thread(
+            read_live_counts, services.store, model.version, classes, observer.capacity)
+        source = "history"
+    else:  # this process's counters since it started
+        sample = services.metrics.registry.get_sample_value
+        images = int(sample("visiondeck_multilabel_predictions_total",
+                            {"model": model.name}) or 0)
+        positives = [int(sample("visiondeck_label_positives_total",
+                                {"model": model.name, "label": c}) or 0) for c in classes]
+        source = "process"
+    reference = None if state is None else state.reference
+    return {
+        "model": {"name": model.name, "version": model.version}, "task": "multilabel",
+        "window": {"size": images, "capacity": observer.capacity, "source": source},
+        "labels": label_rates(classes, images, positives, reference),
+        "reference": None if reference is None else {
+            "id": reference.id, "n": reference.n, "source": reference.source,
+            "created_at": reference.created_at},
+    }
+
+
 @router.get("/monitor/summary", responses={404: {"model": ErrorBody},
                                            503: {"model": ErrorBody}})
 async def monitor_summary(services: ServicesDep, caller: PredictCaller) -> JSONResponse:
@@ -59,6 +86,8 @@ async def monitor_summary(services: ServicesDep, caller: PredictCaller) -> JSONR
                          status=404, hint="start the server with VISIONDECK_MONITOR=true")
     model = services.engine.model  # 503 until a model is loaded
     state = observer.current()
+    if model.multilabel:
+        return JSONResponse(await _multilabel_summary(services, observer, model, state))
     if state is None or state.reference is None or state.window is None:
         raise ServeError(f"the served model {model.name} {model.version} has no reference "
                          "statistics, so drift cannot be measured", code="no_reference",

@@ -104,7 +104,15 @@ async def get_review_queue(
 ) -> JSONResponse:
     """Stored predictions ordered by how much a label would teach the model: flagged
     unknown or drifted first, then the smallest top-1/top-2 margin, then the highest
-    entropy (see serve/history/review.py); with the counts waiting and labelled."""
+    entropy (see serve/history/review.py); with the counts waiting and labelled.
+
+    Refused (409) while a multi-label model is served: its order (top-1/top-2 margin,
+    softmax entropy) and its one-key labelling assume one class per image."""
+    if services.engine.model.multilabel:
+        raise ServeError("the review queue serves single-label models only; this model "
+                         "answers a set of labels", code="multilabel_review", status=409,
+                         hint="label multi-label predictions with PUT "
+                              "/predictions/{id}/label and a `labels` list")
     store = _store(services)
 
     def read() -> tuple[ReviewPage, DriftCut | None]:

@@ -81,6 +81,7 @@ async def model_info(services: ServicesDep) -> ModelInfo:
         source=model.source if model.source.startswith("models:/") else bundle.path.name,
         max_batch=model.max_batch, threads=model.threads,
         bundle={k: v for k, v in bundle.info.items() if k not in skip},
+        task=bundle.task,
     )
 
 
