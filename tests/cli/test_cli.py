@@ -128,6 +128,10 @@ def test_demo_trains_on_the_bundled_sample(tmp_path: Path) -> None:
     assert done.returncode == (0 if passed else 5), log
     assert ("demo finished" in done.stdout) is passed, log
     assert ("failed its quality gate" in done.stdout) is not passed, log
+    # Lightning's start-up notes and adverts stay out of the user's terminal
+    output = done.stdout + done.stderr
+    assert "litlogger" not in output and "GPU available" not in output, log
+    assert "LeafSpec" not in output, log
     # the whole pipeline ran: an evaluated, exported model, every step in the state file
     assert (run / "model" / "weights.safetensors").exists()
     assert (run / "evaluation" / "metrics.json").is_file()

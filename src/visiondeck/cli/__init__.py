@@ -85,8 +85,26 @@ def version() -> None:
     typer.echo(__version__)
 
 
+#: third-party chatter the command line hides: Lightning's start-up notes ("GPU available",
+#: a cloud-logging advert, "`Trainer.fit` stopped") are INFO records of this logger, and
+#: VisionDeck prints its own account of each run
+QUIET_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero")
+
+
+def quiet_libraries() -> None:
+    """Keep the libraries' notes out of a user's terminal (warnings and errors still show)."""
+    import logging
+    import warnings
+
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    # torch's own deprecation inside Lightning's pytree helper, on every fit: not the user's
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)")
+
+
 def main() -> None:
     """Console-script entry point."""
+    quiet_libraries()
     try:
         app()
     except KeyboardInterrupt:
