@@ -93,8 +93,12 @@ def evaluate(
                                   result.headline, metrics.get("ci95")))
     if metrics.get("task") == "multilabel":
         console.print(_label_table(metrics))
+        calib = metrics["calibration"]
+        console.print(f"temperature per label (fitted on val): mean ECE "
+                      f"{calib['ece_macro_before']:.3f} → {calib['ece_macro_after']:.3f}")
         console.print(f"report: {result.report}\nmetrics: {result.out_dir / 'metrics.json'}")
         _track(target, result)
+        _gate_verdict(result.gate)
         return
     calib = metrics["calibration"]
     console.print(f"temperature {calib['temperature']:.3f}: ECE {calib['ece_before']:.3f} → "
@@ -109,9 +113,16 @@ def evaluate(
         console.print(f"[yellow]skipped {len(result.skipped)} unreadable files[/]")
     console.print(f"report: {result.report}\nmetrics: {result.out_dir / 'metrics.json'}")
     _track(target, result)
-    if result.gate is not None:
-        console.print(_gate_table(result.gate))
-        if not result.gate["passed"]:
+    _gate_verdict(result.gate)
+
+
+def _gate_verdict(gate: dict | None) -> None:
+    """Print the gate's table; exit 5 when it failed (both tasks)."""
+    from visiondeck.cli._ui import console
+
+    if gate is not None:
+        console.print(_gate_table(gate))
+        if not gate["passed"]:
             console.print("[red]the model failed its evaluation gate[/]; `visiondeck register` "
                           "will refuse it unless --force")
             raise typer.Exit(5)
@@ -123,18 +134,23 @@ def _label_table(metrics: dict):
 
     table = Table(title=f"per label, thresholds chosen on val "
                         f"({metrics['thresholds']['method']})", title_justify="left")
-    for column in ("label", "support", "threshold", "AP", "ROC-AUC", "F1", "sensitivity",
-                   "specificity"):
+    for column in ("label", "support", "T", "threshold", "AP", "ROC-AUC", "F1",
+                   "sensitivity", "specificity", "ECE before → after"):
         table.add_column(column, justify="left" if column == "label" else "right")
 
     def number(value) -> str:
         return "–" if value is None else f"{value:.4f}"
 
+    calib = metrics.get("calibration") or {}
     for name, row in metrics["per_label"].items():
-        table.add_row(name, str(row["support"]), number(row["threshold"]),
+        ece = (f"{number((calib.get('ece_before') or {}).get(name))} → "
+               f"{number((calib.get('ece_after') or {}).get(name))}")
+        table.add_row(name, str(row["support"]),
+                      number((calib.get("temperatures") or {}).get(name)),
+                      number(row["threshold"]),
                       number(row["average_precision"]), number(row["roc_auc"]),
                       number(row["f1"]), number(row["sensitivity"]),
-                      number(row["specificity"]))
+                      number(row["specificity"]), ece)
     return table
 
 
@@ -145,7 +161,8 @@ def _gate_table(gate: dict):
     split = gate.get("split", "test")
     rule = gate.get("threshold")
     where = (f" at p({rule['positive_class']}) ≥ {rule['threshold']:.4g} (chosen on val)"
-             if rule else "")
+             if rule and "positive_class" in rule else
+             " at the per-label thresholds (chosen on val)" if rule else "")
     verdict = "[green]passed[/]" if gate["passed"] else "[red]FAILED[/]"
     table = Table(title=f"gate {gate['spec']}{where}: {verdict}", title_justify="left")
     for column in ("rule", "val", split, "95 % CI", "verdict"):
@@ -198,6 +215,13 @@ def _cross_validate(target: Path, overrides: list[str] | None, folds: int, out: 
     recipe = _recipe(target, overrides)
 
     def report(fold: int, headline: dict) -> None:
+        if "map_macro" in headline:  # a multi-label fold
+            console.print(f"fold {fold + 1}/{folds}: mAP {headline['map_macro']:.4f} "
+                          f"(micro {headline['map_micro']:.4f}), macro F1 "
+                          f"{headline['f1_macro']:.4f}, subset accuracy "
+                          f"{headline['subset_accuracy']:.4f}, Hamming loss "
+                          f"{headline['hamming_loss']:.4f}")
+            return
         console.print(f"fold {fold + 1}/{folds}: accuracy {headline.get('accuracy', 0):.4f}")
 
     tracker = _study_tracker(recipe)

@@ -116,9 +116,10 @@ def print_choices(plan) -> None:
     from visiondeck.cli._ui import console
 
     profile = plan.profile
+    kinds = (f"{len(profile.classes)} labels ({profile.labels_per_image:.2f} per image)"
+             if profile.multilabel else f"{len(profile.classes)} classes")
     title = (f"automatic recipe for {plan.notes.get('source')}: {profile.images} training "
-             f"images, {len(profile.classes)} classes, {profile.median_width}×"
-             f"{profile.median_height} px median")
+             f"images, {kinds}, {profile.median_width}×{profile.median_height} px median")
     table = Table(title=title, title_justify="left")
     table.add_column("key")
     table.add_column("value")

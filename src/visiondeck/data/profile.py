@@ -5,6 +5,12 @@ height); what needs pixels — grey or colour, mean and std, whether a mirror im
 like its own class — comes from a bounded, seeded sample decoded with the one safe decoder
 (`visiondeck.imaging`), so profiling a million images costs the same as profiling a thousand.
 Nothing here is borrowed from another data set: the mean and std are this data's own.
+
+Multi-label data (label sets "a|b") is profiled per label: `class_counts` holds each
+label's positives (files carrying it), with the labels per image and the files without any
+label beside them; an image counts towards the mirror test of every label it carries, and
+the test compares what each label adds to the sample's mean image (a label's mean minus the
+overall mean).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from visiondeck.data.multilabel import MULTILABEL, SINGLE, split_labels
 from visiondeck.imaging import DecodeLimits, ImageDecodeError, decode_image
 
 __all__ = ["DataProfile", "profile_images", "profile_split"]
@@ -46,7 +53,7 @@ class DataProfile:
 
     images: int
     classes: list[str]
-    class_counts: dict[str, int]
+    class_counts: dict[str, int]  # multi-label: each label's positives (files carrying it)
     median_width: int
     median_height: int
     median_side: int  # median of sqrt(width × height): the typical scale of an image
@@ -62,6 +69,14 @@ class DataProfile:
     #: below 1 a horizontal flip turns some class into another (digits, letters)
     flip_consistency: float
     unreadable: list[str] = field(default_factory=list)
+    task: str = SINGLE  # or "multilabel": the fields below then describe the label sets
+    labels_per_image: float = 1.0  # mean size of an image's label set
+    max_labels_per_image: int = 1
+    unlabelled: int = 0  # multi-label images carrying no label at all
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == MULTILABEL
 
     @property
     def grey(self) -> bool:
@@ -71,6 +86,18 @@ class DataProfile:
     def imbalance(self) -> float:
         counts = [c for c in self.class_counts.values()]
         return max(counts) / min(counts) if counts and min(counts) else float("inf")
+
+    @property
+    def rarest_label(self) -> str:
+        """The class (label) with the fewest training files."""
+        return min(self.classes, key=lambda c: (self.class_counts.get(c, 0), c))
+
+    @property
+    def max_pos_weight(self) -> float:
+        """Multi-label: the largest negatives / positives over the labels (the rarest
+        label's BCE `pos_weight` under `train.balance=weights`)."""
+        positives = self.class_counts.get(self.rarest_label, 0)
+        return (self.images - positives) / positives if positives else float("inf")
 
     @property
     def square(self) -> bool:
@@ -85,6 +112,9 @@ class DataProfile:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.update(grey=self.grey, imbalance=round(self.imbalance, 3))
+        if self.multilabel:
+            data.update(rarest_label=self.rarest_label,
+                        max_pos_weight=round(self.max_pos_weight, 3))
         data["unreadable"] = self.unreadable[:20]
         return data
 
@@ -97,29 +127,34 @@ def profile_images(
     sample: int = DEFAULT_SAMPLE,
     seed: int = 0,
     limits: DecodeLimits | None = None,
+    multilabel: bool = False,
+    classes: Sequence[str] | None = None,
 ) -> DataProfile:
     """Profile labelled files `(relpath, label)` below `root`.
 
     `sizes` (relpath → (width, height), e.g. from the catalog) gives every file's size
-    without decoding; files it lacks are measured from the sample only.
+    without decoding; files it lacks are measured from the sample only. `multilabel`:
+    labels are label sets "a|b" (counted per label); `classes`: the full label list (a
+    label absent from these files then counts 0).
     """
     if not items:
         raise ValueError("no images to profile")
     root = Path(root)
     limits = limits or PROFILE_LIMITS
-    counts = Counter(label for _, label in items)
-    classes = sorted(counts)
+    sets = [split_labels(label) if multilabel else [label] for _, label in items]
+    counts = Counter(name for labels in sets for name in labels)
+    classes = sorted(set(classes or ()) | set(counts))
     rng = np.random.default_rng(seed)
     chosen = sorted(rng.choice(len(items), size=min(sample, len(items)), replace=False))
 
     measured: dict[str, tuple[int, int]] = dict(sizes or {})
-    stats = _PixelStats(classes)
+    stats = _PixelStats(classes, contrast=multilabel)
     unreadable: list[str] = []
     pixels = 0
     for index in chosen:
         if pixels >= PIXEL_BUDGET and stats.n >= 32:
             break
-        relpath, label = items[int(index)]
+        relpath = items[int(index)][0]
         try:
             decoded = decode_image(str(root / relpath), mode="RGB", limits=limits)
         except (ImageDecodeError, OSError):
@@ -128,7 +163,7 @@ def profile_images(
         array = decoded.array
         pixels += array.shape[0] * array.shape[1]
         measured.setdefault(relpath, (array.shape[1], array.shape[0]))
-        stats.add(array, label)
+        stats.add(array, sets[int(index)])
     known = [measured[r] for r, _ in items if r in measured]
     if not known or stats.n == 0:
         raise ValueError(f"none of the {len(chosen)} sampled images could be decoded")
@@ -153,6 +188,10 @@ def profile_images(
         std=std,
         flip_consistency=stats.flip_consistency(),
         unreadable=unreadable,
+        task=MULTILABEL if multilabel else SINGLE,
+        labels_per_image=round(float(np.mean([len(x) for x in sets])), 4),
+        max_labels_per_image=max(len(x) for x in sets),
+        unlabelled=sum(1 for x in sets if not x),
     )
 
 
@@ -166,6 +205,7 @@ def profile_split(
 ) -> DataProfile:
     """Profile the training subset of a `Split` (sizes from `catalog` when given)."""
     records = split.subset("train") or split.records
+    multilabel = bool(getattr(split, "multilabel", False))
     sizes = None
     if catalog is not None:
         sizes = {e.relpath: (e.width, e.height) for e in catalog.entries if e.width}
@@ -176,14 +216,21 @@ def profile_split(
         sample=sample,
         seed=seed,
         limits=limits,
+        multilabel=multilabel,
+        classes=list(split.classes) if multilabel else None,
     )
 
 
 class _PixelStats:
     """Running per-image moments in RGB and luma, grey counts and small class means."""
 
-    def __init__(self, classes: list[str]) -> None:
+    def __init__(self, classes: list[str], *, contrast: bool = False) -> None:
         self.index = {c: i for i, c in enumerate(classes)}
+        #: multi-label: compare what each label adds to the mean image of the whole
+        #: sample (its mean minus the overall mean), since every label's mean image also
+        #: holds the other labels of its images and would look alike otherwise
+        self.contrast = contrast
+        self.all_sum = np.zeros((_MEAN_SIDE, _MEAN_SIDE))
         self.n = 0
         self.grey = 0
         self.rgb_mean = np.zeros(3)
@@ -193,7 +240,8 @@ class _PixelStats:
         self.class_sum = np.zeros((len(classes), _MEAN_SIDE, _MEAN_SIDE))
         self.class_n = np.zeros(len(classes))
 
-    def add(self, array: np.ndarray, label: str) -> None:
+    def add(self, array: np.ndarray, labels: Sequence[str]) -> None:
+        """One decoded RGB image; it counts towards the mean image of each of `labels`."""
         from PIL import Image
 
         pixels = array.reshape(-1, 3).astype(np.float64)
@@ -211,8 +259,11 @@ class _PixelStats:
             .convert("L")
             .resize((_MEAN_SIDE, _MEAN_SIDE), Image.Resampling.BILINEAR)
         )
-        self.class_sum[self.index[label]] += np.asarray(small, dtype=np.float64) / 255.0
-        self.class_n[self.index[label]] += 1
+        small_array = np.asarray(small, dtype=np.float64) / 255.0
+        self.all_sum += small_array
+        for label in labels:
+            self.class_sum[self.index[label]] += small_array
+            self.class_n[self.index[label]] += 1
 
     def moments(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """Mean and std over the sample (each image weighs the same, whatever its size)."""
@@ -233,6 +284,8 @@ class _PixelStats:
         if present.sum() < 2:
             return 1.0
         means = self.class_sum[present] / self.class_n[present, None, None]
+        if self.contrast:
+            means = means - self.all_sum / max(1, self.n)
         flipped = means[:, :, ::-1]
         distances = ((flipped[:, None] - means[None]) ** 2).sum(axis=(2, 3))
         return round(float((distances.argmin(axis=1) == np.arange(len(means))).mean()), 4)

@@ -182,6 +182,7 @@ def evaluate_run(
                                     report=report, gradcam_samples=gradcam_samples,
                                     gradcam_method=gradcam_method)
     rules = gating.parse_gate(gate) if gate else []
+    gating.check_rules(rules, multilabel=False, classes=classes)
     if rules and len(classes) == 2:
         if target_sensitivity is None:
             target_sensitivity = gating.sensitivity_target(rules)
@@ -284,23 +285,23 @@ def _evaluate_multilabel(trained: Any, run_dir: Path, split: str, *, gate: str |
                          out_dir: str | os.PathLike[str] | None, n_boot: int, batch_size: int,
                          seed: int, report: bool, gradcam_samples: int,
                          gradcam_method: str) -> EvaluationResult:
-    """A multi-label run (see `evaluate.multilabel`): per-label thresholds chosen on
-    validation, per-label scores and curves."""
-    from visiondeck.evaluate.multilabel import evaluate_multilabel
+    """A multi-label run (see `evaluate.multilabel`): per-label temperatures, then
+    thresholds, chosen on validation; per-label scores and curves; the gate, if any."""
+    from visiondeck.evaluate.multilabel import calibration_json, evaluate_multilabel
 
-    if gate or positive_class:
-        raise EvaluationError("gates and a positive class are for single-label runs",
+    if positive_class:
+        raise EvaluationError("a positive class is for single-label runs",
                               hint="multi-label runs choose a threshold per label; drop "
-                                   "--gate/--positive-class (--target-sensitivity applies "
-                                   "to every label)")
+                                   "--positive-class (--target-sensitivity applies to every "
+                                   "label, a gate's sensitivity[LABEL] bound to one)")
     target = Path(out_dir) if out_dir else None
     metrics, written = evaluate_multilabel(
         trained, run_dir, split, tta=tta, target_sensitivity=target_sensitivity,
         out_dir=target, n_boot=n_boot, batch_size=batch_size, seed=seed, report=report,
-        gradcam_samples=gradcam_samples, gradcam_method=gradcam_method)
+        gradcam_samples=gradcam_samples, gradcam_method=gradcam_method, gate=gate)
     folder = target or run_dir / "evaluation" / ("" if split == "test" else split)
-    calibration = {"temperature": 1.0, "reject": None, "decision_threshold": None,
-                   "label_thresholds": metrics["thresholds"]["values"]}
+    calibration = calibration_json(metrics["thresholds"]["values"],
+                                   metrics["calibration"]["temperatures"])
     return EvaluationResult(run_dir, folder, split, metrics, calibration, written, None,
                             list(metrics.get("skipped") or []))
 

@@ -1,5 +1,10 @@
 """k-fold cross-validation: one run per fold, each evaluated, then mean ± std per metric.
 
+Multi-label data works the same way: its folds are iteratively stratified (`data.split`),
+each fold trains with BCE and selects its checkpoint by `val_map`, and the per-fold
+headline is the multi-label one (mAP macro/micro, ROC-AUC, F1, subset accuracy, Hamming
+loss) with the thresholds chosen on that fold's validation files.
+
 `train.runner.train` always validates on the split's "val" subset; a k-fold split has
 none (its non-test files carry a fold number instead). `train_fold` therefore assembles the
 same pieces the runner does — `runner.build_system` (split, spec, seeded model), a
@@ -62,7 +67,7 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
 
     from visiondeck.train.artifacts import save_trained
     from visiondeck.train.datamodule import SplitDataModule
-    from visiondeck.train.losses import class_weights
+    from visiondeck.train.losses import class_weights, label_pos_weights
     from visiondeck.train.module import Classifier
     from visiondeck.train.runner import build_system
     from visiondeck.train.tracking import TrackerCallback
@@ -74,21 +79,21 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
     started = time.perf_counter()
     built = build_system(recipe, folder, progress=progress)
     split = built.split
-    if split.multilabel:
-        raise EvaluationError("cross-validation of multi-label data is not supported yet",
-                              hint="train and evaluate it with a validation split "
-                              "(docs/multilabel.md)")
     if split.folds < 2:
         raise EvaluationError("the split has no folds", hint="set data.folds=K (K >= 2)")
     data = SplitDataModule(split, recipe.data, recipe.train, built.spec,
                            cache_dir=built.prepared / "cache" if built.prepared else None,
                            fold=fold, progress=progress)
-    weights = class_weights(data.train_labels, len(split.classes))
+    # multi-label: per-label n_neg/n_pos of this fold's training files, as the runner does
+    weights = (label_pos_weights(data.train_labels) if split.multilabel
+               else class_weights(data.train_labels, len(split.classes)))
     system = Classifier(built.system.model, len(split.classes), recipe.train,
                         class_weights=weights, train_transform=data.device_transform(True),
-                        eval_transform=data.device_transform(False))
+                        eval_transform=data.device_transform(False),
+                        multilabel=split.multilabel)
     trainer = build_trainer(recipe.train, folder, progress=progress,
-                            extra_callbacks=[TrackerCallback(tracker)] if tracker else None)
+                            extra_callbacks=[TrackerCallback(tracker)] if tracker else None,
+                            monitor=system.monitor)
     info: dict[str, Any] = {
         "name": recipe.name, "status": "running", "fold": fold, "folds": split.folds,
         "split": {"id": split.id, "root": str(split.root), "classes": split.classes,
@@ -111,7 +116,8 @@ def train_fold(recipe: Recipe, fold: int, run_dir: str | os.PathLike[str], *,
         system.model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()
                                       if k.startswith("model.")})
     save_trained(folder, system.model, recipe=recipe, spec=built.spec,
-                 classes=list(split.classes))
+                 classes=list(split.classes),
+                 extra={"task": split.task} if split.multilabel else None)
     metrics = {k: round(float(v), 6) for k, v in trainer.callback_metrics.items()
                if torch.as_tensor(v).numel() == 1}
     info.update({

@@ -1,4 +1,5 @@
-"""Calibration read from a Bundle: temperature, unknown-input rejection, binary threshold.
+"""Calibration read from a Bundle: temperature, unknown-input rejection, binary threshold,
+and for multi-label Bundles a threshold and a temperature per label.
 
 Evaluation fits these on validation data (RUN/evaluation/calibration.json) and export
 copies them into bundle.json; `predict` and the API apply them through this one module, so
@@ -76,10 +77,24 @@ class Calibration:
     #: multi-label Bundles: label → threshold its probability must reach (chosen on
     #: validation by `visiondeck evaluate`); a label missing here uses 0.5
     label_thresholds: dict[str, float] | None = None
+    #: multi-label Bundles: label → its own temperature (fitted on validation); a label
+    #: missing here (every Bundle written before per-label calibration) uses 1.0
+    label_temperatures: dict[str, float] | None = None
+    #: the Bundle's classes in logit order (set by `from_dict`): which column each
+    #: per-label temperature divides
+    label_order: tuple[str, ...] | None = None
 
     def label_probabilities(self, logits: np.ndarray) -> np.ndarray:
-        """Multi-label probabilities: sigmoid(logits / temperature), one per label."""
-        return sigmoid(np.asarray(logits, dtype=np.float64) / self.temperature)
+        """Multi-label probabilities: sigmoid(logits / (temperature × label temperature)),
+        one per label, so every consumer (Predictor, the API) gets the calibrated ones."""
+        z = np.asarray(logits, dtype=np.float64) / self.temperature
+        if self.label_temperatures:
+            order = self.label_order or tuple(self.label_temperatures)
+            if z.shape[-1] != len(order):
+                raise BundleError(f"calibration.label_temperatures cover {len(order)} "
+                                  f"labels, the model answers {z.shape[-1]}")
+            z = z / np.asarray([self.label_temperatures.get(c, 1.0) for c in order])
+        return sigmoid(z)
 
     def thresholds(self, classes: list[str]) -> np.ndarray:
         """Per-label thresholds in class order (0.5 where none was chosen)."""
@@ -115,6 +130,8 @@ class Calibration:
         }
         if self.label_thresholds is not None:
             out["label_thresholds"] = dict(self.label_thresholds)
+        if self.label_temperatures is not None:
+            out["label_temperatures"] = dict(self.label_temperatures)
         return out
 
     @classmethod
@@ -152,7 +169,16 @@ class Calibration:
             _check(all(_is_number(v) and 0 <= v <= 1 for v in labels.values()),
                    "calibration.label_thresholds values must be in 0..1")
             labels = {str(k): float(v) for k, v in labels.items()}
-        return cls(float(temperature), rule, threshold, labels)
+        temperatures = raw.get("label_temperatures")
+        if temperatures is not None:
+            temperatures = _mapping(temperatures, "calibration.label_temperatures")
+            _check(all(classes is None or name in classes for name in temperatures),
+                   "calibration.label_temperatures must name classes of the Bundle")
+            _check(all(_is_number(v) and v > 0 for v in temperatures.values()),
+                   "calibration.label_temperatures values must be positive numbers")
+            temperatures = {str(k): float(v) for k, v in temperatures.items()}
+        return cls(float(temperature), rule, threshold, labels, temperatures,
+                   tuple(classes) if classes is not None else None)
 
 
 class _Invalid(BundleError):

@@ -9,6 +9,13 @@ scale, the set's size per class and a mirror test, class balancing from the meas
 imbalance, normalisation from the data's own mean and std. A recipe file and `key=value`
 overrides always win: a key they set is reported as theirs and never touched.
 
+Multi-label data (a manifest of label sets) is profiled per label (`DataProfile.task`):
+the loss is BCE per label, class balancing becomes a per-label `pos_weight` when a label is
+rare (its negatives outnumber its positives more than `IMBALANCE_LIMIT` times), targets are
+not smoothed, and the table of choices says how many labels an image carries and which
+label is the rarest. The asymmetric loss is not chosen: no measurement here shows it
+beating BCE on our data (`train.loss=asl` stays one override away).
+
 `choose(profile, ...)` is the rule book itself, a pure function of the measurements, so each
 rule is tested on profiles with known answers. The number of epochs is not chosen here: a
 time budget sets it from a throughput probe (`train.budget`).
@@ -115,6 +122,17 @@ def choose(
     c: dict[str, tuple[Any, str]] = {}
     side = profile.median_side
     per_class = profile.images / max(1, len(profile.classes))
+    if profile.multilabel:
+        rare = profile.rarest_label
+        c["data.task"] = (
+            "multilabel",
+            f"label sets: {len(profile.classes)} labels, {profile.labels_per_image:.2f} per "
+            f"image (at most {profile.max_labels_per_image}), {profile.unlabelled} images "
+            f"with none; rarest {rare!r} on {profile.class_counts.get(rare, 0)} of "
+            f"{profile.images}",
+        )
+        # an image of several labels serves each of them: positives per label
+        per_class = sum(profile.class_counts.values()) / max(1, len(profile.classes))
     small = side <= SMALL_IMAGE
     transfer = not small and transfer_weights
 
@@ -247,6 +265,9 @@ def choose(
             "onecycle",
             "one cycle laid over the whole run, so the accuracy is made in the final annealing",
         )
+    if profile.multilabel:
+        _choose_multilabel(profile, c)
+        return c
     c["train.label_smoothing"] = (
         0.1,
         f"{len(profile.classes)} classes: smoothing curbs over-confident logits",
@@ -267,6 +288,39 @@ def choose(
         "kept: stopping early would cut the annealing",
     )
     return c
+
+
+def _choose_multilabel(profile: DataProfile, c: dict[str, tuple[Any, str]]) -> None:
+    """The loss and balancing keys of a multi-label set (the rest is shared)."""
+    c["train.loss"] = (
+        "ce",
+        "label sets: binary cross-entropy per label (a sigmoid each); the asymmetric loss "
+        "is not chosen without a measurement that it helps",
+    )
+    c["train.label_smoothing"] = (
+        0.0,
+        "label sets: BCE targets stay 0/1 (smoothing would cap every probability at 0.95, "
+        "which per-label calibration would then have to undo)",
+    )
+    rare, weight = profile.rarest_label, profile.max_pos_weight
+    positives = profile.class_counts.get(rare, 0)
+    if weight > IMBALANCE_LIMIT:
+        c["train.balance"] = (
+            "weights",
+            f"rarest label {rare!r} on {positives} of {profile.images} images: negatives/"
+            f"positives = {weight:.1f} (> {IMBALANCE_LIMIT:g}), a pos_weight per label",
+        )
+    else:
+        c["train.balance"] = (
+            "none",
+            f"rarest label {rare!r} on {positives} of {profile.images} images: negatives/"
+            f"positives = {weight:.1f} (≤ {IMBALANCE_LIMIT:g})",
+        )
+    c["train.patience"] = (
+        None,
+        "the schedule ends at the budget and the best epoch (by val_map) is kept: "
+        "stopping early would cut the annealing",
+    )
 
 
 # --------------------------------------------------------------------------- resolving
