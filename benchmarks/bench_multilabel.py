@@ -52,7 +52,8 @@ def write_sets(n_train: int, n_test: int, seed: int) -> tuple[Path, Path, float]
     return manifests[0], manifests[1], time.perf_counter() - started
 
 
-def run(n_train: int, n_test: int, budget_s: float, label: str, seed: int) -> dict:
+def run(n_train: int, n_test: int, budget_s: float, label: str, seed: int,
+        overrides: list[str] | None = None) -> dict:
     from visiondeck.evaluate.core import evaluate_run
     from visiondeck.train.auto import auto_recipe
     from visiondeck.train.budget import train_within
@@ -64,7 +65,7 @@ def run(n_train: int, n_test: int, budget_s: float, label: str, seed: int) -> di
     plan = auto_recipe(str(train_manifest), overrides=[
         f"name={name}", f"output_dir={WORK / 'runs'}",
         f"data.prepared={WORK / 'prepared' / f'{n_train}-{n_test}-s{seed}'}",
-        f"data.test_source={test_manifest}", "tracking.enabled=false",
+        f"data.test_source={test_manifest}", "tracking.enabled=false", *(overrides or []),
     ], progress=False, force=True)
     choose_s = time.perf_counter() - started
     result, budget = train_within(plan.recipe, budget_s, progress=False,
@@ -78,6 +79,7 @@ def run(n_train: int, n_test: int, budget_s: float, label: str, seed: int) -> di
     chosen = {c.key: c.value for c in plan.choices}
     return {
         "bench": "multilabel-mosaic", "time": label, "budget_s": budget_s,
+        "overrides": list(overrides or []),
         "n_train_mosaics": n_train, "n_test_mosaics": n_test, "seed": seed,
         "labels": metrics["classes"], "train_images": plan.profile.images,
         "val_images": metrics["n_val"], "test_images": metrics["n"],
@@ -115,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="training mosaics (validation carved out of them)")
     parser.add_argument("--n-test", type=int, default=10000, help="test mosaics")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a recipe override beside the automatic choice (e.g. "
+                        "train.loss=asl), recorded in the result; not the bar's setting")
     parser.add_argument("--out", type=Path, default=None,
                         help="result file (default results/multilabel-mosaic-TIME.json)")
     args = parser.parse_args(argv)
     budget_s = parse_duration(args.time)
-    out = run(args.n_train, args.n_test, budget_s, args.time, args.seed)
+    out = run(args.n_train, args.n_test, budget_s, args.time, args.seed, args.set)
     test = out["test"]
     print(f"multi-label mosaics: {out['train_images']} train / {out['val_images']} val / "
           f"{out['test_images']} test images, {len(out['labels'])} labels, "
