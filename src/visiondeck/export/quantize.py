@@ -15,9 +15,10 @@ layer with `layer_losses`). `shape_arithmetic_nodes` finds every node computed f
 Shape output and constants only, and they stay float.
 
 The remaining knobs (`Int8Settings`): calibration method (MinMax, Entropy, Percentile),
-asymmetric uint8 or symmetric int8 activations, and layers kept in float (the first conv,
-depthwise convs, the head). Export tries a few candidates (`CANDIDATES`) and keeps the one
-closest to FP32 on held-out images.
+asymmetric uint8 or symmetric int8 activations, layers kept in float by family (the first
+conv, depthwise convs, the head) or by measurement (`float_worst`: the k layers with the
+lowest SNR in a first pass, `worst_layers`). Export tries a few candidates (`CANDIDATES`)
+and keeps the one closest to FP32 on held-out images.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "quantize_dynamic_int8",
     "quantize_static_int8",
     "shape_arithmetic_nodes",
+    "worst_layers",
 ]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
@@ -55,6 +57,7 @@ class Int8Settings:
     activations: str = "uint8"  # uint8 (asymmetric ranges) | int8 (symmetric ranges)
     keep_float: tuple[str, ...] = ()  # subsets of FLOAT_GROUPS left unquantised
     per_channel: bool = True  # one weight scale per output channel
+    float_worst: int = 0  # layers with the lowest measured SNR in a first pass, kept float
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_METHODS:
@@ -63,6 +66,8 @@ class Int8Settings:
             raise ValueError("activations must be uint8 or int8")
         if not set(self.keep_float) <= set(FLOAT_GROUPS):
             raise ValueError(f"keep_float takes {FLOAT_GROUPS}")
+        if self.float_worst < 0:
+            raise ValueError("float_worst must be 0 or more")
 
     @property
     def name(self) -> str:
@@ -70,6 +75,8 @@ class Int8Settings:
         if not self.per_channel:
             parts.append("per-tensor")
         parts += [f"float-{group}" for group in self.keep_float]
+        if self.float_worst:
+            parts.append(f"float-worst{self.float_worst}")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,7 +86,9 @@ class Int8Settings:
 # Tried in this order at export. Percentile and Entropy calibration are available but not
 # tried by default: on Lite0 they kept as much as MinMax (embedding cosine 0.992 vs 0.991,
 # top-1 agreement 92.9 % vs 92.6 % on the held-out photos of benchmarks/bench_int8.py) and
-# their histograms took ~10x longer to collect.
+# their histograms took ~10x longer to collect. Nor is `float_worst`: on Lite0, k = 2, 4, 8
+# layers kept float agreed no better than none (92.9, 92.5, 90.7 % vs 92.5 %; all below it on
+# the selection images) for twice the quantisation time.
 CANDIDATES: tuple[Int8Settings, ...] = (
     Int8Settings(),
     Int8Settings(keep_float=("head",)),
@@ -158,10 +167,12 @@ def shape_arithmetic_nodes(model: Any) -> list[str]:
 
 
 _ACTIVATIONS = ("Clip", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid")
+_WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 
-def _float_nodes(model: Any, groups: Sequence[str]) -> list[str]:
-    """Node names of the layer groups kept in float (first conv, depthwise convs, head).
+def _float_nodes(model: Any, groups: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
+    """Node names of the layer groups kept in float (first conv, depthwise convs, head),
+    plus the weighted nodes named in `extra`.
 
     A conv's activation (ReLU6 as Clip, ReLU, HardSwish...) stays float with it: quantised
     alone, the activation's input would get the conv's wide pre-activation range instead of
@@ -177,12 +188,76 @@ def _float_nodes(model: Any, groups: Sequence[str]) -> list[str]:
     if "head" in groups:
         chosen += [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
         chosen += convs[-1:]  # the head conv (EfficientNet's conv_head) before the pool
+    wanted = set(extra)
+    chosen += [n for n in nodes if n.name in wanted]
     names = [n.name for n in chosen]
     for node in chosen:
         consumers = [n for n in nodes if node.output[0] in n.input]
         if len(consumers) == 1 and consumers[0].op_type in _ACTIVATIONS:
             names.append(consumers[0].name)
     return list(dict.fromkeys(names))
+
+
+def worst_layers(model: Any, losses: Sequence[tuple[str, float]], k: int) -> list[str]:
+    """The `k` weighted nodes (Conv, Gemm, MatMul) whose outputs, or whose activation's
+    outputs, have the lowest signal-to-quantisation-noise ratio in `losses`.
+
+    Measured, not guessed by layer family: on Lite0 the linear-bottleneck 1×1 convs of the
+    later blocks (`conv_pwl`) lose most, not the stem or the depthwise convs.
+    """
+    nodes = list(model.graph.node)
+    producer = {out: node for node in nodes for out in node.output}
+    feeds = {}  # an activation's output -> the weighted node in front of it
+    for node in nodes:
+        source = producer.get(node.input[0]) if node.input else None
+        if node.op_type in _ACTIVATIONS and source is not None and source.op_type in _WEIGHTED:
+            feeds[node.output[0]] = source
+    chosen: list[str] = []
+    for tensor, _db in sorted(losses, key=lambda kv: kv[1]):
+        node = producer.get(tensor)
+        node = node if node is not None and node.op_type in _WEIGHTED else feeds.get(tensor)
+        if node is not None and node.name not in chosen:
+            chosen.append(node.name)
+        if len(chosen) == k:
+            break
+    return chosen
+
+
+def _quantize(source: Path, out: Path, calibration: list[np.ndarray], settings: Int8Settings,
+              exclude: list[str], input_name: str) -> None:
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
+
+    method = {
+        "minmax": CalibrationMethod.MinMax,
+        "entropy": CalibrationMethod.Entropy,
+        "percentile": CalibrationMethod.Percentile,
+    }[settings.calibration]
+    symmetric = settings.activations == "int8"
+    quantize_static(
+        str(source),
+        str(out),
+        _reader(_even_batches(calibration), input_name),
+        quant_format=QuantFormat.QDQ,
+        per_channel=settings.per_channel,
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=method,
+        nodes_to_exclude=exclude,
+        extra_options={
+            "CalibTensorRangeSymmetric": symmetric,
+            "ActivationSymmetric": symmetric,
+        },
+    )
+
+
+# Images of the calibration set on which the first pass of `float_worst` measures each
+# layer's SNR: every activation of the network is kept for each, so few.
+LOSS_IMAGES = 8
 
 
 def quantize_static_int8(
@@ -193,53 +268,41 @@ def quantize_static_int8(
     settings: Int8Settings | None = None,
     input_name: str = "input",
 ) -> QuantizeResult:
-    """QDQ INT8 with per-channel int8 weights, calibrated on `calibration` batches."""
+    """QDQ INT8 with per-channel int8 weights, calibrated on `calibration` batches.
+
+    With `settings.float_worst`, a first pass quantises everything else, measures every
+    layer's SNR on a few calibration images (`layer_losses`) and the worst layers are kept
+    float in the second pass.
+    """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
 
     settings = settings or Int8Settings()
-    method = {
-        "minmax": CalibrationMethod.MinMax,
-        "entropy": CalibrationMethod.Entropy,
-        "percentile": CalibrationMethod.Percentile,
-    }[settings.calibration]
-    symmetric = settings.activations == "int8"
+    worst: list[str] = []
     with _quiet(), tempfile.TemporaryDirectory(prefix="vd-quant-") as tmp:
         source = _preprocessed(fp32, Path(tmp))
         graph = onnx.load(str(source))
         shapes = shape_arithmetic_nodes(graph)
         floats = _float_nodes(graph, settings.keep_float)
-        quantize_static(
-            str(source),
-            str(out),
-            _reader(_even_batches(calibration), input_name),
-            quant_format=QuantFormat.QDQ,
-            per_channel=settings.per_channel,
-            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=method,
-            nodes_to_exclude=shapes + floats,
-            extra_options={
-                "CalibTensorRangeSymmetric": symmetric,
-                "ActivationSymmetric": symmetric,
-            },
-        )
+        if settings.float_worst:
+            first = Path(tmp, "first.onnx")
+            _quantize(source, first, calibration, settings, shapes + floats, input_name)
+            images = np.concatenate(list(calibration))
+            picked = images[:: max(1, len(images) // LOSS_IMAGES)][:LOSS_IMAGES]
+            losses = layer_losses(source, first, picked, input_name=input_name)
+            worst = worst_layers(graph, losses, settings.float_worst)
+            floats = _float_nodes(graph, settings.keep_float, worst)
+        _quantize(source, out, calibration, settings, shapes + floats, input_name)
     images = sum(len(b) for b in calibration)
     detail = f"{settings.name}, calibrated on {images} training images"
     if floats:
         detail += f", {len(floats)} layer(s) kept float"
-    return QuantizeResult(
-        out,
-        "static",
-        detail,
-        settings.to_dict()
-        | {"shape_nodes_kept_float": len(shapes), "layers_kept_float": len(floats)},
-    )
+    extra: dict[str, Any] = {
+        "shape_nodes_kept_float": len(shapes),
+        "layers_kept_float": len(floats),
+    }
+    if worst:
+        extra["worst_layers"] = worst
+    return QuantizeResult(out, "static", detail, settings.to_dict() | extra)
 
 
 def quantize_dynamic_int8(fp32: Path, out: Path) -> QuantizeResult:
