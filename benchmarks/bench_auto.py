@@ -154,7 +154,8 @@ def run_visiondeck(case: str, source: str, budget_s: float) -> dict:
 
 def svm_baseline(run_dir: str) -> dict:
     """An RBF SVM (scikit-learn defaults, pixels in 0..1) on the run's own train and test
-    files at the run's input size (at most 16 px a side)."""
+    files at the images' own median size (at most 16 px a side), whatever size the network
+    was given."""
     from sklearn.svm import SVC
 
     from visiondeck.data.cache import decode_records
@@ -163,7 +164,8 @@ def svm_baseline(run_dir: str) -> dict:
 
     trained = load_trained(run_dir)
     split, test_split = load_run_splits(run_dir)
-    size = min(16, trained.spec.image_size)
+    profile = json.loads((Path(run_dir) / "auto.json").read_text())["profile"]
+    size = min(16, int(profile["median_side"]))
     arrays = {}
     for name, (root, records) in {
         "train": (split.root, split.subset("train")),

@@ -64,7 +64,8 @@ def test_train_source_chooses_says_why_and_saves_the_resolved_recipe(tmp_path: P
     assert "automatic recipe for" in result.output and "data.image_size" in result.output
     run = tmp_path / "runs" / "shapes"
     saved = yaml.safe_load((run / "recipe.yaml").read_text())
-    assert saved["data"]["image_size"] == 16 and saved["data"]["channels"] == 3
+    # 16 px images: upsampled to the smallest input (24 px)
+    assert saved["data"]["image_size"] == 24 and saved["data"]["channels"] == 3
     assert saved["train"]["epochs"] == 1 and saved["train"]["batch_size"] == 8  # yours
     assert saved["model"]["name"] == "resnet_small_t" and len(saved["data"]["mean"]) == 3
     assert json.loads((run / "run.json").read_text())["status"] == "completed"

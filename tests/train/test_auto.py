@@ -60,7 +60,8 @@ def test_tiny_sets_get_small_batches_and_a_scaled_learning_rate() -> None:
             transfer_weights=False,
         )
     )
-    assert got["data.image_size"] == 8
+    # 8 px is upsampled to 24: three 2× poolings still leave a 3×3 map
+    assert got["data.image_size"] == 24
     assert got["train.batch_size"] == 32
     assert got["train.lr"] == pytest.approx(round(0.1 * math.sqrt(32 / 256), 4))
 
@@ -160,7 +161,8 @@ def test_auto_recipe_measures_the_data_and_leaves_the_users_keys(
     )
     recipe = plan.recipe
     assert recipe.name == "shades" and recipe.data.source == str(data)
-    assert (recipe.data.image_size, recipe.data.channels) == (12, 1)  # RGB files, grey data
+    # RGB files, grey data; 12 px is upsampled to the smallest input, 24 px
+    assert (recipe.data.image_size, recipe.data.channels) == (24, 1)
     # the measured mean: half the training images near 40/255, half near 200/255
     assert recipe.data.mean[0] == pytest.approx(plan.profile.mean[0])
     assert 0.35 < recipe.data.mean[0] < 0.6
@@ -169,3 +171,11 @@ def test_auto_recipe_measures_the_data_and_leaves_the_users_keys(
     assert by["train.lr"] == "override" and by["train.optimizer"] == "recipe"
     assert by["data.image_size"] == "auto"
     assert plan.profile.images == sum(plan.profile.class_counts.values()) == 16
+
+
+@pytest.mark.parametrize(("side", "size"), [(5, 24), (16, 24), (23, 24), (24, 24), (28, 28),
+                                            (61, 61)])
+def test_small_images_train_at_their_size_but_never_below_24_px(side, size) -> None:
+    got = _values(choose(_profile(median_side=side, median_width=side, median_height=side),
+                         transfer_weights=False))
+    assert got["data.image_size"] == size
