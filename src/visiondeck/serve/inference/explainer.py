@@ -86,11 +86,17 @@ class Explainer:
                 result = explain_image(network.model, image, network.spec, method=method,
                                        class_index=index, alpha=alpha)
                 calibration = model.bundle.calibration
-                probabilities = calibration.probabilities(result.logits[None, :])[0]
-                decided = int(calibration.decide(probabilities[None, :], classes)[0])
+                if model.bundle.multilabel:
+                    # a sigmoid per label, as /predict answers; with no label asked for,
+                    # the most probable one (a chosen label's CAM is of its own logit)
+                    probabilities = calibration.label_probabilities(result.logits[None, :])[0]
+                    decided = int(np.argmax(probabilities))
+                else:
+                    probabilities = calibration.probabilities(result.logits[None, :])[0]
+                    decided = int(calibration.decide(probabilities[None, :], classes)[0])
                 if index is None and decided != result.class_index:
                     # "the predicted class" is the Bundle's decision (its binary operating
-                    # threshold), the one /predict answers, not the bare argmax
+                    # threshold, or the most probable label), not the bare argmax
                     result = explain_image(network.model, image, network.spec, method=method,
                                            class_index=decided, alpha=alpha)
             except ExplainError as exc:

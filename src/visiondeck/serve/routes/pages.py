@@ -69,6 +69,8 @@ def _render(request: Request, template: str, page: str, **extra: Any) -> HTMLRes
         "page": page,
         "model": model_ref,
         "classes": [] if model is None else list(model.bundle.classes),
+        # "multilabel": a set of labels per image (chips, check boxes, per-label rates)
+        "task": "single" if model is None else model.bundle.task,
         "max_upload_bytes": settings.max_upload_bytes,
         "max_batch_files": settings.max_batch_files,
         "store": settings.store,
@@ -141,6 +143,8 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
                for k, v in (info.get("metrics") or {}).items()
                if isinstance(v, int | float | str) and not isinstance(v, bool)]
     return {
+        "task": bundle.task,
+        "labels": _label_thresholds(bundle) if bundle.multilabel else [],
         "architecture": bundle.architecture,
         "created_at": info.get("created_at"),
         "input": bundle.input,
@@ -165,6 +169,16 @@ def model_card(bundle: Bundle) -> dict[str, Any]:
                          if isinstance(n, str)],
         "notes": notes,
     }
+
+
+def _label_thresholds(bundle: Bundle) -> list[dict[str, Any]]:
+    """Each label's threshold (and its own temperature, when one was fitted) in class
+    order: the ones /predict applies, read through the same `Calibration` calls."""
+    calibration = bundle.calibration
+    classes = list(bundle.classes)
+    temperatures = calibration.label_temperatures or {}
+    return [{"name": c, "threshold": float(t), "temperature": temperatures.get(c)}
+            for c, t in zip(classes, calibration.thresholds(classes), strict=True)]
 
 
 def _human_bytes(n: int) -> str:

@@ -1,6 +1,9 @@
 // One image and what the model says about it: preview, upload progress, ranked classes,
 // the Grad-CAM overlay with an opacity slider, and the true-label form.
 // Used by Predict (one card per uploaded file) and Compare (one column per image).
+// A multi-label model's answer (`task: "multilabel"`) shows its passing labels as chips
+// (each one opens its own overlay), every label's probability against its threshold, and
+// a label form of check boxes that sends the true set.
 import { ApiError, authHeaders, sendJSON, uploadFile } from "./api.js";
 import { bytes, h, clear, percent, uid } from "./dom.js";
 
@@ -15,6 +18,32 @@ export function rankedBars(topK, predicted) {
         h("span", { className: "bar-track", attrs: { "aria-hidden": "true" } }, fill),
         h("span", { className: "bar-value" }, percent(item.probability)));
     }));
+}
+
+/** Every label of a multi-label answer [{class, probability, threshold, passed}], in class
+ * order: its probability as a bar, its threshold as a mark on the bar and as text. */
+export function labelBars(labels) {
+  return h("ol", { className: "bars label-bars",
+    attrs: { "aria-label": "Every label: probability against its threshold" } },
+  labels.map((item) => {
+    const fill = h("span", { className: "bar-fill" });
+    fill.style.width = `${Math.max(0, Math.min(1, item.probability)) * 100}%`;
+    const mark = h("span", { className: "bar-mark" });
+    mark.style.left = `${Math.max(0, Math.min(1, item.threshold)) * 100}%`;
+    return h("li", { className: item.passed ? "bar top passed" : "bar",
+      dataset: { label: item.class, passed: item.passed },
+      attrs: { title: `${item.class}: ${percent(item.probability)}, threshold ${percent(item.threshold)}` } },
+    h("span", { className: "bar-label" }, item.class),
+    h("span", { className: "bar-track", attrs: { "aria-hidden": "true" } }, fill, mark),
+    h("span", { className: "bar-value" }, percent(item.probability)),
+    h("span", { className: "bar-threshold muted" },
+      `${item.passed ? "≥" : "<"} ${percent(item.threshold)}`));
+  }));
+}
+
+/** True for a multi-label answer (or a stored multi-label row). */
+export function isMultilabel(prediction) {
+  return prediction.task === "multilabel" || Array.isArray(prediction.predicted_labels);
 }
 
 export class PredictionCard {
@@ -67,7 +96,8 @@ export class PredictionCard {
       on: { input: () => this.setOpacity(this.opacityInput.value / 100) } });
     this.classSelect = h("select", { className: "cam-class", id: `${id}-class`, disabled: true,
       on: { change: () => { this.camClass = this.classSelect.value; this.setCam(true); } } },
-      h("option", { value: "" }, "predicted class"),
+      h("option", { value: "" },
+        this.data.task === "multilabel" ? "most probable label" : "predicted class"),
       (this.data.classes || []).map((c) => h("option", { value: c }, c)));
     this.camStatus = h("span", { className: "cam-status muted", attrs: { role: "status" } });
     return h("div", { className: "cam-controls" },
@@ -122,9 +152,16 @@ export class PredictionCard {
     this.progress.hidden = true;
     this.status.className = "status";
     this.status.textContent = "";
-    this.status.append(h("strong", { className: "predicted" }, prediction.predicted), " ",
-      h("span", { className: "confidence" }, percent(prediction.confidence)));
-    clear(this.results).append(rankedBars(prediction.top_k, prediction.predicted));
+    const multilabel = isMultilabel(prediction);
+    const canExplain = Boolean(this.data.explain && this.file && this.camBox);
+    if (multilabel) {
+      this.status.append(this.labelChips(prediction, canExplain));
+    } else {
+      this.status.append(h("strong", { className: "predicted" }, prediction.predicted), " ",
+        h("span", { className: "confidence" }, percent(prediction.confidence)));
+    }
+    clear(this.results).append(multilabel && Array.isArray(prediction.labels)
+      ? labelBars(prediction.labels) : rankedBars(prediction.top_k, prediction.predicted));
     if (prediction.unknown) {
       this.results.append(h("p", { className: "badge warn" },
         "Unlike the training images: this answer may be unreliable."));
@@ -134,14 +171,88 @@ export class PredictionCard {
     if (prediction.created_at) meta.push(new Date(prediction.created_at).toLocaleString());
     this.results.append(h("p", { className: "meta muted" }, meta.join(" · ")));
     if (this.camBox) {
-      const canExplain = this.data.explain && this.file;
       this.camBox.disabled = !canExplain;
       this.opacityInput.disabled = this.classSelect.disabled = !canExplain;
       if (!this.data.explain) this.camStatus.textContent = "explanations are off on this server";
       else if (!this.file) this.camStatus.textContent = "the original image is not stored; upload it to see its map";
     }
-    if (this.labelSlot && prediction.label_token) this.labelSlot.append(this.buildLabelForm());
+    if (this.labelSlot && prediction.label_token) {
+      this.labelSlot.append(multilabel ? this.buildLabelSetForm() : this.buildLabelForm());
+    }
     if (this.onPredicted) this.onPredicted(this);
+  }
+
+  /** The passing labels as chips with their probabilities (threshold in the title); a
+   * chip is a button that shows that label's overlay when explanations can run. */
+  labelChips(prediction, canExplain) {
+    const passing = prediction.predicted_labels || [];
+    if (!passing.length) {
+      return h("p", { className: "no-labels" }, "No label passes its threshold.");
+    }
+    // an answer's `labels` carry thresholds; a stored row has its top_k probabilities only
+    const entries = new Map((prediction.labels || prediction.top_k || [])
+      .map((item) => [item.class, item]));
+    this.chips = passing.map((name) => {
+      const entry = entries.get(name);
+      const value = entry ? percent(entry.probability) : "";
+      const title = entry && entry.threshold !== undefined
+        ? `${name}: probability ${value}, threshold ${percent(entry.threshold)}` : name;
+      const inside = [h("span", { className: "chip-name" }, name), " ",
+        h("span", { className: "chip-value" }, value)];
+      return canExplain
+        ? h("button", { type: "button", className: "chip", title,
+          dataset: { label: name }, attrs: { "aria-pressed": "false",
+            "aria-label": `${name} ${value}: show where the model looked for it` },
+          on: { click: () => this.explainLabel(name) } }, inside)
+        : h("span", { className: "chip", title, dataset: { label: name } }, inside);
+    });
+    return h("ul", { className: "chips label-chips", attrs: { "aria-label": "Predicted labels" } },
+      this.chips.map((chip) => h("li", {}, chip)));
+  }
+
+  /** Show (or, when it is shown already, hide) the overlay of one label. */
+  explainLabel(name) {
+    if (this.camOn && this.camClass === name) {
+      this.setCam(false);
+      return;
+    }
+    this.camClass = name;
+    if (this.classSelect) this.classSelect.value = name;
+    this.setCam(true);
+  }
+
+  /** Multi-label: one check box per label, ticked with the predicted set; sends the set. */
+  buildLabelSetForm() {
+    const names = Array.isArray(this.prediction.labels)
+      ? this.prediction.labels.map((item) => item.class) : (this.data.classes || []);
+    const chosen = new Set(this.prediction.predicted_labels || []);
+    const boxes = names.map((name) => h("input", { type: "checkbox", id: uid("truth"),
+      value: name, checked: chosen.has(name) }));
+    const state = h("span", { className: "label-state muted", attrs: { role: "status" } });
+    const form = h("form", { className: "label-form label-set-form" },
+      h("fieldset", {},
+        h("legend", {}, "True labels"),
+        h("ul", { className: "label-choices" }, boxes.map((box) =>
+          h("li", {}, box, h("label", { htmlFor: box.id }, box.value))))),
+      h("button", { type: "submit", className: "secondary" }, "Save"), state);
+    form.addEventListener("submit", async (event) => {
+      event.preventDefault();
+      state.className = "label-state muted";
+      state.textContent = "saving…";
+      const labels = boxes.filter((box) => box.checked).map((box) => box.value);
+      try {
+        const body = await sendJSON("PUT", `/predictions/${this.prediction.id}/label`,
+          { labels, token: this.prediction.label_token });
+        const saved = body.labels || [];
+        state.textContent = saved.length ? `saved: ${saved.join(", ")}`
+          : "saved: none of the labels";
+        this.node.dataset.label = body.label || "";
+      } catch (error) {
+        state.className = "label-state error";
+        state.textContent = error.hint ? `${error.message} (${error.hint})` : error.message;
+      }
+    });
+    return form;
   }
 
   buildLabelForm() {
@@ -175,6 +286,7 @@ export class PredictionCard {
       this.heat.hidden = true;
       this.base.src = this.preview;
       this.node.classList.remove("cam-on");
+      this.pressChip(null);
       return;
     }
     if (!this.file || !this.prediction) return;
@@ -200,7 +312,14 @@ export class PredictionCard {
     this.heat.hidden = false;
     this.node.classList.add("cam-on");
     this.node.dataset.camClass = result.class;
+    this.pressChip(result.class);
     if (this.camStatus) this.camStatus.textContent = `where the model looked for “${result.class}”`;
+  }
+
+  pressChip(name) {
+    for (const chip of this.chips || []) {
+      if (chip.tagName === "BUTTON") chip.setAttribute("aria-pressed", String(chip.dataset.label === name));
+    }
   }
 
   setOpacity(value) {
@@ -226,6 +345,7 @@ export function fromRecord(r) {
   return {
     id: r.id, predicted: r.predicted, confidence: r.confidence, unknown: r.unknown,
     top_k: r.top_k, model: { name: r.model_name, version: r.model_version },
+    predicted_labels: r.predicted_labels, true_labels: r.true_labels,
     latency_ms: r.latency_ms, image: { sha256: r.image_sha256, width: r.image_width,
       height: r.image_height }, created_at: r.created_at, label: r.label,
   };

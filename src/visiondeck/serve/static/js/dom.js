@@ -57,3 +57,9 @@ export function uid(prefix) {
   counter += 1;
   return `${prefix}-${counter}`;
 }
+
+/** A label set as chips (text only): History's predicted and true sets, stored cards. */
+export function chipList(labels, label = "Labels") {
+  return h("ul", { className: "chips", attrs: { "aria-label": label } },
+    labels.map((name) => h("li", { className: "chip", dataset: { label: name } }, name)));
+}

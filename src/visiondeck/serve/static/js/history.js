@@ -1,7 +1,7 @@
 // History page: the stored predictions with filters (kept in the address, so a filtered
 // view can be bookmarked), paging, thumbnails, selection for Compare, and export.
 import { download, getJSON, saveBlob } from "./api.js";
-import { clear, h, localTime, pageData, percent } from "./dom.js";
+import { chipList, clear, h, localTime, pageData, percent } from "./dom.js";
 
 const EXPORT_LIMIT = 10000;
 const data = pageData();
@@ -12,7 +12,9 @@ const info = document.getElementById("page-info");
 const prev = document.getElementById("page-prev");
 const next = document.getElementById("page-next");
 const compareButton = document.getElementById("compare-selected");
-const FIELDS = ["class", "min", "max", "since", "until", "version", "size"];
+// "class" (single-label models) or "label" (multi-label): the form has one of the two
+const FIELDS = ["class", "label", "min", "max", "since", "until", "version", "size"]
+  .filter((name) => form.elements[name]);
 const selected = new Set();
 let page = 0;
 let total = 0;
@@ -30,6 +32,7 @@ function filters() {
 function apiQuery(values, extra) {
   const q = new URLSearchParams();
   if (values.class) q.set("class", values.class);
+  if (values.label) q.set("label", values.label);
   if (values.min) q.set("min_confidence", String(Number(values.min) / 100));
   if (values.max) q.set("max_confidence", String(Number(values.max) / 100));
   if (values.since) q.set("since", new Date(`${values.since}T00:00:00`).toISOString());
@@ -47,8 +50,16 @@ function pageSize() {
   return Number(form.elements.size.value) || 25;
 }
 
+/** A multi-label row's set as chips; `[]` is a set too ("none"), null no set at all. */
+function labelSet(labels, none) {
+  if (labels === null || labels === undefined) return h("span", { className: "muted" }, "—");
+  return labels.length ? chipList(labels) : h("span", { className: "muted no-labels" }, none);
+}
+
 function row(item) {
-  const others = item.top_k.filter((t) => t.class !== item.predicted)
+  const multilabel = Array.isArray(item.predicted_labels);
+  const chosen = multilabel ? item.predicted_labels : [item.predicted];
+  const others = item.top_k.filter((t) => !chosen.includes(t.class))
     .map((t) => `${t.class} ${percent(t.probability)}`).join(", ");
   const box = h("input", { type: "checkbox", checked: selected.has(item.id),
     attrs: { "aria-label": `select the prediction of ${localTime(item.created_at)}` },
@@ -60,18 +71,21 @@ function row(item) {
   meter.style.width = `${item.confidence * 100}%`;
   const thumb = item.thumbnail_png_base64
     ? h("img", { className: "thumb", src: `data:image/png;base64,${item.thumbnail_png_base64}`,
-      alt: `thumbnail of the image predicted ${item.predicted}` })
+      alt: `thumbnail of the image predicted ${item.predicted || "no label"}` })
     : h("span", { className: "thumb none muted" }, "—");
   return h("tr", { dataset: { id: item.id, predicted: item.predicted } },
     h("td", { className: "no-print" }, box),
     h("td", {}, thumb),
     h("td", { className: "nowrap" }, h("time", { dateTime: item.created_at }, localTime(item.created_at))),
-    h("td", {}, h("strong", {}, item.predicted),
+    h("td", { className: "predicted-cell" },
+      multilabel ? labelSet(item.predicted_labels, "no label") : h("strong", {}, item.predicted),
       item.unknown ? h("span", { className: "badge warn small" }, "unlike training") : null),
     h("td", { className: "num nowrap" }, percent(item.confidence),
       h("span", { className: "mini-track", attrs: { "aria-hidden": "true" } }, meter)),
     h("td", { className: "muted small" }, others || "—"),
-    h("td", {}, item.label || h("span", { className: "muted" }, "—")),
+    h("td", { className: "label-cell" }, multilabel
+      ? labelSet(item.true_labels, "none of the labels")
+      : item.label || h("span", { className: "muted" }, "—")),
     h("td", {}, h("code", {}, item.model_version)));
 }
 
@@ -109,6 +123,8 @@ async function load() {
 
 function fromAddress() {
   const params = new URLSearchParams(window.location.search);
+  // a single-label row "predicts a label" when it is its class: ?label= is ?class= there
+  if (params.has("label") && !form.elements.label) params.set("class", params.get("label"));
   for (const name of FIELDS) {
     if (params.has(name)) form.elements[name].value = params.get(name);
   }

@@ -1,5 +1,7 @@
 // Monitor page: draws GET /monitor/summary (served by the monitoring module when it is on)
-// and refreshes it every 30 seconds while the page is visible.
+// and refreshes it every 30 seconds while the page is visible. A multi-label model's
+// summary (`task: "multilabel"`) is a table of each label's live rate against its
+// reference rate instead of the class mix and drift tests.
 import { getJSON } from "./api.js";
 import { clear, h, localTime, percent } from "./dom.js";
 import { confidenceChart, mixChart, volumeChart } from "./charts.js";
@@ -23,7 +25,50 @@ const VERDICTS = {
   warming_up: ["Warming up", "wait"], no_data: ["No data yet", "wait"],
 };
 
+function signed(v) {
+  if (typeof v !== "number" || !Number.isFinite(v)) return "—";
+  return `${v > 0 ? "+" : v < 0 ? "−" : "±"}${percent(Math.abs(v))}`;
+}
+
+function rateBar(value, extraClass) {
+  const bar = h("span", { className: `rate-bar ${extraClass}` });
+  bar.style.width = `${typeof value === "number" ? Math.max(0, Math.min(1, value)) * 100 : 0}%`;
+  return bar;
+}
+
+function drawLabels(summary) {
+  const w = summary.window;
+  const ref = summary.reference;
+  const seen = summary.labels.filter((l) => l.positives > 0).length;
+  clear(document.getElementById("monitor-tiles")).append(
+    tile("Window", `${w.size} / ${w.capacity}`,
+      w.source === "history" ? "newest predictions in the history" : "since this server started"),
+    tile("Labels seen", `${seen} of ${summary.labels.length}`, "passed on at least one image"),
+    tile("Reference images", ref ? String(ref.n) : "—",
+      ref ? ref.source : "this Bundle has no reference statistics"),
+  );
+  const rows = clear(document.getElementById("label-rate-rows"));
+  for (const l of summary.labels) {
+    rows.append(h("tr", { dataset: { label: l.label } },
+      h("th", { scope: "row" }, l.label),
+      h("td", { className: "num" }, String(l.positives)),
+      h("td", { className: "num" }, percent(l.live_rate)),
+      h("td", { className: "num" }, percent(l.reference_rate)),
+      h("td", { className: "num" }, signed(l.difference)),
+      h("td", { className: "rate-cell", attrs: { "aria-hidden": "true" } },
+        h("span", { className: "rate-bars" }, rateBar(l.live_rate, "live"),
+          rateBar(l.reference_rate, "reference")))));
+  }
+  document.getElementById("monitor-single").hidden = true;
+  document.getElementById("monitor-labels").hidden = false;
+  status.textContent = `${summary.model.name} ${summary.model.version} · updated ${new Date().toLocaleTimeString()}`;
+  panel.hidden = false;
+}
+
 function draw(summary) {
+  if (summary.task === "multilabel") return drawLabels(summary);
+  document.getElementById("monitor-single").hidden = false;
+  document.getElementById("monitor-labels").hidden = true;
   const w = summary.window;
   const acc = summary.live_accuracy;
   const conf = summary.confidence;
