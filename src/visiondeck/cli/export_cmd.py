@@ -21,6 +21,10 @@ def export(
                                               "or structured (removes conv channels: smaller "
                                               "and faster)")] = "unstructured",
     prune_steps: Annotated[int, typer.Option(help="fine-tuning steps after pruning")] = 200,
+    prune_distill: Annotated[bool, typer.Option(help="fine-tune the pruned network on the "
+                                                "unpruned one's answers (distillation, warm-up "
+                                                "+ cosine); off: labels only, warm-up + "
+                                                "cosine (measured better)")] = False,
     parity_images: Annotated[int, typer.Option(help="validation images for the parity "
                                                "check")] = 64,
     tolerance: Annotated[float, typer.Option(help="max |Δ probability| allowed vs "
@@ -42,12 +46,13 @@ def export(
     from visiondeck.export.onnx_export import export_run
 
     if sweep:
-        _sweep(run, out, sweep_prune, prune_steps, max_loss)
+        _sweep(run, out, sweep_prune, prune_steps, max_loss, _finetune(prune_distill))
         return
 
     with console.status("exporting") as status:
         result = export_run(run, out, int8=int8, prune=prune, prune_method=prune_method,
-                            prune_steps=prune_steps, parity_images=parity_images,
+                            prune_steps=prune_steps, prune_finetune=_finetune(prune_distill),
+                            parity_images=parity_images,
                             tolerance=tolerance, exporter=exporter,
                             log=lambda msg: status.update(msg))
     parity = result.parity
@@ -80,7 +85,15 @@ def export(
     console.print(f"done in {result.duration_s:.1f} s")
 
 
-def _sweep(run: Path, out: Path | None, ratios: str, steps: int, max_loss: float) -> None:
+def _finetune(distill: bool) -> object:
+    """The pruned network's fine-tune: distillation, or prune's default (labels only)."""
+    from visiondeck.export.prune import DEFAULT_FINETUNE, FinetuneConfig
+
+    return FinetuneConfig() if distill else DEFAULT_FINETUNE
+
+
+def _sweep(run: Path, out: Path | None, ratios: str, steps: int, max_loss: float,
+           finetune: object = None) -> None:
     from rich.table import Table
 
     from visiondeck.cli._ui import console
@@ -95,7 +108,7 @@ def _sweep(run: Path, out: Path | None, ratios: str, steps: int, max_loss: float
         raise ConfigError("--sweep-prune ratios must be between 0 and 1")
     with console.status("sweeping") as status:
         report = sweep_run(run, out, prune_ratios=shares, prune_steps=steps, max_loss=max_loss,
-                           log=lambda msg: status.update(msg))
+                           prune_finetune=finetune, log=lambda msg: status.update(msg))
     table = Table(title=f"{report.bundle} — every variant, {report.threads} thread(s)",
                   title_justify="left")
     for column in ("variant", "engine", "size", "accuracy", "agreement", "p50 ms", "p99 ms",

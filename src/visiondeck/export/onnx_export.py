@@ -72,6 +72,7 @@ def export_run(
     prune: float | None = None,
     prune_method: str = "unstructured",
     prune_steps: int = 200,
+    prune_finetune: Any = None,
     parity_images: int = 64,
     calibration_images: int = 256,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -91,7 +92,8 @@ def export_run(
     agrees best with FP32 on validation images is kept; an INT8 model losing more than
     `max_int8_drop` (test accuracy, or top-1 agreement with FP32) is recorded as not
     recommended, otherwise it becomes the Bundle's `default_variant`.
-    prune: share of weights to prune before export, with `prune_steps` fine-tuning steps.
+    prune: share of weights to prune before export, with `prune_steps` fine-tuning steps
+    (`prune_finetune`: a `prune.FinetuneConfig`; default `prune.DEFAULT_FINETUNE`).
     reference_images: held-out images measured for drift monitoring's reference statistics
     (`reference.json`; 0 leaves them out and the served model then reports "no reference").
     """
@@ -123,7 +125,7 @@ def export_run(
     pruning = None
     if prune is not None:
         pruning = _prune(model, split, classes, spec, trained, prune, prune_method, prune_steps,
-                         say)
+                         say, prune_finetune)
 
     target = Path(out_dir) if out_dir is not None else run / "bundle"
     work = target.parent / f".{target.name}.partial-{os.getpid()}"
@@ -377,7 +379,8 @@ def _variant(work: Path, file: str, score: dict[str, Any]) -> dict[str, Any]:
 
 
 def _prune(model: Any, split: Any, classes: list[str], spec: InputSpec, trained: Any,
-           amount: float, method: str, steps: int, say: Log) -> dict[str, Any]:
+           amount: float, method: str, steps: int, say: Log, finetune: Any = None
+           ) -> dict[str, Any]:
     from visiondeck.export.prune import PRUNE_METHODS, accuracy, prune_and_finetune
 
     if not 0.0 < amount < 1.0 or method not in PRUNE_METHODS:
@@ -401,7 +404,8 @@ def _prune(model: Any, split: Any, classes: list[str], spec: InputSpec, trained:
     say(f"pruning {amount:.0%} ({method}) and fine-tuning for {steps} steps")
     return prune_and_finetune(model, amount=amount, method=method, train_batches=batches,
                               evaluate=evaluate, steps=steps, lr=lr,
-                              optimizer="sgd" if optimizer == "sgd" else "adamw").to_dict()
+                              optimizer="sgd" if optimizer == "sgd" else "adamw",
+                              finetune=finetune).to_dict()
 
 
 def _read_evaluation(run: Path, classes: list[str], notes: list[str]
