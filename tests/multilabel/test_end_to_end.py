@@ -273,3 +273,16 @@ def test_bundle_reference_holds_each_labels_rate_as_served(run: dict) -> None:
     assert reference.label_rates == pytest.approx(
         {name: c / len(held_out) for name, c in zip(LABELS, passed.sum(axis=0), strict=True)})
     assert reference.accuracy == pytest.approx((passed == truth).all(axis=1).mean())
+
+
+def test_a_gate_on_val_acc_is_refused_before_training(tmp_path: Path) -> None:
+    """Multi-label runs log val_map, not val_acc: a gate left on val_acc would fail after all
+    the training with no value. It is refused at once, and no run folder is left."""
+    from visiondeck.errors import ConfigError
+
+    manifest = write_set(tmp_path / "data", 24, form="flags")
+    recipe = _recipe(tmp_path, manifest, "train.min_val_accuracy=0.5")
+    with pytest.raises(ConfigError, match="no val_acc") as refused:
+        train(recipe, progress=False)
+    assert "train.gate_metric=val_map" in (refused.value.hint or "")
+    assert not (tmp_path / "runs" / "ml").exists()

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from visiondeck._files import atomic_write_json, atomic_write_text, remove_stale_temporaries
 from visiondeck.config import Recipe, load_recipe, save_recipe
-from visiondeck.errors import VisionDeckError
+from visiondeck.errors import ConfigError, VisionDeckError
 
 if TYPE_CHECKING:
     from visiondeck.train.tracking import Tracker
@@ -288,6 +288,7 @@ def _fit(recipe: Recipe, folder: Path, *, ckpt_path: Path | None, progress: bool
     built = build_system(recipe, folder, progress=progress, force=force, split=split)
     data, system, split, spec, weights = (built.data, built.system, built.split, built.spec,
                                           built.class_weights)
+    _check_gate_metric(recipe, system.monitor, split.multilabel)
     extra = list(callbacks or [])
     if tracker is not None:
         extra.append(TrackerCallback(tracker))
@@ -360,6 +361,17 @@ def _save_best_model(folder: Path, system, best: Path | None, recipe: Recipe, sp
         model.load_state_dict(own)
     save_trained(folder, model, recipe=recipe, spec=spec, classes=list(classes),
                  extra={"task": task} if task != "single" else None)
+
+
+def _check_gate_metric(recipe: Recipe, monitor: str, multilabel: bool) -> None:
+    """A gate on a metric this task never logs would fail every run with no value, after
+    all its training: refused before the first batch instead."""
+    if recipe.train.min_val_accuracy is None or not multilabel:
+        return
+    if recipe.train.gate_metric in ("val_acc", "acc"):
+        raise ConfigError(
+            "multi-label runs log no val_acc for train.min_val_accuracy to gate on",
+            hint=f"add train.gate_metric={monitor} (validation mAP), or val_f1")
 
 
 def _gate(recipe: Recipe, metrics: dict[str, float]) -> GateResult | None:
