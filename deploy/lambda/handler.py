@@ -57,7 +57,7 @@ from visiondeck.export.predictor import Predictor
 from visiondeck.imaging import ImageDecodeError, decode_image, model_decode_limits
 from visiondeck.serve.api.rules import TOP_K_MAX, TOP_K_MIN, parse_json_body, parse_top_k
 from visiondeck.serve.errors import ServeError, decode_error_status
-from visiondeck.serve.labelsets import LabelSetError, check_servable, label_answer
+from visiondeck.serve.labelsets import check_servable, label_answer
 
 __all__ = ["Refusal", "handler", "load_model"]
 
@@ -356,12 +356,7 @@ def _load(bundle_source: str, s3_uri: str, variant: str) -> Model:
             os.environ.setdefault("VISIONDECK_MODEL_CACHE",
                                   str(Path(tempfile.gettempdir()) / "visiondeck-models"))
         bundle = load_bundle(bundle_source, check_files=False)
-    if bundle.multilabel:
-        try:
-            check_servable(bundle.classes)
-        except LabelSetError as exc:
-            raise BundleError(f"{bundle.name}: {exc}",
-                              hint="rename the labels and export again") from None
+    check_servable(bundle)
     variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
     if not onnx_file.is_file():

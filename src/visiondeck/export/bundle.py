@@ -157,15 +157,6 @@ class Bundle:
     def multilabel(self) -> bool:
         return self.task == "multilabel"
 
-    def require_single_label(self, what: str) -> None:
-        """Refuse a multi-label Bundle where only softmax answers are built yet (serving,
-        the Lambda handler, cross-validation): a wrong answer must never look like one."""
-        if self.multilabel:
-            raise BundleError(f"{self.name} is a multi-label Bundle; {what} does not serve "
-                              "multi-label models yet",
-                              hint="use `visiondeck predict` or the Python Predictor, which "
-                              "return every label with its probability and threshold")
-
     @property
     def variants(self) -> dict[str, dict[str, Any]]:
         """Variant name → {"file", "bytes", "accuracy", ...}; fp32 is always present."""

@@ -84,10 +84,16 @@ def labels_from_text(text: str, classes: Sequence[str]) -> list[str]:
     return check_label_set(text.split(SEPARATOR) if text.strip() else [], classes)
 
 
-def check_servable(classes: Sequence[str]) -> None:
-    """Refuse, at load, class names a label set cannot carry unambiguously: one holding the
-    separator would make "a|b" mean two things."""
-    bad = [name for name in classes if SEPARATOR in name]
+def check_servable(bundle: Any) -> None:
+    """Refuse, at load, a multi-label Bundle whose class names a label set cannot carry
+    unambiguously: one holding the separator would make "a|b" mean two things. The API
+    engine and the Lambda handler both call this; a single-label Bundle passes."""
+    if not bundle.multilabel:
+        return
+    bad = [name for name in bundle.classes if SEPARATOR in name]
     if bad:
-        raise LabelSetError(f"multi-label class names may not contain {SEPARATOR!r}: "
-                            f"{', '.join(bad[:5])}")
+        from visiondeck.export.errors import BundleError
+
+        raise BundleError(f"{bundle.name}: multi-label class names may not contain "
+                          f"{SEPARATOR!r}: {', '.join(bad[:5])}",
+                          hint="rename the labels and export again")

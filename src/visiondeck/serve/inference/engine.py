@@ -32,11 +32,10 @@ from typing import Any
 import numpy as np
 
 from visiondeck.export.bundle import Bundle, load_bundle
-from visiondeck.export.errors import BundleError
 from visiondeck.serve.errors import ModelUnavailable, Overloaded
 from visiondeck.serve.inference.batching import MicroBatcher, RowResult
 from visiondeck.serve.inference.preprocess import PreparedImage, is_small_image, prepare_image
-from visiondeck.serve.labelsets import LabelSetError, check_servable
+from visiondeck.serve.labelsets import check_servable
 from visiondeck.serve.settings import ServeSettings
 
 __all__ = ["Engine", "LoadedModel", "load_model", "source_fingerprint"]
@@ -140,13 +139,9 @@ def load_model(source: str, *, variant: str = "auto", threads: int = 1,
     start = time.perf_counter()
     folder = _resolve(source)
     bundle = load_bundle(folder)
+    check_servable(bundle)
     thresholds = None
     if bundle.multilabel:
-        try:
-            check_servable(bundle.classes)
-        except LabelSetError as exc:
-            raise BundleError(f"{bundle.name}: {exc}",
-                              hint="rename the labels and export again") from None
         thresholds = bundle.calibration.thresholds(bundle.classes)
     fingerprint = _folder_fingerprint(bundle.path)
     variant = bundle.resolve_variant(variant)
