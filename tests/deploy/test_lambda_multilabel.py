@@ -16,6 +16,7 @@ import pytest
 
 from tests.deploy.conftest import CLASSES
 from tests.deploy.test_lambda import _env, call, event, lam  # noqa: F401
+from tests.serve.conftest import started_clients
 from tests.serve.test_multilabel_serving import EXPECTED, THRESHOLD, make_multilabel, picture
 
 
@@ -69,21 +70,9 @@ def test_the_same_fields_as_the_api(ml_bundle: Path, monkeypatch: pytest.MonkeyP
 
 @pytest.fixture
 def make_client(ml_bundle: Path, tmp_path: Path):
-    from fastapi.testclient import TestClient
-
-    from visiondeck.serve.app import create_app
     from visiondeck.serve.settings import ServeSettings
 
-    clients = []
-
-    def make(**changes):
-        settings = ServeSettings(**{"data_dir": tmp_path / "data", "watch_interval_s": 0,
-                                    "intra_op_threads": 1, **changes})
-        client = TestClient(create_app(settings), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    with started_clients() as start:
+        yield lambda **changes: start(ServeSettings(**{
+            "data_dir": tmp_path / "data", "watch_interval_s": 0, "intra_op_threads": 1,
+            **changes}))

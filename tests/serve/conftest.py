@@ -11,6 +11,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -58,23 +59,32 @@ def make_settings(serve_bundle: Path, tmp_path: Path, serve_lane: bool) -> Calla
     return make
 
 
-@pytest.fixture
-def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
-    """Factory: a started app (lifespan run) behind a TestClient; closed after the test."""
+@contextmanager
+def started_clients() -> Iterator[Callable[..., TestClient]]:
+    """`start(settings)`: an app started (lifespan run) behind a TestClient; every client
+    started is closed on leaving. The one home of the client fixtures below and beside."""
     from visiondeck.serve.app import create_app
 
     clients: list[TestClient] = []
 
-    def make(settings=None, **changes) -> TestClient:
-        app = create_app(settings or make_settings(**changes))
-        client = TestClient(app, raise_server_exceptions=False)
+    def start(settings) -> TestClient:
+        client = TestClient(create_app(settings), raise_server_exceptions=False)
         client.__enter__()
         clients.append(client)
         return client
 
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+    try:
+        yield start
+    finally:
+        for client in clients:
+            client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def make_client(make_settings) -> Iterator[Callable[..., TestClient]]:
+    """Factory: a started app (lifespan run) behind a TestClient; closed after the test."""
+    with started_clients() as start:
+        yield lambda settings=None, **changes: start(settings or make_settings(**changes))
 
 
 @pytest.fixture

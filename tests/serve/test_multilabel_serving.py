@@ -14,12 +14,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import sqlalchemy as sa
 
 from tests.deploy.conftest import CLASSES, write_colour_bundle
 from tests.factories import png_bytes
 from tests.serve.test_history_journal import Outage, _until, _writer, outage  # noqa: F401
-from tests.serve.test_store import PG_URL, make_record, require_postgres, unique_prefix
+from tests.serve.test_store import (
+    PG_URL,
+    make_record,
+    older_table,
+    require_postgres,
+    unique_prefix,
+)
 from visiondeck.export.bundle import write_bundle_json
 from visiondeck.export.predictor import Predictor
 
@@ -288,30 +293,15 @@ def test_review_queue_refuses_multilabel_models(make_client, ml_bundle: Path) ->
 
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 def test_an_older_table_gains_the_label_set_columns(database: str, tmp_path: Path) -> None:
-    from datetime import UTC, datetime
-
-    from visiondeck.serve.history.store import (
-        PredictionQuery,
-        PredictionRecord,
-        PredictionStore,
-    )  # fmt: skip
+    from visiondeck.serve.history.store import PredictionQuery, PredictionStore
 
     if database == "postgresql":
         require_postgres()
         url, prefix = PG_URL, unique_prefix()
     else:
         url, prefix = f"sqlite:///{tmp_path / 'old.db'}", "vd_"
-    old = PredictionStore(url, prefix=prefix)
-    old.create()
-    old.insert_many([PredictionRecord(
-        id="0" * 32, created_at=datetime.now(UTC), model_name="m", model_version="v",
-        predicted="red", confidence=0.9, unknown=False, top_k=[{"class": "red",
-                                                                "probability": 0.9}],
-        latency_ms=1.0, image_sha256="a" * 64, image_width=8, image_height=8)])
-    with old.engine.begin() as conn:  # the table as an older VisionDeck left it
-        for column in ("predicted_labels", "true_labels"):
-            conn.execute(sa.text(f'ALTER TABLE "{old.table.name}" DROP COLUMN {column}'))
-    old.dispose()
+    older_table(url, prefix, [make_record(0, predicted="red")],
+                ("predicted_labels", "true_labels"))
     store = PredictionStore(url, prefix=prefix)
     try:
         [row] = store.query(PredictionQuery())[0]
@@ -366,3 +356,28 @@ def test_a_journal_of_the_previous_format_keeps_its_plain_labels(tmp_path: Path)
     taken: list = []
     _take_journal(path, lambda rows, labels, origin: taken.extend(labels))
     assert [(i, decode_label(text)) for i, text in taken] == [("a" * 32, ("left", None))]
+
+
+def test_a_label_name_holding_the_separator_is_refused_at_load(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """"a|b" must mean two labels: a Bundle naming one label "a|b" is refused by the API
+    engine and the Lambda handler alike (one check, `labelsets.check_servable`)."""
+    from tests.deploy.test_lambda import call, event, lam
+    from visiondeck.export.errors import BundleError
+    from visiondeck.serve.inference.engine import load_model
+
+    folder = make_multilabel(tmp_path / "bundle")
+    info = json.loads((folder / "bundle.json").read_text())
+    renamed = {CLASSES[0]: "red|ish"}
+    info["classes"] = [renamed.get(c, c) for c in info["classes"]]
+    info["calibration"]["label_thresholds"] = {
+        renamed.get(c, c): t for c, t in info["calibration"]["label_thresholds"].items()}
+    write_bundle_json(folder, info)
+    with pytest.raises(BundleError, match=r"may not contain '\|': red\|ish"):
+        load_model(str(folder))
+    lam._MODELS.clear()
+    monkeypatch.setenv("VISIONDECK_BUNDLE", str(folder))
+    monkeypatch.delenv("VISIONDECK_BUNDLE_S3", raising=False)
+    status, body = call(event("v2-http-post-png.json"))
+    assert status == 503 and "may not contain '|': red|ish" in body["detail"]
+    lam._MODELS.clear()

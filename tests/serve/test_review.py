@@ -13,7 +13,13 @@ import pytest
 import sqlalchemy as sa
 
 from tests.serve.conftest import learnable_png
-from tests.serve.test_store import PG_URL, make_record, require_postgres, unique_prefix
+from tests.serve.test_store import (
+    PG_URL,
+    make_record,
+    older_table,
+    require_postgres,
+    unique_prefix,
+)
 from visiondeck.serve.api.auth import KeyRing
 from visiondeck.serve.history.store import PredictionQuery, PredictionStore
 from visiondeck.serve.routes.review import DRIFT_PERCENTILE, drift_cut
@@ -229,7 +235,6 @@ def test_an_older_table_gets_margin_and_entropy_filled(database: str, tmp_path) 
         require_postgres()
     url = f"sqlite:///{tmp_path / 'old.db'}" if database == "sqlite" else PG_URL
     prefix = unique_prefix()
-    old = PredictionStore(url, prefix=prefix)
     records = [
         make_record(
             i,
@@ -239,12 +244,7 @@ def test_an_older_table_gets_margin_and_entropy_filled(database: str, tmp_path) 
         )
         for i, (top_k, _, _) in enumerate(ROWS)
     ]
-    old.insert_many(records)
-    quote = old.engine.dialect.identifier_preparer.quote
-    with old.engine.begin() as conn:  # back to the table of the previous release
-        for column in ("margin", "entropy"):
-            conn.execute(sa.text(f"ALTER TABLE {quote(old.table.name)} DROP COLUMN {column}"))
-    old.dispose()
+    older_table(url, prefix, records, ("margin", "entropy"))  # the previous release's table
     upgraded = PredictionStore(url, prefix=prefix)
     try:
         upgraded.create()

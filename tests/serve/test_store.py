@@ -65,6 +65,21 @@ def make_record(i: int, *, predicted: str = "left", confidence: float = 0.9,
     return PredictionRecord(**values)
 
 
+def older_table(url: str, prefix: str, records: list[PredictionRecord],
+                dropped: tuple[str, ...]) -> None:
+    """A history table as an older VisionDeck left it: `records` in it, and without the
+    `dropped` columns a later release added (the next `create()` must add them back)."""
+    import sqlalchemy as sa
+
+    old = PredictionStore(url, prefix=prefix)
+    old.insert_many(records)
+    quote = old.engine.dialect.identifier_preparer.quote
+    with old.engine.begin() as conn:
+        for column in dropped:
+            conn.execute(sa.text(f"ALTER TABLE {quote(old.table.name)} DROP COLUMN {column}"))
+    old.dispose()
+
+
 def test_store_round_trip_filters_and_paging(store) -> None:
     base = datetime(2026, 1, 1, tzinfo=UTC)
     records = [make_record(i, predicted=["left", "right"][i % 2], confidence=0.5 + i / 40,

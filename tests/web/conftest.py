@@ -296,12 +296,17 @@ class Page:
                 and not any(a in e["message"] for a in allowed)]
 
 
-@pytest.fixture
-def page(driver: Any, live_server: LiveServer, screenshot_dir: Path) -> Iterator[Page]:
-    """A fresh view: theme and API key forgotten, desktop size, console emptied."""
+def fresh_page(driver: Any, server: LiveServer, screenshot_dir: Path) -> Page:
+    """A fresh view of `server`: theme and API key forgotten, desktop size, no emulated
+    colour scheme, console emptied (every page fixture starts from this)."""
     driver.set_window_size(1280, 900)
-    driver.get(live_server.url + "/health")
+    driver.get(server.url + "/health")
     driver.execute_script("window.localStorage.clear()")
     driver.execute_cdp_cmd("Emulation.setEmulatedMedia", {"media": "", "features": []})
     driver.get_log("browser")
-    yield Page(driver, live_server, screenshot_dir)
+    return Page(driver, server, screenshot_dir)
+
+
+@pytest.fixture
+def page(driver: Any, live_server: LiveServer, screenshot_dir: Path) -> Iterator[Page]:
+    yield fresh_page(driver, live_server, screenshot_dir)

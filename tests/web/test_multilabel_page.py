@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from tests.serve.conftest import learnable_png
-from tests.web.conftest import LiveServer, Page, _serve, _settings
+from tests.web.conftest import LiveServer, Page, _serve, _settings, fresh_page
 from tests.web.helpers import api_predict, done_cards, element_png, upload
 
 LABELS = ["sky", "tree <img src=x id=injected>", "water"]
@@ -161,11 +161,7 @@ def single_server(tag_bundles: dict[str, Any], tmp_path_factory: pytest.TempPath
 
 @pytest.fixture
 def single_page(driver: Any, single_server: LiveServer, screenshot_dir: Path) -> Page:
-    driver.set_window_size(1280, 900)
-    driver.get(single_server.url + "/health")
-    driver.execute_script("window.localStorage.clear()")
-    driver.get_log("browser")
-    return Page(driver, single_server, screenshot_dir)
+    return fresh_page(driver, single_server, screenshot_dir)
 
 
 def _pictures(tmp_path: Path) -> tuple[Path, Path]:

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from tests.serve.conftest import learnable_png
-from tests.web.conftest import LiveServer, Page, _serve, _settings
+from tests.web.conftest import LiveServer, Page, _serve, _settings, fresh_page
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +37,7 @@ def keeping_server(
 
 @pytest.fixture
 def review_page(driver: Any, keeping_server: LiveServer, screenshot_dir: Path) -> Page:
-    driver.set_window_size(1280, 900)
-    driver.get(keeping_server.url + "/health")
-    driver.execute_script("window.localStorage.clear()")
-    driver.get_log("browser")
-    return Page(driver, keeping_server, screenshot_dir)
+    return fresh_page(driver, keeping_server, screenshot_dir)
 
 
 def _predict(server: LiveServer, *classes: str) -> list[str]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from tests.serve.conftest import started_clients
 from visiondeck.serve.routes.pages import CSP, PAGES
 from visiondeck.serve.services import STATIC_DIR, TEMPLATES_DIR
 
@@ -18,23 +19,16 @@ PATHS = [href for _, href, _ in PAGES]
 
 @pytest.fixture
 def make_client(web_bundle: Path, tmp_path: Path):
-    from visiondeck.serve.app import create_app
     from visiondeck.serve.settings import ServeSettings
 
-    clients = []
+    with started_clients() as start:
+        def make(**changes) -> TestClient:
+            values = {"bundle": str(web_bundle), "data_dir": tmp_path / "data",
+                      "watch_interval_s": 0, "preprocess_threads": 1, "intra_op_threads": 1}
+            values.update(changes)
+            return start(ServeSettings(**values))
 
-    def make(**changes) -> TestClient:
-        values = {"bundle": str(web_bundle), "data_dir": tmp_path / "data",
-                  "watch_interval_s": 0, "preprocess_threads": 1, "intra_op_threads": 1}
-        values.update(changes)
-        client = TestClient(create_app(ServeSettings(**values)), raise_server_exceptions=False)
-        client.__enter__()
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.__exit__(None, None, None)
+        yield make
 
 
 def _copy(web_bundle: Path, tmp_path: Path) -> Path:
