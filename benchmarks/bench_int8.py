@@ -197,7 +197,29 @@ def bench_candidates(extra_worst: list[int]) -> list:
 
     seen = {c.name for c in CANDIDATES}
     worst = [Int8Settings(float_worst=k) for k in extra_worst]
-    return [*CANDIDATES, *(c for c in worst if c.name not in seen)]
+    # export's default before int8_repair, for the before/after in the same run
+    unrepaired = Int8Settings(bias_correction=False, saturation_fix=False)
+    symmetric = Int8Settings(activations="int8")  # a candidate before; measured still
+    return [*CANDIDATES, symmetric, unrepaired, *(c for c in worst if c.name not in seen)]
+
+
+def exact_session(path: Path):
+    """ORT with its exact u8 x u8 kernel wherever it would saturate (no-VNNI x86 CPUs)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.x64quantprecision", "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def cpu_flags() -> dict:
+    """Whether this CPU has VNNI: without it, ORT's fast u8 x s8 kernel can saturate."""
+    try:
+        flags = set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return {}
+    return {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni")}
 
 
 NNCF = "nncf-performance-fast-bias-correction"
@@ -292,6 +314,7 @@ def main() -> None:
         "calibration_images": len(calibration),
         "selection_images": len(selection),
         "load_average_before": list(os.getloadavg()),
+        "cpu": cpu_flags(),
         "settings": {},
     }
     models = {"plain-ort (before)": work / "int8-plain.onnx"}
@@ -299,6 +322,7 @@ def main() -> None:
     plain_ort(fp32, models["plain-ort (before)"], calibration)
     quant_s = {"plain-ort (before)": time.perf_counter() - start}
     chosen_layers: dict[str, list[str]] = {}
+    saturating: dict[str, dict[str, float]] = {}
     for settings in bench_candidates([int(k) for k in args.worst.split(",") if k]):
         if wanted and settings.name not in wanted:
             continue
@@ -307,6 +331,7 @@ def main() -> None:
         done = quantize_static_int8(fp32, path, batches, settings=settings)
         quant_s[settings.name] = time.perf_counter() - start
         chosen_layers[settings.name] = done.settings.get("worst_layers", [])
+        saturating[settings.name] = done.settings.get("saturating_layers", {})
         models[settings.name] = path
         print(f"quantised {settings.name} in {quant_s[settings.name]:.0f} s", flush=True)
     if importlib.util.find_spec("nncf") and (not wanted or NNCF in wanted):
@@ -323,6 +348,7 @@ def main() -> None:
         top1 = reference.logits()[: len(held)].argmax(1)
         wrong = top1 != candidate.logits()[: len(held)].argmax(1)
         picked = closeness(reference, candidate, selection)
+        exact = closeness(reference, exact_session(path), held)
         losses = layer_losses(fp32, path, held[::40])
         worst = sorted(losses, key=lambda kv: kv[1])[:3]
         final = dict(losses).get("embedding")
@@ -332,10 +358,12 @@ def main() -> None:
             "disagreements_fp32_margin_below_0.05": int((wrong & (fp32_margin < 0.05)).sum()),
             "disagreements_fp32_margin_below_0.1": int((wrong & (fp32_margin < 0.1)).sum()),
             "selection": {k: picked[k] for k in ("top1_agreement", "embedding_cosine")},
+            "exact_kernel": {k: exact[k] for k in ("top1_agreement", "embedding_cosine")},
             "quantise_s": round(quant_s[name], 1),
             "embedding_snr_db": final,
             "worst_layers": worst,
             "kept_float": chosen_layers.get(name, []),
+            "saturating_layers": saturating.get(name, {}),
             "bytes": path.stat().st_size,
         }
         named = ", ".join(f"{layer} {db} dB" for layer, db in worst)
@@ -344,7 +372,8 @@ def main() -> None:
             f"{score['embedding_cosine_min']:.3f})  top-1 agreement "
             f"{score['top1_agreement']:.2%} ({int(wrong.sum())} wrong, "
             f"{int((wrong & (fp32_margin < 0.05)).sum())} with FP32 margin < 0.05)  "
-            f"selection {picked['top1_agreement']:.2%}  embedding SNR {final} dB  worst: {named}",
+            f"selection {picked['top1_agreement']:.2%}  exact kernel {exact['top1_agreement']:.2%} "
+            f"(cosine {exact['embedding_cosine']:.4f})  embedding SNR {final} dB  worst: {named}",
             flush=True,
         )
     results["fp32_margin"] = {
