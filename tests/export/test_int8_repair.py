@@ -242,3 +242,35 @@ def test_settings_names_say_which_repair_is_off() -> None:
     assert Int8Settings(saturation_fix=False).name == "minmax-u8-no-saturation-fix"
     assert all(c.bias_correction and c.saturation_fix for c in CANDIDATES)
     assert Int8Settings().to_dict()["bias_correction"] is True
+
+
+def test_a_model_without_conv_or_gemm_is_quantised_without_repairs(tmp_path: Path) -> None:
+    """A MatMul-only classifier: nothing to simulate or correct, and no error."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from visiondeck.export.int8_repair import input_means
+    from visiondeck.export.quantize import quantize_static_int8
+
+    weight = np.random.default_rng(0).standard_normal((12, 3)).astype(np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("Flatten", ["input"], ["flat"], name="flat"),
+            helper.make_node("MatMul", ["flat", "w"], ["logits"], name="matmul"),
+        ],
+        "matmul",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["n", 3, 2, 2])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["n", 3])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    net, out = tmp_path / "fp32.onnx", tmp_path / "int8.onnx"
+    onnx.save(model, str(net))
+    images = np.random.default_rng(1).random((8, 3, 2, 2)).astype(np.float32)
+    assert input_means(model, images) == {}
+    done = quantize_static_int8(net, out, [images])
+    assert done.settings["saturating_layers"] == {}
+    y32 = _session(net).run(["logits"], {"input": images})[0]
+    y8 = _session(out).run(["logits"], {"input": images})[0]
+    assert np.abs(y8 - y32).max() < 0.05 * np.abs(y32).max()

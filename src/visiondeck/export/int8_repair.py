@@ -6,8 +6,9 @@ Runtime's u8 × s8 integer GEMM multiplies adjacent pairs of the reduction with
 quantised model's simulation (`ORT_DISABLE_ALL`) never saturates, so a model can look fine
 where it was measured and lose 15 points of top-1 agreement on the server: on
 EfficientNet-Lite0, 95.3 % agreement with FP32 simulated against 80.8 % in the optimised
-session of an AVX2 machine (322 held-out photos, `benchmarks/bench_int8.py`). `saturating_layers` simulates those pair sums in numpy on real
-calibration activations, on any CPU, and names the integer convolutions and GEMMs whose
+session of an AVX2 machine (322 held-out photos, `benchmarks/bench_int8.py`).
+`saturating_layers` simulates those pair sums in numpy on real calibration activations, on
+any CPU, and names the integer convolutions and GEMMs whose
 outputs they change by more than `SATURATION_LIMIT`. Those layers get asymmetric u8 weights,
 which ONNX Runtime runs with its exact (u8 × u8) kernel; every other layer keeps the fast one.
 The alternative, `session.x64quantprecision`, makes every layer exact and left INT8 at 1.06×
@@ -109,6 +110,8 @@ def input_means(model: Any, images: np.ndarray, *, batch_size: int = 16,
                 input_name: str = "input") -> dict[str, np.ndarray]:
     """Per-channel mean of every Conv/Gemm input over `images`, by node name (FP32 model)."""
     weighted = [n for n in model.graph.node if n.op_type in ("Conv", "Gemm")]
+    if not weighted:  # (ORT answers every output when asked for none)
+        return {}
     tensors = list(dict.fromkeys(n.input[0] for n in weighted))
     session = _session(model, tensors, optimise=True)
     sums: dict[str, np.ndarray] = {}
