@@ -35,19 +35,25 @@ WORK = HERE / "_work"
 RESULTS = HERE / "results" / "export.json"
 
 
-def _lite0_run(console: Console) -> Path:
+def _lite0_run(console: Console, source: str = "sample", per_class: int = 60) -> Path:
+    """A Lite0 head fine-tune on `per_class` images of each class of a built-in set
+    (upscaled to 224 px), kept in _work/runs."""
     from visiondeck.config import load_recipe
     from visiondeck.data.materialize import materialize
     from visiondeck.train.runner import train
 
-    data = WORK / "sample-60"
-    materialize("sample", data, limit_per_class=60, progress=False)
-    shutil.rmtree(WORK / "runs" / "bench-lite0", ignore_errors=True)
+    data = WORK / f"{source}-{per_class}"
+    subsets = ["train"] if source != "sample" else None
+    materialize(source, data, subsets=subsets, limit_per_class=per_class, progress=False)
+    if subsets:  # written as data/train/<class>/: the class folders are one level down
+        data = data / "train"
+    name = "bench-lite0" if (source, per_class) == ("sample", 60) else f"bench-lite0-{source}"
+    shutil.rmtree(WORK / "runs" / name, ignore_errors=True)
     console.print("fine-tuning the EfficientNet-Lite0 head at 224 px (4 epochs)")
     recipe = load_recipe(ROOT / "configs" / "transfer_lite0.yaml", [
         f"data.source={data}", "data.augment=none", "data.cache=off", "train.epochs=4",
         "train.lr=0.005", "train.freeze=backbone", "train.warmup_epochs=0",
-        "train.min_val_accuracy=null", f"output_dir={WORK / 'runs'}", "name=bench-lite0"])
+        "train.min_val_accuracy=null", f"output_dir={WORK / 'runs'}", f"name={name}"])
     return train(recipe, progress=False).run_dir
 
 

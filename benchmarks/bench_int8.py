@@ -275,6 +275,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-labelled", action="store_true")
     parser.add_argument("--lite0-run", help="a finished Lite0 run for the labelled set")
+    parser.add_argument("--labelled-source", default="sample",
+                        help="built-in set the labelled Lite0 run trains on: sample, fashion-mnist")
+    parser.add_argument("--labelled-per-class", type=int, default=60,
+                        help="images per class of that set (its split holds out val and test)")
     parser.add_argument(
         "--only-labelled",
         action="store_true",
@@ -282,9 +286,10 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.only_labelled:
-        found = labelled(args.lite0_run)
-        LABELLED.write_text(json.dumps(found, indent=2) + "\n")
-        print(f"wrote {LABELLED}")
+        found = labelled(args.lite0_run, args.labelled_source, args.labelled_per_class)
+        target = LABELLED if args.labelled_source == "sample" else args.results
+        target.write_text(json.dumps(found, indent=2) + "\n")
+        print(f"wrote {target}")
         return
     wanted = {s for s in args.settings.split(",") if s}
     work = HERE / "_work" / "int8"
@@ -421,7 +426,7 @@ def main() -> None:
     print(f"wrote {args.results}")
 
 
-def labelled(run: str | None) -> dict:
+def labelled(run: str | None, source: str = "sample", per_class: int = 60) -> dict:
     """Test accuracy FP32 vs INT8 of a fine-tuned Lite0 run, exported here with INT8."""
     from rich.console import Console
 
@@ -431,7 +436,7 @@ def labelled(run: str | None) -> dict:
     from visiondeck.export.onnx_export import export_run
 
     console = Console()
-    run_dir = Path(run) if run else _lite0_run(console)
+    run_dir = Path(run) if run else _lite0_run(console, source, per_class)
     result = export_run(
         run_dir,
         run_dir / "bundle-int8",

@@ -274,3 +274,49 @@ def test_a_model_without_conv_or_gemm_is_quantised_without_repairs(tmp_path: Pat
     y32 = _session(net).run(["logits"], {"input": images})[0]
     y8 = _session(out).run(["logits"], {"input": images})[0]
     assert np.abs(y8 - y32).max() < 0.05 * np.abs(y32).max()
+
+
+def test_exact_kernel_is_needed_only_for_unrepaired_static_int8_on_a_saturating_cpu() -> None:
+    from visiondeck.export.int8_repair import exact_kernel_needed, saturating_cpu
+
+    older = {"method": "static", "settings": {"name": "minmax-u8"}}  # before the repair
+    assert exact_kernel_needed(older) == saturating_cpu()
+    assert exact_kernel_needed({"method": "static", "settings": {"saturation_fix": False}}) == (
+        saturating_cpu()
+    )
+    assert not exact_kernel_needed({"method": "static", "settings": {"saturation_fix": True}})
+    assert not exact_kernel_needed({"method": "dynamic", "settings": {"name": "dynamic"}})
+    assert not exact_kernel_needed({"file": "model.onnx"})  # FP32
+    assert not exact_kernel_needed(None)
+    assert saturating_cpu() == _no_vnni() or not Path("/proc/cpuinfo").is_file()
+
+
+def test_an_older_int8_bundle_is_served_with_the_exact_kernel_where_it_would_saturate(
+    bundle_copy,
+) -> None:
+    """The Predictor and the server's engine open an INT8 model exported before the repair
+    with ORT's exact kernel on a CPU without VNNI, and a repaired one with the fast kernel."""
+    import json
+
+    from visiondeck.export.int8_repair import EXACT_KERNEL_OPTION, saturating_cpu
+    from visiondeck.export.predictor import Predictor
+    from visiondeck.serve.inference.engine import load_model
+
+    repaired = bundle_copy()
+    manifest = json.loads((repaired / "bundle.json").read_text())
+    assert manifest["variants"]["int8"]["settings"]["saturation_fix"] is True
+    int8 = dict(manifest["variants"]["int8"])
+    int8["settings"] = {k: v for k, v in int8["settings"].items() if k != "saturation_fix"}
+    older = bundle_copy(variants={**manifest["variants"], "int8": int8})
+
+    def option(session) -> str:
+        try:
+            return session.get_session_options().get_session_config_entry(EXACT_KERNEL_OPTION)
+        except RuntimeError:  # ORT's answer for an entry never set
+            return ""
+
+    for folder, exact in ((repaired, False), (older, saturating_cpu())):
+        expected = "1" if exact else ""
+        assert option(Predictor(folder, variant="int8").session) == expected
+        assert option(load_model(str(folder), variant="int8").session) == expected
+        assert option(Predictor(folder, variant="fp32").session) == ""

@@ -30,6 +30,7 @@ import numpy as np
 from PIL import Image
 
 from visiondeck.export.bundle import Bundle, ImageInput, load_bundle
+from visiondeck.export.int8_repair import EXACT_KERNEL_OPTION, exact_kernel_needed
 from visiondeck.imaging import ImageDecodeError, Problem
 from visiondeck.locations import S3Object, open_location
 
@@ -162,6 +163,8 @@ class Predictor:
 
             options = ort.SessionOptions()
             options.log_severity_level = 3
+            if exact_kernel_needed(self.bundle.variants.get(self.variant)):
+                options.add_session_config_entry(EXACT_KERNEL_OPTION, "1")
             if self.threads is not None:
                 options.intra_op_num_threads = self.threads
                 options.inter_op_num_threads = 1

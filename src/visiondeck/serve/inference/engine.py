@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from visiondeck.export.bundle import Bundle, load_bundle
+from visiondeck.export.int8_repair import EXACT_KERNEL_OPTION, exact_kernel_needed
 from visiondeck.serve.errors import ModelUnavailable, Overloaded
 from visiondeck.serve.inference.batching import MicroBatcher, RowResult
 from visiondeck.serve.inference.preprocess import PreparedImage, is_small_image, prepare_image
@@ -146,7 +147,8 @@ def load_model(source: str, *, variant: str = "auto", threads: int = 1,
     fingerprint = _folder_fingerprint(bundle.path)
     variant = bundle.resolve_variant(variant)
     onnx_file = bundle.onnx_path(variant)
-    session = _open_session(onnx_file, threads, spinning)
+    exact = exact_kernel_needed(bundle.variants.get(variant))
+    session = _open_session(onnx_file, threads, spinning, exact)
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
     input_name = "input" if "input" in inputs else next(iter(inputs))
@@ -166,14 +168,16 @@ def load_model(source: str, *, variant: str = "auto", threads: int = 1,
     )
     _warm(model)
     if threads_auto and threads > 1 and _one_image_ms(model) < SINGLE_THREAD_BELOW_MS:
-        model.session = _open_session(onnx_file, 1, spinning)
+        model.session = _open_session(onnx_file, 1, spinning, exact)
         model.threads = 1
         _warm(model)
     model.load_seconds = time.perf_counter() - start
     return model
 
 
-def _open_session(onnx_file: Path, threads: int, spinning: bool) -> Any:
+def _open_session(onnx_file: Path, threads: int, spinning: bool, exact: bool) -> Any:
+    """`exact`: an INT8 model that needs ORT's non-saturating kernel on this CPU
+    (`int8_repair.exact_kernel_needed`)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -183,6 +187,8 @@ def _open_session(onnx_file: Path, threads: int, spinning: bool) -> Any:
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     options.log_severity_level = 3
+    if exact:
+        options.add_session_config_entry(EXACT_KERNEL_OPTION, "1")
     try:
         return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
     except Exception as exc:
