@@ -207,19 +207,22 @@ def exact_session(path: Path):
     """ORT with its exact u8 x u8 kernel wherever it would saturate (no-VNNI x86 CPUs)."""
     import onnxruntime as ort
 
+    from visiondeck.export.int8_repair import EXACT_KERNEL_OPTION
+
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.add_session_config_entry("session.x64quantprecision", "1")
+    options.add_session_config_entry(EXACT_KERNEL_OPTION, "1")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
-def cpu_flags() -> dict:
+def cpu_report() -> dict:
     """Whether this CPU has VNNI: without it, ORT's fast u8 x s8 kernel can saturate."""
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return {}
-    return {f: f in flags for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni")}
+    from visiondeck.export.int8_repair import VNNI_FLAGS, cpu_flags, saturating_cpu
+
+    flags = cpu_flags() or frozenset()
+    return {f: f in flags for f in ("avx2", "avx512f", *VNNI_FLAGS)} | {
+        "saturating": saturating_cpu()
+    }
 
 
 NNCF = "nncf-performance-fast-bias-correction"
@@ -319,7 +322,7 @@ def main() -> None:
         "calibration_images": len(calibration),
         "selection_images": len(selection),
         "load_average_before": list(os.getloadavg()),
-        "cpu": cpu_flags(),
+        "cpu": cpu_report(),
         "settings": {},
     }
     models = {"plain-ort (before)": work / "int8-plain.onnx"}

@@ -37,7 +37,9 @@ import numpy as np
 __all__ = [
     "EXACT_KERNEL_OPTION",
     "SATURATION_LIMIT",
+    "VNNI_FLAGS",
     "corrected_biases",
+    "cpu_flags",
     "dequantised_weights",
     "exact_kernel_needed",
     "input_means",
@@ -260,20 +262,29 @@ def saturating_layers(model: Any, images: np.ndarray, *, limit: float | None = N
 EXACT_KERNEL_OPTION = "session.x64quantprecision"
 
 
+# CPU flags whose integer dot-product instructions do not saturate
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
 @functools.cache
+def cpu_flags() -> frozenset[str] | None:
+    """This CPU's feature flags from /proc/cpuinfo, or None where they cannot be read."""
+    try:
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
+
+
 def saturating_cpu() -> bool:
     """Whether this CPU's fast u8 x s8 kernel can saturate: x86 without VNNI.
 
-    Read from /proc/cpuinfo; an x86 machine whose flags cannot be read counts as saturating
-    (the exact kernel is slower, never wrong).
+    An x86 machine whose flags cannot be read counts as saturating (the exact kernel is
+    slower, never wrong).
     """
     if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686", "x86"):
         return False
-    try:
-        flags = set(Path("/proc/cpuinfo").read_text().split())
-    except OSError:
-        return True
-    return not {"avx512_vnni", "avx_vnni", "amx_int8"} & flags
+    flags = cpu_flags()
+    return flags is None or not set(VNNI_FLAGS) & flags
 
 
 def exact_kernel_needed(variant: Mapping[str, Any] | None) -> bool:

@@ -232,9 +232,9 @@ def worst_layers(model: Any, losses: Sequence[tuple[str, float]], k: int) -> lis
 
 
 def _quantize(source: Path, out: Path, calibration: list[np.ndarray], settings: Int8Settings,
-              exclude: list[str], input_name: str, exact: Sequence[str] = ()) -> None:
-    """ORT's static quantiser; the weighted nodes named in `exact` get asymmetric u8
-    weights (one zero point per channel), which ORT runs with its non-saturating kernel."""
+              exclude: list[str], input_name: str,
+              overrides: dict[str, list[dict[str, Any]]] | None = None) -> None:
+    """ORT's static quantiser, with per-tensor `overrides` (`_exact_weights`)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -261,21 +261,21 @@ def _quantize(source: Path, out: Path, calibration: list[np.ndarray], settings: 
         extra_options={
             "CalibTensorRangeSymmetric": symmetric,
             "ActivationSymmetric": symmetric,
-            "TensorQuantOverrides": _exact_weights(source, exact),
+            "TensorQuantOverrides": overrides or {},
         },
     )
 
 
-def _exact_weights(source: Path, nodes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """ORT's per-tensor overrides giving the weights of `nodes` u8 asymmetric ranges."""
+def _exact_weights(model: Any, nodes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """ORT's per-tensor overrides giving the weights of `nodes` asymmetric u8 ranges (one
+    zero point per channel), which ORT runs with its non-saturating kernel."""
     if not nodes:
         return {}
-    import onnx
     from onnxruntime.quantization import QuantType
 
     wanted = set(nodes)
     overrides = {}
-    for node in onnx.load(str(source), load_external_data=False).graph.node:
+    for node in model.graph.node:
         if node.name in wanted and len(node.input) > 1:
             transposed = any(a.name == "transB" and a.i for a in node.attribute)
             axis = 0 if node.op_type == "Conv" or transposed else 1
@@ -332,13 +332,14 @@ def quantize_static_int8(
         if settings.saturation_fix:
             saturating = saturating_layers(onnx.load(str(out)), picked, input_name=input_name)
         exact = [name for name, _share in saturating]
+        overrides = _exact_weights(graph, exact)
         if exact:
-            _quantize(source, out, calibration, settings, exclude, input_name, exact)
+            _quantize(source, out, calibration, settings, exclude, input_name, overrides)
         if settings.bias_correction:
             means = input_means(graph, images, input_name=input_name)
             corrected = Path(tmp, "corrected.onnx")
             onnx.save(corrected_biases(graph, onnx.load(str(out)), means), str(corrected))
-            _quantize(corrected, out, calibration, settings, exclude, input_name, exact)
+            _quantize(corrected, out, calibration, settings, exclude, input_name, overrides)
     detail = f"{settings.name}, calibrated on {len(images)} training images"
     if floats:
         detail += f", {len(floats)} layer(s) kept float"
