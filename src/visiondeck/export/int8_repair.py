@@ -38,6 +38,7 @@ __all__ = [
     "EXACT_KERNEL_OPTION",
     "SATURATION_LIMIT",
     "VNNI_FLAGS",
+    "channel_saturation",
     "corrected_biases",
     "cpu_flags",
     "dequantised_weights",
@@ -220,23 +221,21 @@ def _reduction_rows(node: Any, x: np.ndarray, weight: np.ndarray, zero_point: in
     return rows.reshape(len(picks), -1), weight.transpose(0, 2, 3, 1).reshape(len(weight), -1)
 
 
-def saturating_layers(model: Any, images: np.ndarray, *, limit: float | None = None,
-                      input_name: str = "input") -> list[tuple[str, float]]:
-    """(node name, share of output magnitude lost) of each u8 × s8 layer that saturates.
+def channel_saturation(model: Any, images: np.ndarray, *,
+                       input_name: str = "input") -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per u8 × s8 layer (by node name): for each output channel, Σ|clipped part| and
+    Σ|exact output| over sampled outputs of `images`.
 
-    The share is Σ|clipped part| / Σ|exact output| over sampled outputs of `images`,
-    simulating `vpmaddubsw` pair sums on the quantised model's own u8 activations. Only
-    layers above `limit` are returned, worst first.
+    Simulates `vpmaddubsw` pair sums on the quantised model's own u8 activations.
     """
-    limit = SATURATION_LIMIT if limit is None else limit
     layers = _gemm_inputs(model)
     if not layers:
-        return []
+        return {}
     tensors = list(dict.fromkeys(name for _, name, _, _ in layers))
     session = _session(model, tensors, optimise=False)
     captured = dict(zip(tensors, session.run(tensors, {input_name: images}), strict=True))
     rng = np.random.default_rng(0)
-    found = []
+    out = {}
     for node, tensor, zero, weight in layers:
         if captured[tensor].dtype != np.uint8:  # s8 activations: another kernel
             continue
@@ -244,16 +243,27 @@ def saturating_layers(model: Any, images: np.ndarray, *, limit: float | None = N
         rows, w = _reduction_rows(node, x, weight.astype(np.int32), zero, rng)
         if rows.shape[1] % 2:
             rows, w = np.pad(rows, ((0, 0), (0, 1))), np.pad(w, ((0, 0), (0, 1)))
-        lost = exact = 0.0
+        lost, exact = np.zeros(len(w)), np.zeros(len(w))
         for start in range(0, len(w), 64):  # bounded memory: rows × 64 × K/2 at a time
             part = w[start : start + 64]
             pairs = (rows[:, None, 0::2] * part[None, :, 0::2]
                      + rows[:, None, 1::2] * part[None, :, 1::2])
-            lost += float(np.abs((pairs - np.clip(pairs, *_INT16)).sum(-1)).sum())
-            exact += float(np.abs(pairs.sum(-1)).sum())
-        share = lost / max(exact, 1.0)
+            lost[start : start + 64] = np.abs((pairs - np.clip(pairs, *_INT16)).sum(-1)).sum(0)
+            exact[start : start + 64] = np.abs(pairs.sum(-1)).sum(0)
+        out[node.name] = (lost, exact)
+    return out
+
+
+def saturating_layers(model: Any, images: np.ndarray, *, limit: float | None = None,
+                      input_name: str = "input") -> list[tuple[str, float]]:
+    """(node name, share of output magnitude lost) of each u8 × s8 layer that saturates
+    (`channel_saturation` over all its channels); only layers above `limit`, worst first."""
+    limit = SATURATION_LIMIT if limit is None else limit
+    found = []
+    for name, (lost, exact) in channel_saturation(model, images, input_name=input_name).items():
+        share = float(lost.sum()) / max(float(exact.sum()), 1.0)
         if share > limit:
-            found.append((node.name, share))
+            found.append((name, share))
     return sorted(found, key=lambda kv: -kv[1])
 
 
