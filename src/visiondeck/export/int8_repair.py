@@ -11,9 +11,9 @@ session of an AVX2 machine (322 held-out photos, `benchmarks/bench_int8.py`).
 any CPU, and names the integer convolutions and GEMMs whose
 outputs they change by more than `SATURATION_LIMIT`. Those layers get asymmetric u8 weights,
 which ONNX Runtime runs with its exact (u8 × u8) kernel; every other layer keeps the fast one.
-The alternative, `session.x64quantprecision`, makes every layer exact and left INT8 at 1.06×
-FP32 throughput on that machine; 7-bit weights (`reduce_range`) avoid the overflow but cost
-more accuracy than they save (84 % agreement).
+The alternative, `session.x64quantprecision`, makes every layer exact and left INT8 at 1.11×
+FP32 on that machine (CPU time, `benchmarks/bench_int8_repair.py`); 7-bit weights
+(`reduce_range`) avoid the overflow but cost more accuracy than they save (84 % agreement).
 
 **Bias correction.** Rounding each weight to int8 shifts each output channel's mean by
 ΔW · E[x], and the shifts add up through the network. `corrected_biases` measures E[x], the
@@ -49,10 +49,10 @@ __all__ = [
 ]
 
 # A layer whose simulated saturation changes its outputs by more than this share of their
-# magnitude gets exact u8 weights. Measured on Lite0 (AVX2, 322 held-out photos): 1e-3 gave
-# 5 exact layers and embedding cosine 0.9954, 3e-4 10 layers and 0.9969 (ORT's all-exact
-# kernel: 0.9972), 1e-4 16 layers and 0.9973 for more of the slower kernel (1.35x -> 1.30x
-# FP32 at batch 8).
+# magnitude gets exact u8 weights. Measured on Lite0 (AVX2, 322 held-out photos,
+# benchmarks/bench_int8_repair.py): 1e-3 gave 5 exact layers and embedding cosine 0.9954,
+# 3e-4 10 layers and 0.9969 (ORT's all-exact kernel: 0.9972), 1e-4 16 layers and 0.9973 for
+# more of the slower kernel (1.32x, 1.18-1.23x, 1.17x FP32 by CPU time).
 SATURATION_LIMIT = 3e-4
 # Output rows (pixels × images) sampled per layer: enough for a share of 1e-3.
 SATURATION_ROWS = 4096

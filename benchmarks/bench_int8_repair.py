@@ -1,0 +1,280 @@
+"""Where INT8 EfficientNet-Lite0 loses agreement on a CPU without VNNI, and what each repair buys.
+
+    .venv/bin/python benchmarks/bench_int8_repair.py [--rounds 10] [--reuse] [--results PATH]
+
+Same held-out (322), calibration (256) and selection (64) sets as bench_int8.py. Each model
+is measured served (ORT's default optimised session), with graph optimisations off (ORT's
+simulation, which never saturates) and in ORT's exact kernel (`session.x64quantprecision`),
+and timed by the calling thread's CPU time at 1 ORT thread, batch 8, every model interleaved
+with FP32 (the VM's steal time moves wall-clock figures by 20 %).
+
+Variants: the unrepaired model; its int8 weights alone with float activations, with and
+without bias correction; exact u8 weights on the layers above each saturation limit; 7-bit
+weights (`reduce_range`) on those layers instead; 7-bit scales on the saturating output
+channels only; exact weights for the stem alone with 7-bit saturating channels elsewhere;
+and export's two candidates as they ship. Results: benchmarks/results/int8-repair.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from bench_int8 import CALIBRATION, EXTRA_CALIBRATION, HELD_OUT, crops, lite0_onnx, photos  # noqa: E402
+
+RESULTS = HERE / "results" / "int8-repair.json"
+LIMITS = (1e-3, 3e-4, 1e-4)
+
+
+def sets() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bench_int8.py's held-out, 256 calibration and selection images."""
+    held = crops(photos(HELD_OUT), 46, seed=0)
+    calibration = np.concatenate([
+        crops(photos(CALIBRATION), 13, seed=1)[:128],
+        crops(photos(EXTRA_CALIBRATION), 10, seed=3)[:64],
+        crops(photos(CALIBRATION), 7, seed=4),
+    ])[:256]
+    return held, calibration, crops(photos(CALIBRATION), 7, seed=2)[:64]
+
+
+Overrides = Callable[[Any, Any, np.ndarray], dict]
+
+
+def quantise(fp32: Path, out: Path, calibration: np.ndarray, overrides: Overrides,
+             keep_float: tuple[str, ...] = ()) -> None:
+    """export's flow (`quantize_static_int8`) with the weight overrides chosen by
+    `overrides(first pass, graph, sample)`, then bias correction."""
+    import onnx
+
+    from visiondeck.export import quantize as q
+    from visiondeck.export.int8_repair import corrected_biases, input_means
+
+    settings = q.Int8Settings(keep_float=keep_float)
+    batches = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
+    picked = calibration[:: len(calibration) // q.LOSS_IMAGES][: q.LOSS_IMAGES]
+    with q._quiet(), tempfile.TemporaryDirectory() as tmp:
+        source = q._preprocessed(fp32, Path(tmp))
+        graph = onnx.load(str(source))
+        exclude = q.shape_arithmetic_nodes(graph) + q._float_nodes(graph, keep_float)
+        q._quantize(source, out, batches, settings, exclude, "input")
+        chosen = overrides(onnx.load(str(out)), graph, picked)
+        q._quantize(source, out, batches, settings, exclude, "input", chosen)
+        corrected = Path(tmp, "corrected.onnx")
+        means = input_means(graph, calibration)
+        onnx.save(corrected_biases(graph, onnx.load(str(out)), means), str(corrected))
+        q._quantize(corrected, out, batches, settings, exclude, "input", chosen)
+
+
+def _axis(node: Any) -> int:
+    transposed = any(a.name == "transB" and a.i for a in node.attribute)
+    return 0 if node.op_type == "Conv" or transposed else 1
+
+
+def exact_layers(limit: float) -> Overrides:
+    from visiondeck.export.int8_repair import saturating_layers
+    from visiondeck.export.quantize import _exact_weights
+
+    return lambda first, graph, picked: _exact_weights(
+        graph, [name for name, _ in saturating_layers(first, picked, limit=limit)])
+
+
+def seven_bit_layers(limit: float) -> Overrides:
+    def build(first: Any, graph: Any, picked: np.ndarray) -> dict:
+        exact = exact_layers(limit)(first, graph, picked)
+        return {w: [{"axis": o[0]["axis"], "reduce_range": True}] for w, o in exact.items()}
+
+    return build
+
+
+def seven_bit_channels(limit: float, exact_stem: bool = False) -> Overrides:
+    """Symmetric ranges doubled (|q| <= 64, so no pair can leave int16) on each output
+    channel whose own saturated share exceeds `limit`; with `exact_stem`, the first conv
+    gets exact u8 weights instead."""
+    from onnx import numpy_helper
+
+    from visiondeck.export.int8_repair import channel_saturation
+    from visiondeck.export.quantize import _exact_weights
+
+    def build(first: Any, graph: Any, picked: np.ndarray) -> dict:
+        values = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
+        nodes = {n.name: n for n in graph.graph.node}
+        stem = next(n.name for n in graph.graph.node if n.op_type == "Conv")
+        out = {}
+        for name, (lost, total) in channel_saturation(first, picked).items():
+            bad = lost / np.maximum(total, 1.0) > limit
+            if not bad.any():
+                continue
+            if exact_stem and name == stem:
+                out |= _exact_weights(graph, [name])
+                continue
+            node = nodes[name]
+            weight, axis = values[node.input[1]], _axis(node)
+            channels = []
+            for c in range(weight.shape[axis]):
+                top = float(np.abs(np.take(weight, c, axis=axis)).max()) * (2 if bad[c] else 1)
+                channel = {"rmin": np.float32(-top), "rmax": np.float32(top)}
+                channels.append(({"axis": axis} if c == 0 else {}) | channel)
+            out[node.input[1]] = channels
+        return out
+
+    return build
+
+
+def weights_only(fp32: Any, quantised: Any, out: Path) -> None:
+    """The FP32 graph computing with the quantised model's int8 weights, float activations."""
+    import onnx
+    from onnx import numpy_helper
+
+    from visiondeck.export.int8_repair import dequantised_weights
+
+    model = onnx.ModelProto.FromString(fp32.SerializeToString())
+    weights = dequantised_weights(quantised)
+    tensors = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in weights:
+            tensor = tensors[node.input[1]]
+            value = weights[node.name].astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+    onnx.save(model, str(out))
+
+
+def session(path: Path, *, exact: bool = False, optimise: bool = True, threads: int = 0):
+    import onnxruntime as ort
+
+    from visiondeck.export.int8_repair import EXACT_KERNEL_OPTION
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if exact:
+        options.add_session_config_entry(EXACT_KERNEL_OPTION, "1")
+    if not optimise:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def cpu_ms(models: dict[str, tuple[Path, bool]], images: np.ndarray,
+           rounds: int) -> dict[str, float]:
+    """Median CPU milliseconds per image of the calling thread, 1 ORT thread, interleaved;
+    `models` maps a name to (file, run with ORT's exact kernel everywhere)."""
+    runners = {name: session(path, exact=exact, threads=1)
+               for name, (path, exact) in models.items()}
+    for runner in runners.values():
+        runner.run(["logits"], {"input": images})
+    spent: dict[str, list[float]] = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, runner in runners.items():
+            start = time.thread_time()
+            for _ in range(3):
+                runner.run(["logits"], {"input": images})
+            spent[name].append((time.thread_time() - start) / (3 * len(images)) * 1000)
+    return {name: float(np.median(v)) for name, v in spent.items()}
+
+
+def main() -> None:
+    import onnx
+
+    from visiondeck.export.checks import ort_session
+    from visiondeck.export.int8_repair import saturating_cpu
+    from visiondeck.export.quantize import Int8Settings, closeness, quantize_static_int8
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep models an earlier run built in _work/int8-repair")
+    args = parser.parse_args()
+    work = HERE / "_work" / "int8-repair"
+    work.mkdir(parents=True, exist_ok=True)
+    fp32 = work / "lite0.onnx"
+    if not fp32.is_file():
+        lite0_onnx(fp32)
+    held, calibration, selection = sets()
+    batches = [calibration[i : i + 16] for i in range(0, len(calibration), 16)]
+    print(f"CPU saturates: {saturating_cpu()}; {len(held)} held-out, {len(calibration)} "
+          f"calibration, {len(selection)} selection images", flush=True)
+
+    models: dict[str, Path] = {}
+
+    def add(name: str, build: Callable[[Path], Any]) -> None:
+        start = time.perf_counter()
+        path = work / f"{name}.onnx"
+        if not (args.reuse and path.is_file()):
+            partial = work / f"{name}.partial.onnx"  # a failed build leaves no model to reuse
+            build(partial)
+            partial.replace(path)
+        models[name] = path
+        print(f"built {name} in {time.perf_counter() - start:.0f} s", flush=True)
+
+    unrepaired = Int8Settings(bias_correction=False, saturation_fix=False)
+    add("unrepaired", lambda out: quantize_static_int8(fp32, out, batches, settings=unrepaired))
+    graph, first = onnx.load(str(fp32)), onnx.load(str(models["unrepaired"]))
+    add("weights-only", lambda out: weights_only(graph, first, out))
+
+    def corrected_weights_only(out: Path) -> None:
+        from visiondeck.export.int8_repair import corrected_biases, input_means
+
+        weights_only(corrected_biases(graph, first, input_means(graph, calibration)), first, out)
+
+    add("weights-only-bias-corrected", corrected_weights_only)
+    for limit in LIMITS:
+        add(f"exact-layers-{limit:g}", lambda out, lim=limit: quantise(
+            fp32, out, calibration, exact_layers(lim)))
+    add("7bit-layers-3e-04", lambda out: quantise(fp32, out, calibration, seven_bit_layers(3e-4)))
+    add("7bit-channels", lambda out: quantise(fp32, out, calibration, seven_bit_channels(3e-4)))
+    add("exact-stem-7bit-channels-float-head", lambda out: quantise(
+        fp32, out, calibration, seven_bit_channels(3e-4, exact_stem=True), keep_float=("head",)))
+    for settings in (Int8Settings(), Int8Settings(keep_float=("head",))):
+        add(f"export-{settings.name}", lambda out, s=settings: quantize_static_int8(
+            fp32, out, batches, settings=s))
+
+    reference = ort_session(fp32)
+    results: dict[str, Any] = {"cpu_saturates": saturating_cpu(),
+                               "load_average_before": list(os.getloadavg()), "models": {}}
+    for name, path in models.items():
+        row = {
+            "served": closeness(reference, session(path), held),
+            "no_graph_optimisation": closeness(reference, session(path, optimise=False), held),
+            "exact_kernel": closeness(reference, session(path, exact=True), held),
+            "selection": closeness(reference, session(path), selection),
+        }
+        results["models"][name] = row
+        print(f"{name:40} served {row['served']['top1_agreement']:.2%} (cosine "
+              f"{row['served']['embedding_cosine']:.4f})  unoptimised "
+              f"{row['no_graph_optimisation']['top1_agreement']:.2%}  exact kernel "
+              f"{row['exact_kernel']['top1_agreement']:.2%}  selection "
+              f"{row['selection']['top1_agreement']:.2%}", flush=True)
+    timed = {"fp32": (fp32, False)} | {
+        n: (p, False) for n, p in models.items() if not n.startswith("weights-only")
+    } | {"unrepaired, exact kernel everywhere": (models["unrepaired"], True)}
+    ms = cpu_ms(timed, held[:8], args.rounds)
+    for name, value in ms.items():
+        ratio = ms["fp32"] / value
+        if name in results["models"]:
+            results["models"][name]["cpu_ms_per_image"] = round(value, 2)
+            results["models"][name]["over_fp32_cpu"] = round(ratio, 3)
+        print(f"{name:40} {value:.1f} ms of CPU per image, {ratio:.2f}x FP32", flush=True)
+    results["fp32_cpu_ms_per_image"] = round(ms["fp32"], 2)
+    results["load_average_after"] = list(os.getloadavg())
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    args.results.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.results}")
+
+
+if __name__ == "__main__":
+    main()
