@@ -258,7 +258,8 @@ def nncf_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
 def main() -> None:
     from visiondeck.export.bench import ort_runner
     from visiondeck.export.checks import ort_session
-    from visiondeck.export.quantize import closeness, layer_losses, quantize_static_int8
+    from visiondeck.export.int8_choice import closeness
+    from visiondeck.export.quantize import layer_losses, quantize_static_int8
     from visiondeck.export.sweep import interleaved_timings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])

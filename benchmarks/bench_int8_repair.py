@@ -11,8 +11,11 @@ with FP32 (the VM's steal time moves wall-clock figures by 20 %).
 Variants: the unrepaired model; its int8 weights alone with float activations, with and
 without bias correction; exact u8 weights on the layers above each saturation limit; 7-bit
 weights (`reduce_range`) on those layers instead; 7-bit scales on the saturating output
-channels only; exact weights for the stem alone with 7-bit saturating channels elsewhere;
-and export's two candidates as they ship. Results: benchmarks/results/int8-repair.json.
+channels, the stem's too; and export's candidates as they ship (`quantize.CANDIDATES`: the
+"channels" repair, exact stem and 7-bit saturating channels elsewhere, with and without the
+head float, and the "layers" repair with it), then which one export's rule
+(`int8_choice.choose`) keeps on the selection images. Results:
+benchmarks/results/int8-repair.json.
 """
 
 from __future__ import annotations
@@ -77,17 +80,12 @@ def quantise(fp32: Path, out: Path, calibration: np.ndarray, overrides: Override
         q._quantize(corrected, out, batches, settings, exclude, "input", chosen)
 
 
-def _axis(node: Any) -> int:
-    transposed = any(a.name == "transB" and a.i for a in node.attribute)
-    return 0 if node.op_type == "Conv" or transposed else 1
-
-
 def exact_layers(limit: float) -> Overrides:
-    from visiondeck.export.int8_repair import saturating_layers
-    from visiondeck.export.quantize import _exact_weights
+    """Export's "layers" repair: exact u8 weights on each layer above `limit`."""
+    from visiondeck.export.int8_repair import repair_overrides
 
-    return lambda first, graph, picked: _exact_weights(
-        graph, [name for name, _ in saturating_layers(first, picked, limit=limit)])
+    return lambda first, graph, picked: repair_overrides(
+        first, graph, picked, repair="layers", limit=limit)[0]
 
 
 def seven_bit_layers(limit: float) -> Overrides:
@@ -98,36 +96,15 @@ def seven_bit_layers(limit: float) -> Overrides:
     return build
 
 
-def seven_bit_channels(limit: float, exact_stem: bool = False) -> Overrides:
-    """Symmetric ranges doubled (|q| <= 64, so no pair can leave int16) on each output
-    channel whose own saturated share exceeds `limit`; with `exact_stem`, the first conv
-    gets exact u8 weights instead."""
-    from onnx import numpy_helper
-
-    from visiondeck.export.int8_repair import channel_saturation
-    from visiondeck.export.quantize import _exact_weights
+def seven_bit_channels(limit: float) -> Overrides:
+    """7-bit ranges on every output channel above `limit`, the stem's too; export's
+    "channels" repair gives the stem exact weights instead."""
+    from visiondeck.export.int8_repair import channel_saturation, seven_bit_overrides
 
     def build(first: Any, graph: Any, picked: np.ndarray) -> dict:
-        values = {t.name: numpy_helper.to_array(t) for t in graph.graph.initializer}
-        nodes = {n.name: n for n in graph.graph.node}
-        stem = next(n.name for n in graph.graph.node if n.op_type == "Conv")
-        out = {}
-        for name, (lost, total) in channel_saturation(first, picked).items():
-            bad = lost / np.maximum(total, 1.0) > limit
-            if not bad.any():
-                continue
-            if exact_stem and name == stem:
-                out |= _exact_weights(graph, [name])
-                continue
-            node = nodes[name]
-            weight, axis = values[node.input[1]], _axis(node)
-            channels = []
-            for c in range(weight.shape[axis]):
-                top = float(np.abs(np.take(weight, c, axis=axis)).max()) * (2 if bad[c] else 1)
-                channel = {"rmin": np.float32(-top), "rmax": np.float32(top)}
-                channels.append(({"axis": axis} if c == 0 else {}) | channel)
-            out[node.input[1]] = channels
-        return out
+        bad = {name: lost / np.maximum(total, 1.0) > limit
+               for name, (lost, total) in channel_saturation(first, picked).items()}
+        return seven_bit_overrides(graph, {n: flags for n, flags in bad.items() if flags.any()})
 
     return build
 
@@ -190,8 +167,9 @@ def main() -> None:
     import onnx
 
     from visiondeck.export.checks import ort_session
+    from visiondeck.export.int8_choice import RULE, choose, closeness
     from visiondeck.export.int8_repair import saturating_cpu
-    from visiondeck.export.quantize import Int8Settings, closeness, quantize_static_int8
+    from visiondeck.export.quantize import CANDIDATES, Int8Settings, quantize_static_int8
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=10)
@@ -237,9 +215,7 @@ def main() -> None:
             fp32, out, calibration, exact_layers(lim)))
     add("7bit-layers-3e-04", lambda out: quantise(fp32, out, calibration, seven_bit_layers(3e-4)))
     add("7bit-channels", lambda out: quantise(fp32, out, calibration, seven_bit_channels(3e-4)))
-    add("exact-stem-7bit-channels-float-head", lambda out: quantise(
-        fp32, out, calibration, seven_bit_channels(3e-4, exact_stem=True), keep_float=("head",)))
-    for settings in (Int8Settings(), Int8Settings(keep_float=("head",))):
+    for settings in CANDIDATES:
         add(f"export-{settings.name}", lambda out, s=settings: quantize_static_int8(
             fp32, out, batches, settings=s))
 
@@ -270,6 +246,14 @@ def main() -> None:
             results["models"][name]["over_fp32_cpu"] = round(ratio, 3)
         print(f"{name:40} {value:.1f} ms of CPU per image, {ratio:.2f}x FP32", flush=True)
     results["fp32_cpu_ms_per_image"] = round(ms["fp32"], 2)
+    shipped = {s.name: models[f"export-{s.name}"] for s in CANDIDATES}
+    kept, rows = choose(fp32, shipped, selection)
+    results["export_choice"] = {"kept": kept, "rule": RULE, "candidates": rows}
+    print(f"export keeps {kept} ({RULE}):", flush=True)
+    for row in rows:
+        print(f"  {row['settings']:40} selection agreement {row['top1_agreement']:.2%} cosine "
+              f"{row.get('embedding_cosine', 0):.4f} {row['cpu_ms_per_image']:.1f} ms "
+              f"{'as close' if row['as_close_as_closest'] else 'less faithful'}", flush=True)
     results["load_average_after"] = list(os.getloadavg())
     args.results.parent.mkdir(parents=True, exist_ok=True)
     args.results.write_text(json.dumps(results, indent=2) + "\n")

@@ -1,4 +1,5 @@
-"""The two INT8 repairs: saturating layers get exact u8 weights, biases cancel rounding error.
+"""The two INT8 repairs: saturating weights get 7-bit or exact u8 ranges, biases cancel
+rounding error.
 
 Every check compares with a second computation: the pair sums done by hand in numpy, ONNX
 Runtime's exact kernel (`session.x64quantprecision`), the FP32 model's own means.
@@ -108,29 +109,57 @@ def test_the_simulated_pair_sums_match_a_hand_computation(tmp_path: Path) -> Non
     assert dict(saturating_layers(model, images[:8], limit=expected * 1.01)) == {}
 
 
-def test_saturating_layers_get_exact_weights_and_match_the_exact_kernel(tmp_path: Path) -> None:
-    """With the fix, ORT's default (fast) session answers as its exact kernel does, on any
-    CPU; without it, a CPU without VNNI answers differently."""
+def _weights(model) -> dict[str, np.ndarray]:
+    """Each Conv/Gemm's stored (quantised) weight, by node name."""
+    from onnx import numpy_helper
+
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    return {n.name: values[producer[n.input[1]].input[0]] for n in model.graph.node
+            if n.op_type in ("Conv", "Gemm") and n.input[1] in producer}
+
+
+@pytest.mark.parametrize("repair", ["layers", "channels"])
+def test_repaired_weights_cannot_saturate_and_match_the_exact_kernel(
+    tmp_path: Path, repair: str
+) -> None:
+    """"layers": every saturating layer's weights are u8 (the exact kernel). "channels": the
+    stem's are, and elsewhere only the saturating output channels get 7-bit ranges
+    (|q| <= 64) while the others keep all of int8's. Either way nothing is left for the
+    fast kernel to saturate, and ORT's default session answers as its exact kernel does,
+    on any CPU; unrepaired, a CPU without VNNI answers differently."""
     import onnx
 
+    from visiondeck.export.int8_repair import channel_saturation, saturating_layers
     from visiondeck.export.quantize import Int8Settings, quantize_static_int8
 
     net = tmp_path / "fp32.onnx"
     _pointwise_net(net, 1.0)
     images = _bright(32)
     fixed, plain = tmp_path / "fixed.onnx", tmp_path / "plain.onnx"
-    done = quantize_static_int8(net, fixed, [images], settings=Int8Settings(bias_correction=False))
-    exact_layers = list(done.settings["saturating_layers"])
-    assert exact_layers[0] == "conv"
-    assert f"{len(exact_layers)} saturating layer(s) given exact u8 weights" in done.detail
+    settings = Int8Settings(bias_correction=False, saturation_repair=repair)
+    done = quantize_static_int8(net, fixed, [images], settings=settings)
+    assert list(done.settings["saturating_layers"]) == ["conv", "fc"]  # worst first
     model = onnx.load(str(fixed))
-    values = {t.name: t for t in model.graph.initializer}
-    producer = {o: n for n in model.graph.node for o in n.output}
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm"):
-            kind = values[producer[node.input[1]].input[0]].data_type
-            u8 = onnx.TensorProto.UINT8
-            assert (kind == u8) == (node.name in exact_layers), node.name
+    weights = _weights(model)
+    assert weights["conv"].dtype == np.uint8  # the stem, in both repairs
+    if repair == "layers":
+        assert done.settings["exact_layers"] == ["conv", "fc"]
+        assert weights["fc"].dtype == np.uint8
+        assert "2 saturating layer(s) given exact u8 weights" in done.detail
+    else:
+        assert done.settings["exact_layers"] == ["conv"]
+        quantize_static_int8(net, plain, [images], settings=Int8Settings(
+            bias_correction=False, saturation_fix=False))
+        lost, total = channel_saturation(onnx.load(str(plain)), images[::4])["fc"]
+        flagged = lost / np.maximum(total, 1.0) > 3e-4
+        assert 0 < flagged.sum() < len(flagged)  # some channels of fc saturate, not all
+        assert done.settings["seven_bit_channels"] == {"fc": int(flagged.sum())}
+        fc = np.abs(weights["fc"].astype(np.int64))  # (4 classes, 8 inputs), transB
+        assert weights["fc"].dtype == np.int8
+        assert (fc[flagged].max(1) <= 64).all() and (fc[flagged].max(1) >= 62).all()
+        assert (fc[~flagged].max(1) == 127).all()  # full range where nothing saturates
+    assert saturating_layers(model, images[::4], limit=0.0) == []
 
     fast = _session(fixed).run(["logits"], {"input": images})[0]
     exact = _session(fixed, exact=True).run(["logits"], {"input": images})[0]
@@ -240,6 +269,9 @@ def test_settings_names_say_which_repair_is_off() -> None:
     assert Int8Settings().name == "minmax-u8"
     assert Int8Settings(bias_correction=False).name == "minmax-u8-no-bias-correction"
     assert Int8Settings(saturation_fix=False).name == "minmax-u8-no-saturation-fix"
+    assert Int8Settings(saturation_repair="layers").name == "minmax-u8-exact-layers"
+    with pytest.raises(ValueError, match="saturation_repair"):
+        Int8Settings(saturation_repair="7bit")
     assert all(c.bias_correction and c.saturation_fix for c in CANDIDATES)
     assert Int8Settings().to_dict()["bias_correction"] is True
 

@@ -37,15 +37,19 @@ import numpy as np
 __all__ = [
     "EXACT_KERNEL_OPTION",
     "SATURATION_LIMIT",
+    "SATURATION_REPAIRS",
     "VNNI_FLAGS",
     "channel_saturation",
     "corrected_biases",
     "cpu_flags",
     "dequantised_weights",
     "exact_kernel_needed",
+    "exact_weight_overrides",
     "input_means",
+    "repair_overrides",
     "saturating_cpu",
     "saturating_layers",
+    "seven_bit_overrides",
 ]
 
 # A layer whose simulated saturation changes its outputs by more than this share of their
@@ -265,6 +269,88 @@ def saturating_layers(model: Any, images: np.ndarray, *, limit: float | None = N
         if share > limit:
             found.append((name, share))
     return sorted(found, key=lambda kv: -kv[1])
+
+
+# How `repair_overrides` keeps the fast kernel from saturating (`Int8Settings.saturation_repair`).
+#   "channels": the stem gets exact u8 weights; elsewhere each output channel that saturates
+#     gets a 7-bit range (|q| <= 64, so no pair sum leaves int16) and keeps the fast kernel.
+#   "layers": every saturating layer gets exact u8 weights (ORT's slower u8 x u8 kernel).
+# On Lite0 with the head float (AVX2, 322 held-out photos, bench_int8_repair.py): "channels"
+# agreed 98.1 % with FP32 at 1.31x its speed by CPU time, "layers" 98.4 % at 1.24x; 7-bit
+# channels in the stem too cost 1.5 points (96.6 %), its 27-long reduction has no slack.
+SATURATION_REPAIRS = ("channels", "layers")
+_SEVEN_BIT = 2.0  # a saturating channel's range is widened this much: 127 / 2 < 64
+
+
+def _weight_axis(node: Any) -> int:
+    """The output-channel axis of a Conv's or Gemm's weight."""
+    return 0 if node.op_type == "Conv" or _attribute(node, "transB", 0) else 1
+
+
+def exact_weight_overrides(model: Any, nodes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """ORT `TensorQuantOverrides` giving the weights of `nodes` asymmetric u8 ranges (one
+    zero point per channel), which ORT runs with its non-saturating kernel."""
+    from onnxruntime.quantization import QuantType
+
+    wanted = set(nodes)
+    return {
+        node.input[1]: [{"axis": _weight_axis(node), "quant_type": QuantType.QUInt8,
+                         "symmetric": False}]
+        for node in model.graph.node if node.name in wanted and len(node.input) > 1
+    }
+
+
+def seven_bit_overrides(model: Any,
+                        bad: Mapping[str, np.ndarray]) -> dict[str, list[dict[str, Any]]]:
+    """ORT `TensorQuantOverrides` with one symmetric range per output channel of each node in
+    `bad`: the weight's own range, widened `_SEVEN_BIT` times on the channels flagged True."""
+    values = _initializers(model)
+    overrides = {}
+    for node in model.graph.node:
+        if node.name not in bad or len(node.input) < 2 or node.input[1] not in values:
+            continue
+        weight, axis = values[node.input[1]], _weight_axis(node)
+        tops = np.abs(np.moveaxis(weight, axis, 0).reshape(weight.shape[axis], -1)).max(1)
+        tops = tops * np.where(bad[node.name], _SEVEN_BIT, 1.0)
+        overrides[node.input[1]] = [
+            ({"axis": axis} if c == 0 else {})
+            | {"rmin": np.float32(-top), "rmax": np.float32(top)}
+            for c, top in enumerate(tops)
+        ]
+    return overrides
+
+
+def repair_overrides(quantised: Any, fp32: Any, images: np.ndarray, *, repair: str = "channels",
+                     limit: float | None = None,
+                     input_name: str = "input") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The weight overrides that keep AVX2's fast kernel from saturating, and what they did.
+
+    `quantised` is a first quantisation of `fp32` (the preprocessed graph the overrides
+    will quantise again); the saturation is simulated on `images`. The report has
+    `saturating_layers` (node: share lost), `exact_layers` and, for "channels",
+    `seven_bit_channels` (node: how many of its channels).
+    """
+    if repair not in SATURATION_REPAIRS:
+        raise ValueError(f"saturation repair must be one of {SATURATION_REPAIRS}")
+    limit = SATURATION_LIMIT if limit is None else limit
+    channels = channel_saturation(quantised, images, input_name=input_name)
+    shares = {name: float(lost.sum()) / max(float(exact.sum()), 1.0)
+              for name, (lost, exact) in channels.items()}
+    saturating = sorted(((n, s) for n, s in shares.items() if s > limit), key=lambda kv: -kv[1])
+    report: dict[str, Any] = {"saturating_layers": {n: round(s, 5) for n, s in saturating}}
+    if repair == "layers":
+        exact = [name for name, _ in saturating]
+        report["exact_layers"] = exact
+        return exact_weight_overrides(fp32, exact), report
+    stem = next((n.name for n in fp32.graph.node if n.op_type == "Conv"), None)
+    bad = {name: lost / np.maximum(exact, 1.0) > limit
+           for name, (lost, exact) in channels.items()}
+    bad = {name: flags for name, flags in bad.items() if flags.any()}
+    exact = [stem] if stem in bad else []
+    seven = {name: flags for name, flags in bad.items() if name != stem}
+    report["exact_layers"] = exact
+    report["seven_bit_channels"] = {name: int(flags.sum()) for name, flags in seven.items()}
+    return exact_weight_overrides(fp32, exact) | seven_bit_overrides(fp32, seven), report
 
 
 # ORT's session option that runs every integer GEMM with the exact u8 x u8 kernel; it only

@@ -88,10 +88,10 @@ def export_run(
     images — 256: on EfficientNet-Lite0 they agreed with FP32 1-2 points more often than 128
     did, see benchmarks/bench_int8.py; dynamic when static fails or loses more than
     `max_int8_drop` test accuracy).
-    Each of `int8_candidates` (default `quantize.CANDIDATES`) is tried and the one that
-    agrees best with FP32 on validation images is kept; an INT8 model losing more than
-    `max_int8_drop` (test accuracy, or top-1 agreement with FP32) is recorded as not
-    recommended, otherwise it becomes the Bundle's `default_variant`.
+    Each of `int8_candidates` (default `quantize.CANDIDATES`) is tried and `int8_choice`
+    keeps the fastest not measurably less faithful to FP32 on validation images; an INT8
+    model losing more than `max_int8_drop` (test accuracy, or top-1 agreement with FP32) is
+    recorded as not recommended, otherwise it becomes the Bundle's `default_variant`.
     prune: share of weights to prune before export, with `prune_steps` fine-tuning steps
     (`prune_finetune`: a `prune.FinetuneConfig`; default `prune.DEFAULT_FINETUNE`).
     reference_images: held-out images measured for drift monitoring's reference statistics
@@ -279,13 +279,9 @@ def _save_weights(model: Any, path: Path) -> None:
 def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit: int,
               notes: list[str], candidates: Sequence[Any] | None, held_out: np.ndarray, *,
               multilabel: bool = False) -> dict[str, Any]:
-    """Static INT8 with each candidate setting; keep the one closest to FP32 on `held_out`."""
-    from visiondeck.export.quantize import (
-        CANDIDATES,
-        closeness,
-        quantize_dynamic_int8,
-        quantize_static_int8,
-    )
+    """Static INT8 with each candidate setting; `int8_choice.choose` keeps one on `held_out`."""
+    from visiondeck.export.int8_choice import RULE, choose
+    from visiondeck.export.quantize import CANDIDATES, quantize_dynamic_int8, quantize_static_int8
 
     calib = load_samples(split.root, split.subset("train"), classes, spec, limit=limit, seed=2,
                          multilabel=multilabel)
@@ -295,35 +291,29 @@ def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit
         done = quantize_dynamic_int8(work / MODEL_FILE, work / INT8_FILE)
         return {"method": done.method, "detail": done.detail, "settings": done.settings}
     images = held_out if len(held_out) else calib.images
-    reference = ort_session(work / MODEL_FILE)
-    best: tuple[tuple[float, float, int], dict[str, Any]] | None = None
-    tried: list[dict[str, Any]] = []
+    built: dict[str, tuple[Path, dict[str, Any]]] = {}
     failures = []
-    candidate = work / "model.int8-candidate.onnx"
     for settings in candidates if candidates is not None else CANDIDATES:
+        path = work / f"model.int8-candidate-{len(built)}.onnx"
         try:
-            done = quantize_static_int8(work / MODEL_FILE, candidate, batches, settings=settings)
+            done = quantize_static_int8(work / MODEL_FILE, path, batches, settings=settings)
         except Exception as exc:  # an operator the static quantiser cannot handle
+            path.unlink(missing_ok=True)
             failures.append(f"{settings.name}: {type(exc).__name__}: {str(exc)[:200]}")
             continue
-        score = closeness(reference, ort_session(candidate), images)
-        tried.append({"settings": settings.name, **score})
-        # closest to FP32 first; among equals (cosine to 3 decimals) the smaller file,
-        # which is the more quantised and faster one
-        rank = (score["top1_agreement"], round(score.get("embedding_cosine") or 0.0, 3),
-                -candidate.stat().st_size)
-        if best is None or rank > best[0]:
-            os.replace(candidate, work / INT8_FILE)
-            best = (rank, {"method": done.method, "detail": done.detail,
-                           "settings": done.settings})
-    candidate.unlink(missing_ok=True)
-    if best is None:
+        built[settings.name] = (path, {"method": done.method, "detail": done.detail,
+                                       "settings": done.settings})
+    if not built:
         notes.append(f"static INT8 failed ({'; '.join(failures)}); used dynamic quantisation")
         done = quantize_dynamic_int8(work / MODEL_FILE, work / INT8_FILE)
         return {"method": done.method, "detail": done.detail, "settings": done.settings}
+    kept, tried = choose(work / MODEL_FILE, {n: p for n, (p, _) in built.items()}, images)
+    os.replace(built[kept][0], work / INT8_FILE)
+    for path, _ in built.values():
+        path.unlink(missing_ok=True)
     source = "validation" if len(held_out) else "calibration"
-    return best[1] | {"selection": {"images": len(images), "source": source,
-                                    "candidates": tried}}
+    return built[kept][1] | {"selection": {"images": len(images), "source": source,
+                                           "candidates": tried, "rule": RULE}}
 
 
 def _recommendation(scores: dict[str, dict[str, Any]], limit: float) -> dict[str, Any]:

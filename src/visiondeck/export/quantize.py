@@ -19,7 +19,7 @@ asymmetric uint8 or symmetric int8 activations, layers kept in float by family (
 conv, depthwise convs, the head) or by measurement (`float_worst`: the k layers with the
 lowest SNR in a first pass, `worst_layers`), and the two repairs of `int8_repair` (exact
 weights where AVX2's kernel saturates, bias correction), on by default. Export tries a few
-candidates (`CANDIDATES`) and keeps the one closest to FP32 on held-out images.
+candidates (`CANDIDATES`) and `int8_choice` keeps one.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ __all__ = [
     "CANDIDATES",
     "Int8Settings",
     "QuantizeResult",
-    "closeness",
     "layer_losses",
     "quantize_dynamic_int8",
     "quantize_static_int8",
@@ -60,7 +59,8 @@ class Int8Settings:
     per_channel: bool = True  # one weight scale per output channel
     float_worst: int = 0  # layers with the lowest measured SNR in a first pass, kept float
     bias_correction: bool = True  # cancel the int8 weights' mean error (int8_repair)
-    saturation_fix: bool = True  # exact u8 weights where AVX2's u8 x s8 kernel saturates
+    saturation_fix: bool = True  # keep AVX2's u8 x s8 kernel from saturating (int8_repair)
+    saturation_repair: str = "channels"  # how: int8_repair.SATURATION_REPAIRS
 
     def __post_init__(self) -> None:
         if self.calibration not in CALIBRATION_METHODS:
@@ -71,6 +71,8 @@ class Int8Settings:
             raise ValueError(f"keep_float takes {FLOAT_GROUPS}")
         if self.float_worst < 0:
             raise ValueError("float_worst must be 0 or more")
+        if self.saturation_repair not in ("channels", "layers"):  # int8_repair.SATURATION_REPAIRS
+            raise ValueError("saturation_repair must be channels or layers")
 
     @property
     def name(self) -> str:
@@ -84,23 +86,28 @@ class Int8Settings:
             parts.append("no-bias-correction")
         if not self.saturation_fix:
             parts.append("no-saturation-fix")
+        elif self.saturation_repair == "layers":
+            parts.append("exact-layers")
         return "-".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, **asdict(self), "keep_float": list(self.keep_float)}
 
 
-# Tried in this order at export. Percentile and Entropy calibration are available but not
-# tried by default: on Lite0 they kept as much as MinMax (embedding cosine 0.992 vs 0.991,
-# top-1 agreement 92.9 % vs 92.6 % on the held-out photos of benchmarks/bench_int8.py) and
-# their histograms took ~10x longer to collect. Nor is `float_worst`: on Lite0, k = 2, 4, 8
-# layers kept float agreed no better than none (92.9, 92.5, 90.7 % vs 92.5 %; all below it on
-# the selection images) for twice the quantisation time. Nor are symmetric int8 activations
-# (`activations="int8"`): ONNX Runtime runs them at 0.5-0.7x FP32 on both CPUs measured, and on
-# AVX2 without VNNI its s8 kernel saturates (46 % agreement; `int8_repair` covers u8 only).
+# Tried at export, and `int8_choice` keeps one. Percentile and Entropy calibration are
+# available but not tried by default: on Lite0 they kept as much as MinMax (embedding cosine
+# 0.992 vs 0.991, top-1 agreement 92.9 % vs 92.6 % on the held-out photos of
+# benchmarks/bench_int8.py) and their histograms took ~10x longer to collect. Nor is
+# `float_worst`: on Lite0, k = 2, 4, 8 layers kept float agreed no better than none (92.9,
+# 92.5, 90.7 % vs 92.5 %; all below it on the selection images) for twice the quantisation
+# time. Nor are symmetric int8 activations (`activations="int8"`): ONNX Runtime runs them at
+# 0.5-0.7x FP32 on both CPUs measured, and on AVX2 without VNNI its s8 kernel saturates
+# (46 % agreement; `int8_repair` covers u8 only). Exact u8 weights on every saturating layer
+# are the fallback when 7-bit channels lose agreement: slower, never less faithful on Lite0.
 CANDIDATES: tuple[Int8Settings, ...] = (
     Int8Settings(),
     Int8Settings(keep_float=("head",)),
+    Int8Settings(keep_float=("head",), saturation_repair="layers"),
 )
 
 
@@ -234,7 +241,7 @@ def worst_layers(model: Any, losses: Sequence[tuple[str, float]], k: int) -> lis
 def _quantize(source: Path, out: Path, calibration: list[np.ndarray], settings: Int8Settings,
               exclude: list[str], input_name: str,
               overrides: dict[str, list[dict[str, Any]]] | None = None) -> None:
-    """ORT's static quantiser, with per-tensor `overrides` (`_exact_weights`)."""
+    """ORT's static quantiser, with per-tensor `overrides` (`int8_repair.repair_overrides`)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -266,25 +273,6 @@ def _quantize(source: Path, out: Path, calibration: list[np.ndarray], settings: 
     )
 
 
-def _exact_weights(model: Any, nodes: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-    """ORT's per-tensor overrides giving the weights of `nodes` asymmetric u8 ranges (one
-    zero point per channel), which ORT runs with its non-saturating kernel."""
-    if not nodes:
-        return {}
-    from onnxruntime.quantization import QuantType
-
-    wanted = set(nodes)
-    overrides = {}
-    for node in model.graph.node:
-        if node.name in wanted and len(node.input) > 1:
-            transposed = any(a.name == "transB" and a.i for a in node.attribute)
-            axis = 0 if node.op_type == "Conv" or transposed else 1
-            overrides[node.input[1]] = [
-                {"axis": axis, "quant_type": QuantType.QUInt8, "symmetric": False}
-            ]
-    return overrides
-
-
 # Images of the calibration set on which the first pass of `float_worst` measures each
 # layer's SNR, and `saturating_layers` its pair sums: every activation of the network is
 # kept for each, so few.
@@ -303,13 +291,14 @@ def quantize_static_int8(
 
     With `settings.float_worst`, a first pass quantises everything else, measures every
     layer's SNR on a few calibration images (`layer_losses`) and the worst layers are kept
-    float in the second pass. Then `int8_repair`: layers that AVX2's u8 × s8 kernel would
-    saturate get exact u8 weights (`saturation_fix`), and the biases are corrected for the
-    int8 weights' mean error (`bias_correction`); each is one more quantisation pass.
+    float in the second pass. Then `int8_repair`: the weights that AVX2's u8 × s8 kernel
+    would saturate get 7-bit or exact u8 ranges (`saturation_fix`, `saturation_repair`;
+    per-tensor weights always get exact ones), and the biases are corrected for the int8
+    weights' mean error (`bias_correction`); each is one more quantisation pass.
     """
     import onnx
 
-    from visiondeck.export.int8_repair import corrected_biases, input_means, saturating_layers
+    from visiondeck.export.int8_repair import corrected_biases, input_means, repair_overrides
 
     settings = settings or Int8Settings()
     worst: list[str] = []
@@ -328,12 +317,14 @@ def quantize_static_int8(
             floats = _float_nodes(graph, settings.keep_float, worst)
         exclude = shapes + floats
         _quantize(source, out, calibration, settings, exclude, input_name)
-        saturating: list[tuple[str, float]] = []
+        overrides: dict[str, Any] = {}
+        repaired: dict[str, Any] = {"saturating_layers": {}}
         if settings.saturation_fix:
-            saturating = saturating_layers(onnx.load(str(out)), picked, input_name=input_name)
-        exact = [name for name, _share in saturating]
-        overrides = _exact_weights(graph, exact)
-        if exact:
+            # 7-bit ranges are per channel: per-tensor weights get exact ones
+            repair = settings.saturation_repair if settings.per_channel else "layers"
+            overrides, repaired = repair_overrides(onnx.load(str(out)), graph, picked,
+                                                   repair=repair, input_name=input_name)
+        if overrides:
             _quantize(source, out, calibration, settings, exclude, input_name, overrides)
         if settings.bias_correction:
             means = input_means(graph, images, input_name=input_name)
@@ -343,12 +334,16 @@ def quantize_static_int8(
     detail = f"{settings.name}, calibrated on {len(images)} training images"
     if floats:
         detail += f", {len(floats)} layer(s) kept float"
-    if exact:
-        detail += f", {len(exact)} saturating layer(s) given exact u8 weights"
+    if repaired.get("exact_layers"):
+        detail += f", {len(repaired['exact_layers'])} saturating layer(s) given exact u8 weights"
+    if repaired.get("seven_bit_channels"):
+        seven = repaired["seven_bit_channels"]
+        detail += (f", {sum(seven.values())} saturating channel(s) in {len(seven)} layer(s)"
+                   " given 7-bit ranges")
     extra: dict[str, Any] = {
         "shape_nodes_kept_float": len(shapes),
         "layers_kept_float": len(floats),
-        "saturating_layers": {name: round(share, 5) for name, share in saturating},
+        **repaired,
     }
     if worst:
         extra["worst_layers"] = worst
@@ -365,40 +360,6 @@ def quantize_dynamic_int8(fp32: Path, out: Path) -> QuantizeResult:
     return QuantizeResult(
         out, "dynamic", "weights int8, activations scaled at run time", {"name": "dynamic"}
     )
-
-
-def closeness(
-    reference: Any, candidate: Any, images: np.ndarray, *, batch_size: int = 32
-) -> dict[str, Any]:
-    """How close a candidate ORT session is to the reference one on prepared `images`.
-
-    Top-1 agreement of the logits and, when both models have the "embedding" output, the
-    mean and minimum cosine similarity of the penultimate features.
-    """
-    outputs = {o.name for o in reference.get_outputs()} & {o.name for o in candidate.get_outputs()}
-    names = ["logits"] + (["embedding"] if "embedding" in outputs else [])
-    ref_out: list[list[np.ndarray]] = [[] for _ in names]
-    got_out: list[list[np.ndarray]] = [[] for _ in names]
-    for start in range(0, len(images), batch_size):
-        batch = {"input": np.ascontiguousarray(images[start : start + batch_size], np.float32)}
-        for store, session in ((ref_out, reference), (got_out, candidate)):
-            for i, array in enumerate(session.run(names, batch)):
-                store[i].append(array.reshape(len(array), -1))
-    ref_logits, got_logits = np.concatenate(ref_out[0]), np.concatenate(got_out[0])
-    out: dict[str, Any] = {
-        "n_images": len(images),
-        "top1_agreement": round(float((ref_logits.argmax(1) == got_logits.argmax(1)).mean()), 6)
-        if len(images)
-        else 0.0,
-    }
-    if len(names) == 2 and len(images):
-        a, b = np.concatenate(ref_out[1]), np.concatenate(got_out[1])
-        cos = (a * b).sum(1) / np.maximum(
-            np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12
-        )
-        out["embedding_cosine"] = round(float(cos.mean()), 6)
-        out["embedding_cosine_min"] = round(float(cos.min()), 6)
-    return out
 
 
 def layer_losses(
