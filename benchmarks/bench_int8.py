@@ -18,10 +18,10 @@
    layers with the lowest measured SNR kept float) for each `--worst` k, and for NNCF's
    post-training quantisation when `nncf` is importable: mean/min embedding cosine and top-1
    agreement (1000 classes) with FP32 on the held-out images, how many disagreements are
-   images where FP32's own top-1 margin is tiny, agreement on the selection images (which
-   chooses, as export does), the worst layers by signal-to-quantisation-noise ratio
-   (`quantize.layer_losses`), and every model's throughput against FP32 at batch 8,
-   interleaved in one run.
+   images where FP32's own top-1 margin is tiny, agreement on the selection images (on
+   which export's rule, `int8_choice.choose`, picks among `CANDIDATES`), the worst layers
+   by signal-to-quantisation-noise ratio (`quantize.layer_losses`), and every model's
+   throughput against FP32 at batch 8, interleaved in one run.
 4. Labelled set: the Lite0 run bench_export.py fine-tunes (upscaled Fashion-MNIST sample,
    10 classes) exported with `--int8`; test accuracy FP32 vs INT8 and agreement.
 
@@ -258,8 +258,8 @@ def nncf_int8(fp32: Path, out: Path, calibration: np.ndarray) -> None:
 def main() -> None:
     from visiondeck.export.bench import ort_runner
     from visiondeck.export.checks import ort_session
-    from visiondeck.export.int8_choice import closeness
-    from visiondeck.export.quantize import layer_losses, quantize_static_int8
+    from visiondeck.export.int8_choice import RULE, choose, closeness
+    from visiondeck.export.quantize import CANDIDATES, layer_losses, quantize_static_int8
     from visiondeck.export.sweep import interleaved_timings
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -390,15 +390,10 @@ def main() -> None:
         "share_below_0.05": round(float((fp32_margin < 0.05).mean()), 4),
         "share_below_0.1": round(float((fp32_margin < 0.1).mean()), 4),
     }
-    # export's rule: closest on the selection images, then the smaller file
-    best = max(
-        (n for n in models if n != "plain-ort (before)"),
-        key=lambda n: (
-            results["settings"][n]["selection"]["top1_agreement"],
-            round(results["settings"][n]["selection"]["embedding_cosine"], 3),
-            -results["settings"][n]["bytes"],
-        ),
-    )
+    # export's rule (int8_choice.choose) on its candidates and the selection images
+    shipped = {c.name: models[c.name] for c in CANDIDATES if c.name in models}
+    best, choice = choose(fp32, shipped, selection) if shipped else ("plain-ort (before)", [])
+    results["export_choice"] = {"kept": best, "rule": RULE, "candidates": choice}
     runners = {"fp32": ort_runner(fp32, args.threads)}
     runners.update({name: ort_runner(path, args.threads) for name, path in models.items()})
     times = interleaved_timings(

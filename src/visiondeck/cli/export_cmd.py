@@ -71,6 +71,9 @@ def export(
         table.add_row(name, entry["file"], _size(entry["bytes"]), _pct(entry.get("accuracy")),
                       note)
     console.print(table)
+    choice = _int8_choice(result.variants.get("int8") or {})
+    if choice is not None:
+        console.print(choice)
     if result.pruning:
         p = result.pruning
         size = (f"{p['parameters_before']:,} → {p['parameters_after']:,} parameters"
@@ -83,6 +86,32 @@ def export(
         console.print(f"[yellow]note:[/] {note}")
     _track(run, result.path)
     console.print(f"done in {result.duration_s:.1f} s")
+
+
+def _int8_choice(entry: dict) -> object | None:
+    """The INT8 candidates export measured, and which it kept (`int8_choice`), as a table."""
+    from rich.table import Table
+
+    selection = entry.get("selection") or {}
+    if not selection.get("candidates"):
+        return None
+    kept = (entry.get("settings") or {}).get("name")
+    table = Table(title=f"INT8 candidates on {selection['images']} {selection['source']} "
+                  f"images — kept: {selection.get('rule', 'the closest to FP32')}",
+                  title_justify="left")
+    for column in ("settings", "agreement", "cosine", "CPU ms/image", "as faithful", "kept"):
+        table.add_column(column, justify="left" if column == "settings" else "right",
+                         no_wrap=column == "settings")
+    for row in selection["candidates"]:
+        cosine = row.get("embedding_cosine")
+        ms = row.get("cpu_ms_per_image")
+        close = row.get("as_close_as_closest")
+        table.add_row(row["settings"], _pct(row.get("top1_agreement")),
+                      "—" if cosine is None else f"{cosine:.4f}",
+                      "—" if ms is None else f"{ms:.2f}",
+                      "—" if close is None else ("yes" if close else "no"),
+                      "✓" if row["settings"] == kept else "")
+    return table
 
 
 def _finetune(distill: bool) -> object:
