@@ -114,6 +114,7 @@ def lite0_onnx(path: Path) -> None:
 
     from visiondeck.export.bundle import InputSpec
     from visiondeck.export.reference import with_embedding
+    from visiondeck.export.static_padding import freeze_same_padding
     from visiondeck.models.locate import lite_weights_file
     from visiondeck.models.pretrained import lite_to_timm
 
@@ -124,7 +125,8 @@ def lite0_onnx(path: Path) -> None:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(lite_to_timm(state, model))
     spec = InputSpec(224, 3, "center_crop", (0.5,) * 3, (0.5,) * 3)
-    module, outputs = with_embedding(model.eval(), spec, [])
+    model, _ = freeze_same_padding(model.eval(), torch.zeros(1, 3, 224, 224))  # as export does
+    module, outputs = with_embedding(model, spec, [])
     torch.onnx.export(
         module,
         (torch.zeros(2, 3, 224, 224),),

@@ -233,8 +233,10 @@ def _to_onnx(model: Any, spec: InputSpec, path: Path, exporter: str, notes: list
     import torch
 
     from visiondeck.export.reference import with_embedding
+    from visiondeck.export.static_padding import freeze_same_padding
 
     example = torch.zeros((2, *spec.shape), dtype=torch.float32)
+    model, _ = freeze_same_padding(model, example)  # the Bundle's size is fixed: so are pads
     module, outputs = with_embedding(model, spec, notes)
     order = [exporter, *[e for e in EXPORTERS if e != exporter]]
     errors = []
