@@ -38,6 +38,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -202,7 +203,9 @@ def bench_candidates(extra_worst: list[int]) -> list:
     # export's default before int8_repair, for the before/after in the same run
     unrepaired = Int8Settings(bias_correction=False, saturation_fix=False)
     symmetric = Int8Settings(activations="int8")  # a candidate before; measured still
-    return [*CANDIDATES, symmetric, unrepaired, *(c for c in worst if c.name not in seen)]
+    int8_head = Int8Settings()  # the head in int8 too: a candidate before; measured still
+    return [*CANDIDATES, int8_head, symmetric, unrepaired,
+            *(c for c in worst if c.name not in seen)]
 
 
 def exact_session(path: Path):
@@ -333,7 +336,7 @@ def main() -> None:
     plain_ort(fp32, models["plain-ort (before)"], calibration)
     quant_s = {"plain-ort (before)": time.perf_counter() - start}
     chosen_layers: dict[str, list[str]] = {}
-    saturating: dict[str, dict[str, float]] = {}
+    saturating: dict[str, dict[str, Any]] = {}
     for settings in bench_candidates([int(k) for k in args.worst.split(",") if k]):
         if wanted and settings.name not in wanted:
             continue
@@ -342,7 +345,8 @@ def main() -> None:
         done = quantize_static_int8(fp32, path, batches, settings=settings)
         quant_s[settings.name] = time.perf_counter() - start
         chosen_layers[settings.name] = done.settings.get("worst_layers", [])
-        saturating[settings.name] = done.settings.get("saturating_layers", {})
+        saturating[settings.name] = {k: done.settings[k] for k in (
+            "saturating_layers", "exact_layers", "seven_bit_channels") if k in done.settings}
         models[settings.name] = path
         print(f"quantised {settings.name} in {quant_s[settings.name]:.0f} s", flush=True)
     if importlib.util.find_spec("nncf") and (not wanted or NNCF in wanted):
@@ -374,7 +378,7 @@ def main() -> None:
             "embedding_snr_db": final,
             "worst_layers": worst,
             "kept_float": chosen_layers.get(name, []),
-            "saturating_layers": saturating.get(name, {}),
+            "saturation_repair": saturating.get(name, {}),
             "bytes": path.stat().st_size,
         }
         named = ", ".join(f"{layer} {db} dB" for layer, db in worst)

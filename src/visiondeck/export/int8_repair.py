@@ -7,12 +7,14 @@ quantised model's simulation (`ORT_DISABLE_ALL`) never saturates, so a model can
 where it was measured and lose 15 points of top-1 agreement on the server: on
 EfficientNet-Lite0, 95.3 % agreement with FP32 simulated against 80.8 % in the optimised
 session of an AVX2 machine (322 held-out photos, `benchmarks/bench_int8.py`).
-`saturating_layers` simulates those pair sums in numpy on real calibration activations, on
-any CPU, and names the integer convolutions and GEMMs whose
-outputs they change by more than `SATURATION_LIMIT`. Those layers get asymmetric u8 weights,
-which ONNX Runtime runs with its exact (u8 × u8) kernel; every other layer keeps the fast one.
-The alternative, `session.x64quantprecision`, makes every layer exact and left INT8 at 1.11×
-FP32 on that machine (CPU time, `benchmarks/bench_int8_repair.py`); 7-bit weights
+`channel_saturation` simulates those pair sums in numpy on real calibration activations, on
+any CPU, for each output channel of every integer convolution and GEMM, and
+`repair_overrides` repairs what they change: by default ("channels") each saturating output
+channel gets a 7-bit range, which cannot overflow and keeps the fast kernel, and the stem
+asymmetric u8 weights, which ONNX Runtime runs with its exact (u8 × u8) kernel; or
+("layers") every saturating layer gets u8 weights. The alternative,
+`session.x64quantprecision`, makes every layer exact and left INT8 at 1.06-1.11× FP32 on that
+machine (CPU time, `benchmarks/bench_int8_repair.py`); 7-bit weights everywhere
 (`reduce_range`) avoid the overflow but cost more accuracy than they save (84 % agreement).
 
 **Bias correction.** Rounding each weight to int8 shifts each output channel's mean by

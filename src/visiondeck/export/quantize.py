@@ -17,8 +17,8 @@ Shape output and constants only, and they stay float.
 The remaining knobs (`Int8Settings`): calibration method (MinMax, Entropy, Percentile),
 asymmetric uint8 or symmetric int8 activations, layers kept in float by family (the first
 conv, depthwise convs, the head) or by measurement (`float_worst`: the k layers with the
-lowest SNR in a first pass, `worst_layers`), and the two repairs of `int8_repair` (exact
-weights where AVX2's kernel saturates, bias correction), on by default. Export tries a few
+lowest SNR in a first pass, `worst_layers`), and the two repairs of `int8_repair` (7-bit or
+exact weights where AVX2's kernel saturates, bias correction), on by default. Export tries a few
 candidates (`CANDIDATES`) and `int8_choice` keeps one.
 """
 
