@@ -128,6 +128,41 @@ def test_layers_kept_float_have_float_weights(
         assert next(a.i for a in float_weight[0].attribute if a.name == "group") == 8
 
 
+def _conv_net(path: Path, widths: tuple[int, ...], classes: int) -> None:
+    """3x3 convs of `widths`, a global pool and a classifier, exported to ONNX."""
+    import torch
+    from torch import nn
+
+    layers, inputs = [], 3
+    for width in widths:
+        layers += [nn.Conv2d(inputs, width, 3, padding=1), nn.ReLU()]
+        inputs = width
+    head = [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(inputs, classes)]
+    model = nn.Sequential(*layers, *head)
+    torch.onnx.export(model.eval(), (torch.zeros(1, 3, 8, 8),), str(path), dynamo=False,
+                      opset_version=17, input_names=["input"], output_names=["logits"])
+
+
+def test_the_head_stays_float_unless_it_is_most_of_the_network(tmp_path: Path) -> None:
+    """Lite0-like proportions keep export's candidates (head float); a small CNN whose last
+    conv holds most weights gets the same settings with the head quantised, or its INT8
+    model would be nearly FP32's size."""
+    import onnx
+
+    from visiondeck.export.quantize import CANDIDATES, default_candidates, head_share
+
+    deep, shallow = tmp_path / "deep.onnx", tmp_path / "shallow.onnx"
+    _conv_net(deep, (32, 64, 64, 8), 3)  # head: the 64->8 conv and an 8->3 classifier
+    _conv_net(shallow, (8, 128), 3)  # head: the 8->128 conv and a 128->3 classifier
+    # weights: 3*32*9 + 32*64*9 + 64*64*9 + 64*8*9 + 8*3 = 60,792, of which 4,632 the head's
+    assert head_share(onnx.load(str(deep))) == pytest.approx(4632 / 60792)
+    assert default_candidates(deep) == CANDIDATES
+    assert head_share(onnx.load(str(shallow))) > 0.9
+    quantised = default_candidates(shallow)
+    assert [c.keep_float for c in quantised] == [()] * len(CANDIDATES)
+    assert [c.saturation_repair for c in quantised] == [c.saturation_repair for c in CANDIDATES]
+
+
 def test_closeness_of_a_model_with_itself_and_with_another(same_net: Path, tmp_path: Path) -> None:
     from visiondeck.export.checks import ort_session
     from visiondeck.export.int8_choice import closeness
@@ -170,12 +205,13 @@ def test_recommendation_is_one_point_of_accuracy_and_agreement() -> None:
 
 
 def test_exported_int8_records_settings_selection_and_default(exported) -> None:
-    from visiondeck.export.quantize import CANDIDATES
+    from visiondeck.export.quantize import default_candidates
 
     bundle = exported.bundle
     int8 = bundle.variants["int8"]
     tried = int8["selection"]["candidates"]
-    assert [c["settings"] for c in tried] == [c.name for c in CANDIDATES]
+    assert [c["settings"] for c in tried] == [
+        c.name for c in default_candidates(bundle.onnx_path("fp32"))]
     # int8_choice's rule, recomputed from the recorded figures: the closest candidate is
     # always in the pool, and the kept one is the closest of those within 5 % of the
     # pool's least CPU time

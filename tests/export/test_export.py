@@ -217,13 +217,14 @@ def test_export_command_prints_parity_and_the_variants(trained_run: Path, tmp_pa
     assert "model.int8.onnx" in result.output and "static" in result.output
     assert (tmp_path / "b" / "model.int8.onnx").is_file()
     # how the INT8 model was chosen: every candidate's figures, the kept one marked
-    from visiondeck.export.quantize import CANDIDATES
+    from visiondeck.export.quantize import default_candidates
 
+    candidates = default_candidates(tmp_path / "b" / "model.onnx")
     text = " ".join(result.output.split())
     assert "INT8 candidates on" in text and "kept: fastest by CPU time" in text
     lines = [line for line in result.output.splitlines()
-             if any(line.strip("│ ").startswith(c.name + " ") for c in CANDIDATES)]
-    assert len(lines) == len(CANDIDATES)
+             if any(line.strip("│ ").startswith(c.name + " ") for c in candidates)]
+    assert len(lines) == len(candidates)
     assert sum("✓" in line for line in lines) == 1, result.output
 
 

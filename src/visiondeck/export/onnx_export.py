@@ -88,7 +88,7 @@ def export_run(
     images — 256: on EfficientNet-Lite0 they agreed with FP32 1-2 points more often than 128
     did, see benchmarks/bench_int8.py; dynamic when static fails or loses more than
     `max_int8_drop` test accuracy).
-    Each of `int8_candidates` (default `quantize.CANDIDATES`) is tried and `int8_choice`
+    Each of `int8_candidates` (default `quantize.default_candidates`) is tried and `int8_choice`
     keeps the fastest not measurably less faithful to FP32 on validation images; an INT8
     model losing more than `max_int8_drop` (test accuracy, or top-1 agreement with FP32) is
     recorded as not recommended, otherwise it becomes the Bundle's `default_variant`.
@@ -283,7 +283,11 @@ def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit
               multilabel: bool = False) -> dict[str, Any]:
     """Static INT8 with each candidate setting; `int8_choice.choose` keeps one on `held_out`."""
     from visiondeck.export.int8_choice import RULE, choose
-    from visiondeck.export.quantize import CANDIDATES, quantize_dynamic_int8, quantize_static_int8
+    from visiondeck.export.quantize import (
+        default_candidates,
+        quantize_dynamic_int8,
+        quantize_static_int8,
+    )
 
     calib = load_samples(split.root, split.subset("train"), classes, spec, limit=limit, seed=2,
                          multilabel=multilabel)
@@ -295,7 +299,8 @@ def _quantize(work: Path, split: Any, classes: list[str], spec: InputSpec, limit
     images = held_out if len(held_out) else calib.images
     built: dict[str, tuple[Path, dict[str, Any]]] = {}
     failures = []
-    for settings in candidates if candidates is not None else CANDIDATES:
+    for settings in candidates if candidates is not None else default_candidates(
+            work / MODEL_FILE):
         path = work / f"model.int8-candidate-{len(built)}.onnx"
         try:
             done = quantize_static_int8(work / MODEL_FILE, path, batches, settings=settings)

@@ -28,7 +28,7 @@ import contextlib
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ __all__ = [
     "CANDIDATES",
     "Int8Settings",
     "QuantizeResult",
+    "default_candidates",
+    "head_share",
     "layer_losses",
     "quantize_dynamic_int8",
     "quantize_static_int8",
@@ -46,7 +48,7 @@ __all__ = [
 ]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-FLOAT_GROUPS = ("stem", "depthwise", "head")
+FLOAT_GROUPS = ("stem", "depthwise", "head", "classifier")
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,29 @@ CANDIDATES: tuple[Int8Settings, ...] = (
     Int8Settings(keep_float=("head",)),
     Int8Settings(keep_float=("head",), saturation_repair="layers"),
 )
+# Where the head holds more than this share of the weights (a small CNN whose last conv is
+# most of it), keeping it float leaves INT8 nearly FP32's size: it is quantised too.
+HEAD_SHARE_LIMIT = 0.5
+
+
+def head_share(model: Any) -> float:
+    """The share of the weighted layers' parameters that the "head" group holds."""
+    sizes = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
+    weighted = [n for n in model.graph.node if n.op_type in _WEIGHTED and len(n.input) > 1]
+    total = sum(sizes.get(n.input[1], 0) for n in weighted)
+    head = set(_float_nodes(model, ("head",)))
+    return sum(sizes.get(n.input[1], 0) for n in weighted if n.name in head) / max(total, 1)
+
+
+def default_candidates(fp32: Path) -> tuple[Int8Settings, ...]:
+    """`CANDIDATES`, or where the head is most of the network (`HEAD_SHARE_LIMIT`), the
+    same settings with the head quantised too."""
+    import onnx
+
+    if head_share(onnx.load(str(fp32))) <= HEAD_SHARE_LIMIT:
+        return CANDIDATES
+    return tuple(replace(c, keep_float=tuple(g for g in c.keep_float if g != "head"))
+                 for c in CANDIDATES)
 
 
 @dataclass(frozen=True)
@@ -188,8 +213,8 @@ _WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 
 def _float_nodes(model: Any, groups: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
-    """Node names of the layer groups kept in float (first conv, depthwise convs, head),
-    plus the weighted nodes named in `extra`.
+    """Node names of the layer groups kept in float (first conv, depthwise convs, head: the
+    classifier and the last conv; classifier alone), plus the weighted nodes in `extra`.
 
     A conv's activation (ReLU6 as Clip, ReLU, HardSwish...) stays float with it: quantised
     alone, the activation's input would get the conv's wide pre-activation range instead of
@@ -202,8 +227,9 @@ def _float_nodes(model: Any, groups: Sequence[str], extra: Sequence[str] = ()) -
         chosen.append(convs[0])
     if "depthwise" in groups:
         chosen += [n for n in convs if next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
-    if "head" in groups:
+    if "head" in groups or "classifier" in groups:
         chosen += [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
+    if "head" in groups:
         chosen += convs[-1:]  # the head conv (EfficientNet's conv_head) before the pool
     wanted = set(extra)
     chosen += [n for n in nodes if n.name in wanted]

@@ -1,7 +1,7 @@
 """`visiondeck export RUN --sweep`: every way to ship a run, measured side by side.
 
 One Bundle is exported (FP32 plus the best INT8), then each candidate is built and measured
-on the same machine in the same run: every INT8 setting of `quantize.CANDIDATES`, the
+on the same machine in the same run: every INT8 setting of `quantize.default_candidates`, the
 network structurally pruned at each ratio (fine-tuned, parity-checked like any export) and
 its INT8 version, and OpenVINO as a second CPU engine when it is installed. Each row gets
 test accuracy, top-1 agreement with FP32, latency p50/p99 at batch 1, throughput at one
@@ -204,18 +204,20 @@ def sweep_run(
     """Export `run_dir` and measure every variant; the Bundle records the default."""
     from visiondeck.export.checks import measure_accuracy, ort_session
     from visiondeck.export.onnx_export import export_run
-    from visiondeck.export.quantize import CANDIDATES, quantize_static_int8
+    from visiondeck.export.quantize import default_candidates, quantize_static_int8
     from visiondeck.export.samples import load_samples
     from visiondeck.train.artifacts import load_run_splits
 
     say = log or (lambda _msg: None)
-    candidates = list(int8_candidates if int8_candidates is not None else CANDIDATES)
     threads = threads or os.cpu_count() or 1
     say("exporting FP32 and INT8")
     result = export_run(
-        run_dir, out_dir, int8=True, int8_candidates=candidates, max_int8_drop=max_loss, log=say
+        run_dir, out_dir, int8=True, int8_candidates=int8_candidates, max_int8_drop=max_loss,
+        log=say,
     )
     folder = result.path
+    candidates = list(int8_candidates if int8_candidates is not None
+                      else default_candidates(result.bundle.onnx_path("fp32")))
     bundle = result.bundle
     split, test_split = load_run_splits(Path(run_dir))
     if test_split is not None:
