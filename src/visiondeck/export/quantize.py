@@ -107,7 +107,8 @@ class Int8Settings:
 # (46 % agreement; `int8_repair` covers u8 only). Nor is the head in int8: on Lite0 it cost
 # 0.9 points of agreement on the held-out photos in each of two runs (97.2 vs 98.1 %, 96.6 vs
 # 97.5 %) for 0.06-0.15x of speed, a difference export's few validation images cannot see, so
-# `int8_choice` would keep it for its speed. Exact u8 weights on every saturating layer are
+# `int8_choice` would keep it for its speed (except where the head is most of the network:
+# `default_candidates`). Exact u8 weights on every saturating layer are
 # the fallback when 7-bit channels lose agreement: slower, as faithful on Lite0.
 CANDIDATES: tuple[Int8Settings, ...] = (
     Int8Settings(keep_float=("head",)),
