@@ -18,8 +18,9 @@ from visiondeck.export.sweep import SweepRow, choose_default, mark_pareto
 # ------------------------------------------------------------------------------- INT8
 
 
-def _same_padding_net(path: Path, seed: int = 0) -> None:
-    """A net with TensorFlow-style "same" padding (timm's Conv2dSame), as in Lite0."""
+def _same_padding_module(seed: int = 0):
+    """A net with TensorFlow-style "same" padding (timm's Conv2dSame), as in Lite0: two
+    stride-2 layers, a 3x3 conv and a depthwise 5x5."""
     import torch
     from timm.layers import create_conv2d
     from torch import nn
@@ -36,9 +37,15 @@ def _same_padding_net(path: Path, seed: int = 0) -> None:
             return self.fc(x.mean((2, 3)))
 
     torch.manual_seed(seed)
-    net = Net().eval()
+    return Net().eval()
+
+
+def _same_padding_net(path: Path, seed: int = 0) -> None:
+    """`_same_padding_module` exported as is: its pads computed in the graph at run time."""
+    import torch
+
     torch.onnx.export(
-        net,
+        _same_padding_module(seed),
         (torch.zeros(2, 3, 64, 64),),
         str(path),
         dynamo=False,

@@ -7,23 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-
-def _net():
-    """Two timm `Conv2dSame` layers (stride 2, 3x3 and a depthwise 5x5), as in Lite0."""
-    from timm.layers import create_conv2d
-    from torch import nn
-
-    class Net(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.a = create_conv2d(3, 8, 3, stride=2, padding="same")
-            self.b = create_conv2d(8, 8, 5, stride=2, padding="same", depthwise=True)
-            self.fc = nn.Linear(8, 4)
-
-        def forward(self, x):
-            return self.fc(self.b(self.a(x).relu()).mean((2, 3)))
-
-    return Net().eval()
+from tests.export.test_compression import _same_padding_module
 
 
 @pytest.mark.parametrize("size", [32, 33])  # even and odd: other, asymmetric pads
@@ -32,8 +16,7 @@ def test_frozen_padding_computes_what_timm_computes_and_leaves_the_model_alone(s
 
     from visiondeck.export.static_padding import freeze_same_padding
 
-    torch.manual_seed(0)
-    model = _net()
+    model = _same_padding_module(0)
     keys = list(model.state_dict())
     x = torch.randn(3, 3, size, size)
     frozen, count = freeze_same_padding(model, x)
@@ -70,8 +53,7 @@ def test_the_exported_graph_has_no_shape_arithmetic_and_ort_fuses_every_pad(
     from visiondeck.export.bundle import InputSpec
     from visiondeck.export.onnx_export import _to_onnx
 
-    torch.manual_seed(1)
-    model = _net()
+    model = _same_padding_module(1)
     spec = InputSpec(33, 3, "center_crop", (0.5,) * 3, (0.5,) * 3)
     path = tmp_path / "model.onnx"
     _to_onnx(model, spec, path, "torchscript", [])
