@@ -47,7 +47,8 @@ EMBEDDING_SLACK = 1.2
 SPEED_MARGIN = 0.05
 TIMING_IMAGES = 8
 RULE = ("fastest by CPU time of the candidates not significantly less faithful than the "
-        "closest (McNemar 5 %, embedding error within 1.2x)")
+        f"closest (McNemar {SIGNIFICANCE * 100:g} %, embedding error within "
+        f"{EMBEDDING_SLACK:g}x)")
 
 
 def closeness(

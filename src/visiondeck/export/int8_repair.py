@@ -271,12 +271,16 @@ def saturating_layers(model: Any, images: np.ndarray, *, limit: float | None = N
     """(node name, share of output magnitude lost) of each u8 × s8 layer that saturates
     (`channel_saturation` over all its channels); only layers above `limit`, worst first."""
     limit = SATURATION_LIMIT if limit is None else limit
-    found = []
-    for name, (lost, exact) in channel_saturation(model, images, input_name=input_name).items():
-        share = float(lost.sum()) / max(float(exact.sum()), 1.0)
-        if share > limit:
-            found.append((name, share))
-    return sorted(found, key=lambda kv: -kv[1])
+    return _above(channel_saturation(model, images, input_name=input_name), limit)
+
+
+def _above(channels: Mapping[str, tuple[np.ndarray, np.ndarray]],
+           limit: float) -> list[tuple[str, float]]:
+    """(layer, share lost) of the `channel_saturation` layers whose summed share exceeds
+    `limit`, worst first."""
+    shares = ((name, float(lost.sum()) / max(float(exact.sum()), 1.0))
+              for name, (lost, exact) in channels.items())
+    return sorted(((n, s) for n, s in shares if s > limit), key=lambda kv: -kv[1])
 
 
 # How `repair_overrides` keeps the fast kernel from saturating (`Int8Settings.saturation_repair`).
@@ -346,9 +350,7 @@ def repair_overrides(quantised: Any, fp32: Any, images: np.ndarray, *, repair: s
     if limit is None:
         limit = SATURATION_LIMIT if repair == "layers" else CHANNEL_LIMIT
     channels = channel_saturation(quantised, images, input_name=input_name)
-    shares = {name: float(lost.sum()) / max(float(exact.sum()), 1.0)
-              for name, (lost, exact) in channels.items()}
-    saturating = sorted(((n, s) for n, s in shares.items() if s > limit), key=lambda kv: -kv[1])
+    saturating = _above(channels, limit)
     report: dict[str, Any] = {"saturating_layers": {n: round(s, 5) for n, s in saturating}}
     if repair == "layers":
         exact = [name for name, _ in saturating]

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from visiondeck.export.int8_repair import SATURATION_REPAIRS
+
 __all__ = [
     "CANDIDATES",
     "Int8Settings",
@@ -48,7 +50,7 @@ __all__ = [
 ]
 
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
-FLOAT_GROUPS = ("stem", "depthwise", "head", "classifier")
+FLOAT_GROUPS = ("stem", "depthwise", "head")
 
 
 @dataclass(frozen=True)
@@ -73,8 +75,8 @@ class Int8Settings:
             raise ValueError(f"keep_float takes {FLOAT_GROUPS}")
         if self.float_worst < 0:
             raise ValueError("float_worst must be 0 or more")
-        if self.saturation_repair not in ("channels", "layers"):  # int8_repair.SATURATION_REPAIRS
-            raise ValueError("saturation_repair must be channels or layers")
+        if self.saturation_repair not in SATURATION_REPAIRS:
+            raise ValueError(f"saturation_repair must be one of {SATURATION_REPAIRS}")
 
     @property
     def name(self) -> str:
@@ -215,7 +217,7 @@ _WEIGHTED = ("Conv", "Gemm", "MatMul")
 
 def _float_nodes(model: Any, groups: Sequence[str], extra: Sequence[str] = ()) -> list[str]:
     """Node names of the layer groups kept in float (first conv, depthwise convs, head: the
-    classifier and the last conv; classifier alone), plus the weighted nodes in `extra`.
+    classifier and the last conv), plus the weighted nodes in `extra`.
 
     A conv's activation (ReLU6 as Clip, ReLU, HardSwish...) stays float with it: quantised
     alone, the activation's input would get the conv's wide pre-activation range instead of
@@ -228,9 +230,8 @@ def _float_nodes(model: Any, groups: Sequence[str], extra: Sequence[str] = ()) -
         chosen.append(convs[0])
     if "depthwise" in groups:
         chosen += [n for n in convs if next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
-    if "head" in groups or "classifier" in groups:
-        chosen += [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
     if "head" in groups:
+        chosen += [n for n in nodes if n.op_type in ("Gemm", "MatMul")]
         chosen += convs[-1:]  # the head conv (EfficientNet's conv_head) before the pool
     wanted = set(extra)
     chosen += [n for n in nodes if n.name in wanted]
