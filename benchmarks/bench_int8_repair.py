@@ -122,19 +122,10 @@ def seven_bit_channels(limit: float) -> Overrides:
 def weights_only(fp32: Any, quantised: Any, out: Path) -> None:
     """The FP32 graph computing with the quantised model's int8 weights, float activations."""
     import onnx
-    from onnx import numpy_helper
 
-    from visiondeck.export.int8_repair import dequantised_weights
+    from visiondeck.export.int8_repair import with_quantised_weights
 
-    model = onnx.ModelProto.FromString(fp32.SerializeToString())
-    weights = dequantised_weights(quantised)
-    tensors = {t.name: t for t in model.graph.initializer}
-    for node in model.graph.node:
-        if node.name in weights:
-            tensor = tensors[node.input[1]]
-            value = weights[node.name].astype(np.float32)
-            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
-    onnx.save(model, str(out))
+    onnx.save(with_quantised_weights(fp32, quantised), str(out))
 
 
 def session(path: Path, *, exact: bool = False, optimise: bool = True, threads: int = 0):

@@ -53,6 +53,7 @@ __all__ = [
     "saturating_cpu",
     "saturating_layers",
     "seven_bit_overrides",
+    "with_quantised_weights",
 ]
 
 # A layer whose simulated saturation changes its outputs by more than this share of their
@@ -104,6 +105,23 @@ def dequantised_weights(model: Any) -> dict[str, np.ndarray]:
             shape[_attribute(dq, "axis", 1)] = -1
         out[node.name] = (q - zero.reshape(shape)) * scale.reshape(shape)
     return out
+
+
+def with_quantised_weights(fp32: Any, quantised: Any) -> Any:
+    """A copy of `fp32` computing with `quantised`'s int8 weights (`dequantised_weights`)
+    and float activations: what the weights' rounding alone costs."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.ModelProto.FromString(fp32.SerializeToString())
+    weights = dequantised_weights(quantised)
+    tensors = {t.name: t for t in model.graph.initializer}
+    for node in model.graph.node:
+        if node.name in weights:
+            tensor = tensors[node.input[1]]
+            value = weights[node.name].astype(np.float32)
+            tensor.CopyFrom(numpy_helper.from_array(value, tensor.name))
+    return model
 
 
 def _session(model: Any, outputs: Sequence[str], optimise: bool) -> Any:
