@@ -128,7 +128,7 @@ def weights_only(fp32: Any, quantised: Any, out: Path) -> None:
     onnx.save(with_quantised_weights(fp32, quantised), str(out))
 
 
-def session(path: Path, *, exact: bool = False, optimise: bool = True, threads: int = 0):
+def session(path: Path, *, exact: bool = False, optimise: bool = True):
     import onnxruntime as ort
 
     from visiondeck.export.int8_repair import EXACT_KERNEL_OPTION
@@ -139,36 +139,20 @@ def session(path: Path, *, exact: bool = False, optimise: bool = True, threads: 
         options.add_session_config_entry(EXACT_KERNEL_OPTION, "1")
     if not optimise:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def cpu_ms(models: dict[str, tuple[Path, bool]], images: np.ndarray,
-           rounds: int) -> dict[str, float]:
-    """Median CPU milliseconds per image of the calling thread, 1 ORT thread, interleaved;
-    `models` maps a name to (file, run with ORT's exact kernel everywhere)."""
-    runners = {name: session(path, exact=exact, threads=1)
-               for name, (path, exact) in models.items()}
-    for runner in runners.values():
-        runner.run(["logits"], {"input": images})
-    spent: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, runner in runners.items():
-            start = time.thread_time()
-            for _ in range(3):
-                runner.run(["logits"], {"input": images})
-            spent[name].append((time.thread_time() - start) / (3 * len(images)) * 1000)
-    return {name: float(np.median(v)) for name, v in spent.items()}
 
 
 def main() -> None:
     import onnx
 
     from visiondeck.export.checks import ort_session
-    from visiondeck.export.int8_choice import RULE, choose, closeness
+    from visiondeck.export.int8_choice import (
+        RULE,
+        choose,
+        closeness,
+        cpu_ms_per_image,
+        timing_session,
+    )
     from visiondeck.export.int8_repair import saturating_cpu
     from visiondeck.export.quantize import CANDIDATES, Int8Settings, quantize_static_int8
 
@@ -243,7 +227,9 @@ def main() -> None:
     timed = {"fp32": (fp32, False)} | {
         n: (p, False) for n, p in models.items() if not n.startswith("weights-only")
     } | {"unrepaired, exact kernel everywhere": (models["unrepaired"], True)}
-    ms = cpu_ms(timed, held[:8], args.rounds)
+    # export's own timing (int8_choice), 3 runs of 8 images a round
+    ms = cpu_ms_per_image({n: timing_session(p, exact=e) for n, (p, e) in timed.items()},
+                          held, rounds=args.rounds, repeats=3)
     for name, value in ms.items():
         ratio = ms["fp32"] / value
         if name in results["models"]:

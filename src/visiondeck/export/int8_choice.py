@@ -38,6 +38,7 @@ __all__ = [
     "cpu_ms_per_image",
     "pick",
     "significantly_worse",
+    "timing_session",
 ]
 
 SIGNIFICANCE = 0.05
@@ -103,30 +104,38 @@ def significantly_worse(best: np.ndarray, other: np.ndarray, *,
     return p < alpha
 
 
-def cpu_ms_per_image(paths: Mapping[str, Path], images: np.ndarray, *,
-                     rounds: int = 5) -> dict[str, float]:
-    """Median CPU milliseconds per image of each model at 1 ORT thread, in interleaved
-    rounds: the calling thread's CPU time does not count the time a busy machine's other
-    processes take, and interleaving puts any change in every model's rounds alike."""
+def timing_session(path: Path, *, exact: bool = False) -> Any:
+    """An ORT session at 1 thread, which computes in the calling thread, so its CPU time is
+    the calling thread's; with `exact`, ORT's exact integer kernel everywhere."""
     import onnxruntime as ort
 
+    from visiondeck.export.int8_repair import EXACT_KERNEL_OPTION
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    if exact:
+        options.add_session_config_entry(EXACT_KERNEL_OPTION, "1")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def cpu_ms_per_image(sessions: Mapping[str, Any], images: np.ndarray, *, rounds: int = 5,
+                     repeats: int = 1) -> dict[str, float]:
+    """Median CPU milliseconds per image of each `timing_session` on the first
+    `TIMING_IMAGES` of `images`, `repeats` runs per round, in interleaved rounds: the calling
+    thread's CPU time does not count the time a busy machine's other processes take, and
+    interleaving puts any change in every model's rounds alike."""
     batch = np.ascontiguousarray(images[:TIMING_IMAGES], np.float32)
-    sessions = {}
-    for name, path in paths.items():
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        options.intra_op_num_threads = 1  # ORT computes in the calling thread
-        options.inter_op_num_threads = 1
-        sessions[name] = ort.InferenceSession(str(path), options,
-                                              providers=["CPUExecutionProvider"])
     for session in sessions.values():  # warm-up
         session.run(["logits"], {"input": batch})
     spent: dict[str, list[float]] = {name: [] for name in sessions}
     for _ in range(rounds):
         for name, session in sessions.items():
             start = time.thread_time()
-            session.run(["logits"], {"input": batch})
-            spent[name].append((time.thread_time() - start) / len(batch) * 1e3)
+            for _ in range(repeats):
+                session.run(["logits"], {"input": batch})
+            spent[name].append((time.thread_time() - start) / (repeats * len(batch)) * 1e3)
     return {name: float(np.median(values)) for name, values in spent.items()}
 
 
@@ -177,7 +186,8 @@ def choose(reference: Path, candidates: Mapping[str, Path], images: np.ndarray, 
     fp32 = ort_session(reference)
     scores = {name: closeness(fp32, ort_session(path), images, per_image=True)
               for name, path in candidates.items()}
-    ms = cpu_ms_per_image(candidates, images, rounds=rounds) if len(images) else {
+    ms = cpu_ms_per_image({name: timing_session(path) for name, path in candidates.items()},
+                          images, rounds=rounds) if len(images) else {
         name: 0.0 for name in candidates}
     kept, pool = pick(scores, ms)
     rows = [
