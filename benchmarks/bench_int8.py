@@ -109,13 +109,13 @@ def crops(images: list, per: int, seed: int, size: int = 224) -> np.ndarray:
 
 
 def lite0_onnx(path: Path) -> None:
-    """The ImageNet Lite0 (1000 classes) with "logits" and "embedding" outputs."""
+    """The ImageNet Lite0 (1000 classes) with "logits" and "embedding" outputs, exported by
+    export's own step (`_to_onnx`: "same" padding fixed, the embedding output added)."""
     import timm
     import torch
 
     from visiondeck.export.bundle import InputSpec
-    from visiondeck.export.reference import with_embedding
-    from visiondeck.export.static_padding import freeze_same_padding
+    from visiondeck.export.onnx_export import _to_onnx
     from visiondeck.models.locate import lite_weights_file
     from visiondeck.models.pretrained import lite_to_timm
 
@@ -126,18 +126,7 @@ def lite0_onnx(path: Path) -> None:
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model.load_state_dict(lite_to_timm(state, model))
     spec = InputSpec(224, 3, "center_crop", (0.5,) * 3, (0.5,) * 3)
-    model, _ = freeze_same_padding(model.eval(), torch.zeros(1, 3, 224, 224))  # as export does
-    module, outputs = with_embedding(model, spec, [])
-    torch.onnx.export(
-        module,
-        (torch.zeros(2, 3, 224, 224),),
-        str(path),
-        dynamo=False,
-        opset_version=17,
-        input_names=["input"],
-        output_names=outputs,
-        dynamic_axes={"input": {0: "batch"}, **{o: {0: "batch"} for o in outputs}},
-    )
+    _to_onnx(model.eval(), spec, path, "torchscript", [])
 
 
 def plain_ort(fp32: Path, out: Path, calibration: np.ndarray) -> None:
