@@ -306,7 +306,7 @@ def _above(channels: Mapping[str, tuple[np.ndarray, np.ndarray]],
 #     gets a 7-bit range (|q| <= 64, so no pair sum leaves int16) and keeps the fast kernel.
 #   "layers": every saturating layer gets exact u8 weights (ORT's slower u8 x u8 kernel).
 # On Lite0 with the head float (AVX2, 322 held-out photos, bench_int8_repair.py): "channels"
-# agreed 98.1 % with FP32 at 1.31x its speed by CPU time, "layers" 98.4 % at 1.24x; 7-bit
+# agreed 98.1 % with FP32 at 1.43x its speed by CPU time, "layers" 97.5 % at 1.38x; 7-bit
 # channels in the stem too cost 1.5 points (96.6 %), its 27-long reduction has no slack.
 SATURATION_REPAIRS = ("channels", "layers")
 _SEVEN_BIT = 2.0  # a saturating channel's range is widened this much: 127 / 2 < 64

@@ -107,11 +107,12 @@ class Int8Settings:
 # time. Nor are symmetric int8 activations (`activations="int8"`): ONNX Runtime runs them at
 # 0.5-0.7x FP32 on both CPUs measured, and on AVX2 without VNNI its s8 kernel saturates
 # (46 % agreement; `int8_repair` covers u8 only). Nor is the head in int8: on Lite0 it cost
-# 0.9 points of agreement on the held-out photos in each of two runs (97.2 vs 98.1 %, 96.6 vs
-# 97.5 %) for 0.06-0.15x of speed, a difference export's few validation images cannot see, so
-# `int8_choice` would keep it for its speed (except where the head is most of the network:
-# `default_candidates`). Exact u8 weights on every saturating layer are
-# the fallback when 7-bit channels lose agreement: slower, as faithful on Lite0.
+# 0.9-1.2 points of agreement on the held-out photos in each of three runs (now 96.9 vs
+# 98.1 %, bench_int8_repair.py and bench_int8.py) for ~0.1x of speed, a difference export's
+# few validation images cannot see, so `int8_choice` would keep it for its speed (except
+# where the head is most of the network: `default_candidates`). Exact u8 weights on every
+# saturating layer are the fallback when 7-bit channels lose agreement: slower, as faithful
+# on Lite0 (one run each way).
 CANDIDATES: tuple[Int8Settings, ...] = (
     Int8Settings(keep_float=("head",)),
     Int8Settings(keep_float=("head",), saturation_repair="layers"),
